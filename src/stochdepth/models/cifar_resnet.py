@@ -1,0 +1,94 @@
+"""CIFAR ResNet (He et al., "Deep Residual Learning for Image Recognition", 2015, section 4.2).
+
+The network the stochastic-depth paper trains on CIFAR and SVHN: a 3x3 stem with 16
+filters, 3 stages of n basic blocks with 16, 32 and 64 filters (the first block of the
+second and third stages halves the feature map), global average pooling and a linear
+classifier; depth 6n + 2. Basic block: Conv-BN-ReLU-Conv-BN, add, ReLU. Transition
+shortcuts are "option A": subsampling by a 1x1 average pooling of stride 2 (as in the
+paper's code, so odd sizes such as 7x7 match the strided convolution) plus zero
+channel padding, so the network has no projection parameters.
+
+=========== === ============ ===================================
+name        n   parameters   multiply-adds (32x32, 10 classes)
+=========== === ============ ===================================
+resnet20    3   0.27M        41M
+resnet56    9   0.85M        126M
+resnet110   18  1.7M         253M
+resnet152   25  2.4M         352M (the paper's SVHN network)
+resnet1202  200 19.4M        2.83G
+=========== === ============ ===================================
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stochdepth.depth import ResidualBlock, stochastic_depth
+from stochdepth.models.layers import ChannelPad, classifier_head, conv3x3, init_weights
+from stochdepth.models.registry import register_model
+
+STAGE_WIDTHS = (16, 32, 64)
+
+
+def basic_block(in_channels: int, out_channels: int, stride: int) -> ResidualBlock:
+    """Conv-BN-ReLU-Conv-BN branch, identity or option-A shortcut, ReLU after the addition."""
+    branch = nn.Sequential(
+        conv3x3(in_channels, out_channels, stride),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        conv3x3(out_channels, out_channels),
+        nn.BatchNorm2d(out_channels),
+    )
+    if stride == 1 and in_channels == out_channels:
+        shortcut = None
+    else:
+        shortcut = nn.Sequential(nn.AvgPool2d(kernel_size=1, stride=stride), ChannelPad(out_channels - in_channels))
+    return ResidualBlock(branch, shortcut, post_activation=nn.ReLU())
+
+
+class CifarResNet(nn.Module):
+    """Stem, residual blocks, head; ``blocks_per_stage`` is n."""
+
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            conv3x3(in_channels, STAGE_WIDTHS[0]), nn.BatchNorm2d(STAGE_WIDTHS[0]), nn.ReLU(inplace=True)
+        )
+        blocks = []
+        channels = STAGE_WIDTHS[0]
+        for stage, width in enumerate(STAGE_WIDTHS):
+            for index in range(blocks_per_stage):
+                stride = 2 if stage > 0 and index == 0 else 1
+                blocks.append(basic_block(channels, width, stride))
+                channels = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = classifier_head(channels, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+def cifar_resnet(depth: int, *, num_classes: int = 10, in_channels: int = 3, **depth_options: object) -> nn.Module:
+    """A CIFAR ResNet of ``depth`` = 6n + 2 layers (n >= 1) with stochastic depth.
+
+    ``depth_options`` are :func:`stochdepth.depth.stochastic_depth`'s: ``survival_rule``,
+    ``final_survival_prob``, ``drop_mode`` and ``gate_seed``.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 56, 110, ...), got {depth!r}")
+    return stochastic_depth(CifarResNet((depth - 2) // 6, num_classes, in_channels), **depth_options)
+
+
+def _register_depth(depth: int) -> None:
+    def builder(**kwargs: object) -> nn.Module:
+        return cifar_resnet(depth, **kwargs)
+
+    builder.__name__ = f"resnet{depth}"
+    builder.__doc__ = f"CIFAR ResNet-{depth} (n = {(depth - 2) // 6}) with stochastic depth."
+    register_model(builder)
+
+
+for _depth in (8, 20, 32, 44, 56, 110, 152, 1202):
+    _register_depth(_depth)
