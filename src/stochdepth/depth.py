@@ -198,9 +198,7 @@ class StochasticResidual(ResidualBlock):
         return self.post_activation(shortcut.index_add(0, survivors, branch.to(shortcut.dtype)))
 
 
-def _replace_blocks(
-    model: nn.Module, block_type: type[nn.Module], make: Callable[[int, nn.Module], nn.Module]
-) -> int:
+def _replace_blocks(model: nn.Module, block_type: type[nn.Module], make: Callable[[int, nn.Module], nn.Module]) -> int:
     """Replace every submodule of ``block_type`` (in forward order) by ``make(index, block)``."""
     found = [
         (parent, name, child)
@@ -233,7 +231,11 @@ def stochastic_depth(
     num_blocks = sum(1 for module in model.modules() if isinstance(module, ResidualBlock))
     probs = survival_schedule(num_blocks, survival_rule, final_survival_prob)
     gates = GateGenerator(gate_seed)
-    _replace_blocks(model, ResidualBlock, lambda index, block: StochasticResidual(block, probs[index], drop_mode, gates))
+
+    def make_stochastic(index: int, block: ResidualBlock) -> StochasticResidual:
+        return StochasticResidual(block, probs[index], drop_mode, gates)
+
+    _replace_blocks(model, ResidualBlock, make_stochastic)
     model.gate_generator = gates
     return model
 

@@ -1,0 +1,33 @@
+"""The registry: names, defaults and errors."""
+
+import pytest
+
+import stochdepth
+from stochdepth.models import register_model
+
+
+def test_list_models_names_the_cifar_resnets():
+    names = stochdepth.list_models()
+    assert names == sorted(names)
+    for depth in (8, 20, 32, 44, 56, 110, 152, 1202):
+        assert f"resnet{depth}" in names
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ValueError, match="resnet110") as error:
+        stochdepth.create_model("resnet111")
+    assert "known models" in str(error.value)
+
+
+def test_arguments_left_as_none_take_the_family_defaults():
+    model = stochdepth.create_model("resnet8", survival_rule=None, final_survival_prob=None, drop_mode=None)
+    assert stochdepth.survival_probs(model)[-1] == pytest.approx(0.5)
+    assert all(block.drop_mode == "batch" for block in model.blocks)
+
+
+def test_a_name_can_be_registered_once():
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_model
+        def resnet20():
+            raise AssertionError

@@ -1,0 +1,276 @@
+"""The stochastic-depth mechanism: schedules, gates, skipping, eval scaling, optimizer updates."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import stochdepth
+from stochdepth.depth import (
+    GateGenerator,
+    ResidualBlock,
+    StochasticResidual,
+    fill_missing_grads_with_zeros,
+    stochastic_blocks,
+    survival_schedule,
+    survivor_count,
+)
+
+
+def test_linear_schedule_of_resnet110_is_eq4():
+    probs = stochdepth.survival_probs(stochdepth.create_model("resnet110", final_survival_prob=0.5))
+    assert len(probs) == 54
+    assert probs[0] == pytest.approx(1 - 0.5 / 54)
+    assert probs[-1] == pytest.approx(0.5)
+    assert probs == pytest.approx([1 - (block / 54) * 0.5 for block in range(1, 55)])
+    assert all(earlier > later for earlier, later in itertools.pairwise(probs))
+
+
+def test_uniform_and_none_schedules():
+    assert (
+        stochdepth.survival_probs(stochdepth.create_model("resnet20", survival_rule="uniform", final_survival_prob=0.8))
+        == [0.8] * 9
+    )
+    assert stochdepth.survival_probs(stochdepth.create_model("resnet20", survival_rule="none")) == [1.0] * 9
+    assert survival_schedule(4, "linear", 0.2) == pytest.approx([0.8, 0.6, 0.4, 0.2])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"survival_rule": "cosine"}, "linear, uniform, none"),
+        ({"drop_mode": "row"}, "batch, sample"),
+        ({"final_survival_prob": 0.0}, r"\(0, 1\]"),
+        ({"final_survival_prob": 1.5}, r"\(0, 1\]"),
+        ({"final_survival_prob": -0.1}, r"\(0, 1\]"),
+    ],
+)
+def test_bad_options_raise_value_error_naming_what_is_allowed(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        stochdepth.create_model("resnet8", **kwargs)
+
+
+def test_stochastic_depth_cannot_be_applied_twice():
+    model = stochdepth.create_model("resnet8")
+    with pytest.raises(ValueError, match="already applied"):
+        stochdepth.depth.stochastic_depth(model)
+
+
+@pytest.mark.parametrize("survival_prob", [0.03, 0.1, 0.37, 0.5, 0.74, 0.99, 1.0])
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 8, 128])
+def test_survivor_count_is_unbiased_and_never_one(survival_prob, batch_size):
+    grid = (torch.arange(400, dtype=torch.float64) + 0.5) / 400
+    counts = torch.tensor(
+        [[survivor_count(survival_prob, batch_size, rounding, split) for split in (0.25, 0.75)] for rounding in grid]
+    )
+    assert counts.min() >= 0
+    assert counts.max() <= batch_size
+    if batch_size >= 2:
+        assert not (counts == 1).any()
+    assert counts.double().mean().item() == pytest.approx(survival_prob * batch_size, abs=1e-9)
+
+
+def _record_branch_calls(model: nn.Module) -> list[list[int]]:
+    """Per block, how many samples ran its branch at each forward call."""
+    calls = [[] for _ in stochastic_blocks(model)]
+    for block, record in zip(stochastic_blocks(model), calls):
+        block.branch.register_forward_hook(lambda module, args, output, record=record: record.append(args[0].shape[0]))
+    return calls
+
+
+def _gate_matrix(model: nn.Module, steps: int, batch_size: int = 2) -> torch.Tensor:
+    """steps x blocks matrix of 1 (branch ran) / 0 (dropped) from training forward passes."""
+    calls = _record_branch_calls(model)
+    ran = torch.zeros(steps, len(calls))
+    model.train()
+    x = torch.randn(batch_size, 3, 8, 8)
+    with torch.no_grad():
+        for step in range(steps):
+            before = [len(record) for record in calls]
+            model(x)
+            ran[step] = torch.tensor([float(len(record) > count) for record, count in zip(calls, before)])
+    return ran
+
+
+def test_gate_frequencies_match_survival_probs_within_binomial_bounds():
+    steps = 1500
+    model = stochdepth.create_model("resnet20", final_survival_prob=0.3, gate_seed=7)
+    frequencies = _gate_matrix(model, steps).mean(dim=0)
+    for frequency, prob in zip(frequencies.tolist(), stochdepth.survival_probs(model)):
+        bound = 4.5 * math.sqrt(prob * (1 - prob) / steps)
+        assert abs(frequency - prob) <= bound, (frequency, prob, bound)
+
+
+def test_same_seed_same_gates_and_gates_depend_only_on_seed_and_step():
+    first = _gate_matrix(stochdepth.create_model("resnet8", gate_seed=3), steps=60, batch_size=2)
+    again = _gate_matrix(stochdepth.create_model("resnet8", gate_seed=3), steps=60, batch_size=5)
+    other = _gate_matrix(stochdepth.create_model("resnet8", gate_seed=4), steps=60, batch_size=2)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert 0 < first.mean() < 1
+
+
+def test_gate_generator_state_round_trips_and_survives_deepcopy():
+    gates = GateGenerator(seed=11)
+    state = gates.state_dict()
+    draws = [gates.block_survives(0.5) for _ in range(50)]
+    restored = GateGenerator(seed=0)
+    restored.load_state_dict(state)
+    assert [restored.block_survives(0.5) for _ in range(50)] == draws
+    model = stochdepth.create_model("resnet8", gate_seed=5)
+    copied = __import__("copy").deepcopy(model)
+    assert all(block.gates is copied.gate_generator for block in stochastic_blocks(copied))
+    assert torch.equal(_gate_matrix(model, 20), _gate_matrix(copied, 20))
+
+
+def _expected_and_measured_flops(model: nn.Module, x: torch.Tensor, passes: int) -> tuple[float, float, float]:
+    """Schedule-expected mean FLOPs, measured mean FLOPs and the standard error of the mean."""
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    full = counter.get_total_flops()
+    inputs = {}
+    hooks = [
+        block.register_forward_pre_hook(lambda module, args: inputs.__setitem__(module, args[0]))
+        for block in stochastic_blocks(model)
+    ]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    saved = 0.0
+    for block in stochastic_blocks(model):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            block.branch(block.pre_activation(inputs[block]))
+        saved += (1 - block.survival_prob) * counter.get_total_flops()
+    model.train()
+    totals = []
+    with torch.no_grad():
+        for _ in range(passes):
+            with FlopCounterMode(display=False) as counter:
+                model(x)
+            totals.append(float(counter.get_total_flops()))
+    totals = torch.tensor(totals, dtype=torch.float64)
+    return full - saved, totals.mean().item(), totals.std().item() / math.sqrt(passes), full
+
+
+@pytest.mark.parametrize("drop_mode", ["batch", "sample"])
+def test_training_flops_fall_as_the_schedule_says(drop_mode):
+    model = stochdepth.create_model("resnet110", drop_mode=drop_mode, gate_seed=1)
+    x = torch.randn(8, 3, 8, 8)
+    expected, measured, standard_error, full = _expected_and_measured_flops(model, x, passes=150)
+    assert expected / full == pytest.approx(0.745, abs=0.01)
+    assert abs(measured - expected) <= 4.5 * standard_error + 1e-6 * full
+    assert measured < 0.8 * full
+
+
+def test_eval_runs_every_block_and_scales_each_branch_by_its_survival_prob():
+    model = stochdepth.create_model("resnet8", final_survival_prob=0.4).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(3, 3, 16, 16)
+    calls = _record_branch_calls(model)
+    with torch.no_grad():
+        expected = model.stem(x)
+        for block in model.blocks:
+            expected = torch.relu(block.shortcut(expected) + block.survival_prob * block.branch(expected))
+        expected = model.head(expected)
+        output = model(x)
+    assert all(len(record) == 2 for record in calls)
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
+    assert [block.survival_prob for block in model.blocks] == pytest.approx([1 - 0.6 / 3, 1 - 1.2 / 3, 0.4])
+
+
+def _single_block(survival_prob: float, drop_mode: str) -> StochasticResidual:
+    branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1))
+    block = StochasticResidual(ResidualBlock(branch), survival_prob, drop_mode, GateGenerator(0))
+    return block.train()
+
+
+@pytest.mark.parametrize("survivors", [[], [2], [0, 1, 2, 3, 4, 5], [1, 4]])
+def test_sample_mode_runs_the_branch_on_the_survivors_only(survivors, monkeypatch):
+    block = _single_block(0.5, "sample")
+    monkeypatch.setattr(block.gates, "surviving_samples", lambda prob, batch: torch.tensor(survivors, dtype=torch.long))
+    x = torch.randn(6, 4, 5, 5)
+    calls = _record_branch_calls(nn.Sequential(block))
+    output = block(x)
+    assert calls[0] == ([len(survivors)] if survivors else [])
+    expected = x.clone()
+    if survivors:
+        expected[survivors] += block.branch(x[survivors])
+    torch.testing.assert_close(output, expected)
+
+
+def test_sample_mode_on_one_by_one_maps_never_leaves_batchnorm_one_sample():
+    block = _single_block(0.5, "sample")
+    x = torch.randn(2, 4, 1, 1, requires_grad=True)
+    calls = _record_branch_calls(nn.Sequential(block))
+    for _ in range(40):
+        block(x).sum().backward()
+    assert set(calls[0]) == {2}
+    assert len(calls[0]) < 40
+
+
+def test_a_dropped_batch_mode_block_returns_its_shortcut_and_its_branch_gets_no_gradient():
+    block = _single_block(0.5, "batch")
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    calls = _record_branch_calls(nn.Sequential(block))
+    for _ in range(30):
+        before = len(calls[0])
+        for param in block.parameters():
+            param.grad = None
+        output = block(x)
+        output.sum().backward()
+        if len(calls[0]) == before:
+            assert torch.equal(output, x)
+            assert all(param.grad is None for param in block.branch.parameters())
+    assert 0 < len(calls[0]) < 30
+
+
+def test_dropped_blocks_still_get_weight_decay_and_momentum():
+    model = stochdepth.create_model("resnet8", survival_rule="uniform", final_survival_prob=0.5, gate_seed=2)
+    learning_rate, momentum, weight_decay = 0.1, 0.9, 1e-2
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay, nesterov=True
+    )
+    fill_missing_grads_with_zeros(optimizer)
+    calls = _record_branch_calls(model)
+    x, target = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    dropped_weights = None
+    for _ in range(10):
+        before = [len(record) for record in calls]
+        weights = [block.branch[0].weight.detach().clone() for block in model.blocks]
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), target).backward()
+        optimizer.step()
+        dropped = [index for index, (record, count) in enumerate(zip(calls, before)) if len(record) == count]
+        if dropped:
+            dropped_weights = (dropped[0], weights[dropped[0]])
+            break
+    assert dropped_weights is not None, "no block was dropped in 10 steps"
+    index, weight = dropped_weights
+    # First step, zero gradient: buffer = wd * w, update = wd * w + momentum * buffer (Nesterov).
+    expected = weight - learning_rate * (1 + momentum) * weight_decay * weight
+    torch.testing.assert_close(model.blocks[index].branch[0].weight.detach(), expected)
+    assert "momentum_buffer" in optimizer.state[model.blocks[index].branch[0].weight]
+
+
+def test_without_the_hook_sgd_skips_dropped_blocks():
+    """The failure the hook exists for: PyTorch's default leaves dropped parameters untouched."""
+    block = _single_block(1e-9, "batch")
+    optimizer = torch.optim.SGD(block.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    weight = block.branch[0].weight.detach().clone()
+    block(torch.randn(2, 4, 3, 3, requires_grad=True)).sum().backward()
+    optimizer.step()
+    assert torch.equal(block.branch[0].weight.detach(), weight)
+    fill_missing_grads_with_zeros(optimizer)
+    optimizer.step()
+    assert not torch.equal(block.branch[0].weight.detach(), weight)
