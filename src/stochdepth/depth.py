@@ -198,7 +198,7 @@ class StochasticResidual(ResidualBlock):
         return self.post_activation(shortcut.index_add(0, survivors, branch.to(shortcut.dtype)))
 
 
-def _replace_blocks(model: nn.Module, block_type: type[nn.Module], make: Callable[[int, nn.Module], nn.Module]) -> int:
+def replace_blocks(model: nn.Module, block_type: type[nn.Module], make: Callable[[int, nn.Module], nn.Module]) -> int:
     """Replace every submodule of ``block_type`` (in forward order) by ``make(index, block)``."""
     found = [
         (parent, name, child)
@@ -235,7 +235,7 @@ def stochastic_depth(
     def make_stochastic(index: int, block: ResidualBlock) -> StochasticResidual:
         return StochasticResidual(block, probs[index], drop_mode, gates)
 
-    _replace_blocks(model, ResidualBlock, make_stochastic)
+    replace_blocks(model, ResidualBlock, make_stochastic)
     model.gate_generator = gates
     return model
 
@@ -283,7 +283,7 @@ def fold_survival(model: nn.Module) -> nn.Module:
             _scale_last_affine_layer(block.branch, block.survival_prob)
         return ResidualBlock(block.branch, block.shortcut, block.pre_activation, block.post_activation)
 
-    _replace_blocks(folded, StochasticResidual, fold)
+    replace_blocks(folded, StochasticResidual, fold)
     folded.__dict__.pop("gate_generator", None)
     return folded
 
