@@ -100,12 +100,22 @@ class GateGenerator:
     Drawing on the host means no device-to-host synchronisation per block. Its state
     (:meth:`state_dict`) belongs in every checkpoint so that a resumed run draws the gates
     an uninterrupted run would have drawn.
+
+    ``branches_run`` counts the residual branches that ran in training forward passes (a
+    sample-mode branch counts the fraction of the batch it ran on): the realised depth,
+    which a trainer reads and resets with :meth:`take_branches_run`.
     """
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
+        self.branches_run = 0.0
+
+    def take_branches_run(self) -> float:
+        """The branches run since the last call, and reset the count."""
+        count, self.branches_run = self.branches_run, 0.0
+        return count
 
     def block_survives(self, survival_prob: float) -> bool:
         """One Bernoulli(survival_prob) draw: does the block run on this mini-batch?"""
@@ -181,14 +191,14 @@ class StochasticResidual(ResidualBlock):
             if self.survival_prob < 1.0:
                 branch = branch * self.survival_prob
             return self.post_activation(shortcut + branch)
-        if self.survival_prob >= 1.0:
+        if self.survival_prob >= 1.0 or (self.drop_mode == "batch" and self.gates.block_survives(self.survival_prob)):
+            self.gates.branches_run += 1.0
             return self.post_activation(shortcut + self.branch(x))
         if self.drop_mode == "batch":
-            if self.gates.block_survives(self.survival_prob):
-                return self.post_activation(shortcut + self.branch(x))
             return self.post_activation(shortcut)
         batch_size = x.shape[0]
         survivors = self.gates.surviving_samples(self.survival_prob, batch_size)
+        self.gates.branches_run += len(survivors) / batch_size
         if len(survivors) == 0:
             return self.post_activation(shortcut)
         if len(survivors) == batch_size:
@@ -222,7 +232,8 @@ def stochastic_depth(
 
     Blocks are numbered l = 1..L in the order the model registers them, which every
     family in this library makes the forward order. The model gets a ``gate_generator``
-    attribute (a :class:`GateGenerator` seeded with ``gate_seed``) shared by its blocks.
+    attribute (a :class:`GateGenerator` seeded with ``gate_seed``) shared by its blocks,
+    and a ``depth_options`` dict of the options it was built with.
     Returns ``model``, changed in place.
     """
     check_depth_options(survival_rule, final_survival_prob, drop_mode)
@@ -237,6 +248,11 @@ def stochastic_depth(
 
     replace_blocks(model, ResidualBlock, make_stochastic)
     model.gate_generator = gates
+    model.depth_options = {
+        "survival_rule": survival_rule,
+        "final_survival_prob": final_survival_prob,
+        "drop_mode": drop_mode,
+    }
     return model
 
 
@@ -285,6 +301,7 @@ def fold_survival(model: nn.Module) -> nn.Module:
 
     replace_blocks(folded, StochasticResidual, fold)
     folded.__dict__.pop("gate_generator", None)
+    folded.__dict__.pop("depth_options", None)
     return folded
 
 

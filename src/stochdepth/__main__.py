@@ -1,0 +1,5 @@
+import sys
+
+from stochdepth.cli import main
+
+sys.exit(main())

@@ -1,0 +1,165 @@
+"""The small-image data sets of the paper (CIFAR-10/100, SVHN) and Fashion-MNIST.
+
+Each is read whole into uint8 tensors with the paper's split:
+
+============= ================================= ======================== ========= ===================
+name          training                          validation               test      augmentation
+============= ================================= ======================== ========= ===================
+cifar10       45,000 of the 50,000              5,000 held out (seeded)  10,000    translate 4 px, flip
+cifar100      45,000 of the 50,000              5,000 held out (seeded)  10,000    translate 4 px, flip
+svhn          train + extra less validation     400/class of train +     26,032    none (digits)
+                                                200/class of extra
+fashion-mnist 55,000 of the 60,000              5,000 held out (seeded)  10,000    translate 4 px, flip
+============= ================================= ======================== ========= ===================
+
+Files are found under the data directory (``--data-dir``, else ``$STOCHDEPTH_DATA``, else
+``./data``) in the layout their archives unpack to; Fashion-MNIST is also found where
+Debian's ``dataset-fashion-mnist`` package installs it. With ``download=True`` missing
+files are fetched with torchvision's download utilities, which verify the MD5s that
+torchvision records for each file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.datasets import CIFAR10, CIFAR100, SVHN, FashionMNIST
+from torchvision.datasets.utils import download_and_extract_archive, download_url
+
+from stochdepth.data.readers import DataError, read_cifar_batch, read_idx_gz, read_svhn_mat
+from stochdepth.data.splits import holdout_split, per_class_holdout
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass
+class ImageSplits:
+    """A small-image data set, split; images are uint8 (N, C, H, W), labels int64."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    max_translation: int
+    horizontal_flip: bool
+
+
+def data_root(data_dir: str | os.PathLike | None) -> Path:
+    """Where data lives: ``data_dir``, else ``$STOCHDEPTH_DATA``, else ``./data``."""
+    return Path(data_dir or os.environ.get("STOCHDEPTH_DATA") or "data").expanduser()
+
+
+def _split(
+    images: torch.Tensor, labels: torch.Tensor, holdout: int, split_seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    train, val = holdout_split(len(labels), holdout, split_seed)
+    return images[train], labels[train], images[val], labels[val]
+
+
+def _missing_error(name: str, missing: list[Path], how: str) -> DataError:
+    shown = ", ".join(str(path) for path in missing[:4]) + (" ..." if len(missing) > 4 else "")
+    return DataError(f"{name} not found: missing {shown}; {how}")
+
+
+def load_fashion_mnist(root: Path, download: bool, split_seed: int) -> ImageSplits:
+    names = [name for name, _ in FashionMNIST.resources]
+    candidates = [root / "fashion-mnist", root / "FashionMNIST" / "raw", root, DEBIAN_FASHION_MNIST]
+    folder = next((path for path in candidates if all((path / name).is_file() for name in names)), None)
+    if folder is None and download:
+        folder = root / "fashion-mnist"
+        for name, md5 in FashionMNIST.resources:
+            download_url(FashionMNIST.mirrors[0] + name, str(folder), filename=name, md5=md5)
+    if folder is None:
+        raise _missing_error(
+            "Fashion-MNIST",
+            [candidates[0] / name for name in names],
+            "install Debian's package (apt-get install dataset-fashion-mnist) or run with --download",
+        )
+    train_images, train_labels, test_images, test_labels = (read_idx_gz(folder / name) for name in names)
+    train_images, test_images = train_images.unsqueeze(1), test_images.unsqueeze(1)
+    train_labels, test_labels = train_labels.long(), test_labels.long()
+    return ImageSplits(
+        *_split(train_images, train_labels, 5000, split_seed),
+        test_images,
+        test_labels,
+        num_classes=10,
+        max_translation=4,
+        horizontal_flip=True,
+    )
+
+
+def _load_cifar(dataset: type[CIFAR10], label_key: str, num_classes: int, root: Path, download: bool, split_seed: int):
+    folder = root / dataset.base_folder
+    files = [folder / name for name, _ in dataset.train_list + dataset.test_list]
+    if not all(path.is_file() for path in files) and download:
+        download_and_extract_archive(dataset.url, str(root), filename=dataset.filename, md5=dataset.tgz_md5)
+    missing = [path for path in files if not path.is_file()]
+    if missing:
+        raise _missing_error(
+            dataset.__name__.replace("CIFAR", "CIFAR-"),
+            missing,
+            f"run with --download, or fetch {dataset.url} and extract it into {root}",
+        )
+    batches = [read_cifar_batch(folder / name, label_key) for name, _ in dataset.train_list]
+    train_images = torch.cat([images for images, _ in batches])
+    train_labels = torch.cat([labels for _, labels in batches])
+    test_images, test_labels = read_cifar_batch(folder / dataset.test_list[0][0], label_key)
+    return ImageSplits(
+        *_split(train_images, train_labels, 5000, split_seed),
+        test_images,
+        test_labels,
+        num_classes=num_classes,
+        max_translation=4,
+        horizontal_flip=True,
+    )
+
+
+def load_cifar10(root: Path, download: bool, split_seed: int) -> ImageSplits:
+    return _load_cifar(CIFAR10, "labels", 10, root, download, split_seed)
+
+
+def load_cifar100(root: Path, download: bool, split_seed: int) -> ImageSplits:
+    return _load_cifar(CIFAR100, "fine_labels", 100, root, download, split_seed)
+
+
+def load_svhn(root: Path, download: bool, split_seed: int) -> ImageSplits:
+    folder = root / "svhn"
+    parts = {part: folder / filename for part, (_, filename, _) in SVHN.split_list.items()}
+    for part, (url, filename, md5) in SVHN.split_list.items():
+        if not parts[part].is_file() and download:
+            download_url(url, str(folder), filename=filename, md5=md5)
+    missing = [path for path in parts.values() if not path.is_file()]
+    if missing:
+        raise _missing_error("SVHN", missing, f"run with --download, or put train/test/extra_32x32.mat in {folder}")
+    train_images, train_labels = read_svhn_mat(parts["train"])
+    extra_images, extra_labels = read_svhn_mat(parts["extra"])
+    test_images, test_labels = read_svhn_mat(parts["test"])
+    train_kept, train_val = per_class_holdout(train_labels, 400, split_seed)
+    extra_kept, extra_val = per_class_holdout(extra_labels, 200, split_seed + 1)
+    mixed = torch.randperm(len(train_kept) + len(extra_kept), generator=torch.Generator().manual_seed(split_seed))
+    return ImageSplits(
+        torch.cat([train_images[train_kept], extra_images[extra_kept]])[mixed],
+        torch.cat([train_labels[train_kept], extra_labels[extra_kept]])[mixed],
+        torch.cat([train_images[train_val], extra_images[extra_val]]),
+        torch.cat([train_labels[train_val], extra_labels[extra_val]]),
+        test_images,
+        test_labels,
+        num_classes=10,
+        max_translation=0,
+        horizontal_flip=False,
+    )
+
+
+SMALL_IMAGE_DATASETS: dict[str, Callable[[Path, bool, int], ImageSplits]] = {
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "svhn": load_svhn,
+    "fashion-mnist": load_fashion_mnist,
+}

@@ -1,0 +1,68 @@
+"""Checkpoints: written atomically, read safely, versioned.
+
+A checkpoint is a dict of tensors and plain values only, so it loads with
+``torch.load(weights_only=True)``: a pickle payload hidden in a file cannot run code. It
+is written to a temporary file in the same folder, flushed to disk (fsync) and renamed
+over the old one, so a crash or a full disk never leaves a half-written checkpoint
+behind; the previous one stays intact until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+KNOWN_FORMAT_VERSIONS = (1,)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` (plus the format version) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save({"format_version": FORMAT_VERSION, **state}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` for anything unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
+        raise CheckpointError(f"{path}: refused, not a plain checkpoint ({first_line})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({type(error).__name__})") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(f"{path}: not a stochdepth checkpoint")
+    if state["format_version"] not in KNOWN_FORMAT_VERSIONS:
+        raise CheckpointError(
+            f"{path}: checkpoint format {state['format_version']} is not known to this version of stochdepth "
+            f"(it reads {', '.join(map(str, KNOWN_FORMAT_VERSIONS))}); upgrade stochdepth"
+        )
+    return state

@@ -1,0 +1,96 @@
+"""The run folder: the files that the report, the sweeps and users' own scripts read.
+
+``config.json``     the resolved configuration, the library and torch versions, the device
+``metrics.jsonl``   one JSON object per evaluation (errors are fractions)
+``summary.json``    best_epoch, best_val_error, test_error_at_best_val, final_test_error, train_seconds
+``checkpoints/last.pt`` and ``checkpoints/best.pt`` (best by validation error, never by test)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from stochdepth.config import TrainConfig
+
+METRIC_KEYS = (
+    "epoch",
+    "iteration",
+    "train_loss",
+    "train_error",
+    "val_error",
+    "test_error",
+    "lr",
+    "mean_active_blocks",
+    "epoch_seconds",
+    "images_per_second",
+)
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked; the message says why."""
+
+
+class RunFolder:
+    """Paths and reads/writes of one run folder."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.metrics = self.path / "metrics.jsonl"
+        self.summary = self.path / "summary.json"
+        self.checkpoints = self.path / "checkpoints"
+
+    def checkpoint(self, which: str) -> Path:
+        """``checkpoints/last.pt`` or ``checkpoints/best.pt``."""
+        if which not in ("last", "best"):
+            raise ValueError(f"checkpoint must be 'last' or 'best', got {which!r}")
+        return self.checkpoints / f"{which}.pt"
+
+    def create(self) -> None:
+        """Make the folder for a new run; refuse a non-empty one (resume it instead)."""
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise RunFolderError(f"{self.path} exists and is not empty; use --resume {self.path} or another --out")
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def write_json(self, path: Path, values: dict[str, Any]) -> None:
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(json.dumps(values, indent=2) + "\n")
+        os.replace(temporary, path)
+
+    def read_config(self) -> tuple[TrainConfig, dict[str, Any]]:
+        """The run's configuration and the whole ``config.json`` object."""
+        if not self.config.is_file():
+            raise RunFolderError(f"{self.path} is not a run folder (no config.json)")
+        try:
+            values = json.loads(self.config.read_text())
+            return TrainConfig.from_dict(values), values
+        except (json.JSONDecodeError, TypeError, ValueError) as error:
+            raise RunFolderError(f"{self.config}: not a valid run configuration ({error})") from None
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a") as file:
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every complete metrics line (a torn last line, from a crash mid-write, is left out)."""
+        if not self.metrics.is_file():
+            return []
+        records = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return records
+
+    def keep_metrics(self, count: int) -> None:
+        """Keep the first ``count`` metrics lines: those the checkpoint being resumed from knows."""
+        records = self.read_metrics()[:count]
+        temporary = self.metrics.with_name(f".{self.metrics.name}.tmp")
+        temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
+        os.replace(temporary, self.metrics)

@@ -1,0 +1,441 @@
+"""The training loop: SGD with the paper's schedule, evaluation, run folders and exact resume.
+
+Read it top to bottom: :func:`train` builds a :class:`Trainer` from a
+:class:`~stochdepth.config.TrainConfig` and runs it; :func:`resume` rebuilds one from a
+run folder and its last checkpoint. A resumed run ends with exactly the weights,
+losses and errors of an uninterrupted one (timings aside): the checkpoint holds the
+model, optimizer, schedule, counters and every random state (torch's, the gates', the
+data order's and the augmentation's). On CPU this holds for the same torch build and
+thread count (PyTorch's CPU kernels are deterministic at a fixed thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import stochdepth
+from stochdepth.config import TrainConfig
+from stochdepth.data import Loaders, build_loaders
+from stochdepth.depth import (
+    fill_missing_grads_with_zeros,
+    gate_generator,
+    stochastic_blocks,
+    survival_probs,
+)
+from stochdepth.models import create_model
+from stochdepth.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from stochdepth.train.run_folder import RunFolder
+from stochdepth.train.schedule import EpochSchedule
+
+PRECISIONS = ("fp32", "bf16")
+PROGRESS_EVERY = 20
+
+
+def check_config(config: TrainConfig) -> None:
+    """Raise ``ValueError`` naming the first option whose value cannot work."""
+    positive = {
+        "epochs": config.optim.epochs,
+        "batch_size": config.optim.batch_size,
+        "lr": config.optim.lr,
+        "image_size": config.data.image_size,
+    }
+    for name, value in positive.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    for name in ("train_size", "eval_size", "eval_every_iters"):
+        section = config.run if name == "eval_every_iters" else config.data
+        value = getattr(section, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not 0 <= config.optim.momentum < 1 or config.optim.weight_decay < 0:
+        raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
+    if config.run.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {config.run.precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``name``, or CUDA when there is one, else the CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but this machine has no usable CUDA device")
+    return device
+
+
+def error_rate(model: nn.Module, loader: Any, autocast: Any, channels_last: bool) -> float:
+    """Fraction of misclassified images in ``loader``, in evaluation mode (every block, scaled by p_l)."""
+    was_training = model.training
+    model.eval()
+    wrong = torch.zeros((), dtype=torch.long)
+    total = 0
+    with torch.no_grad():
+        for images, labels in loader:
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits = model(images)
+            wrong = wrong.to(labels.device) + (logits.argmax(dim=1) != labels).sum()
+            total += len(labels)
+    model.train(was_training)
+    return wrong.item() / total if total else math.nan
+
+
+@dataclass
+class Window:
+    """Running sums of the training steps since the last evaluation.
+
+    The sums stay on the device and are read only when evaluating (or for the progress
+    bar every ``PROGRESS_EVERY`` steps), so a training step never waits for the host.
+    """
+
+    loss_sum: torch.Tensor
+    wrong: torch.Tensor
+    images: int
+    steps: int
+    seconds: float
+    lr: float
+
+    @classmethod
+    def empty(cls, device: torch.device, lr: float) -> Window:
+        zero = torch.zeros((), device=device)
+        return cls(zero.clone(), zero.clone().long(), 0, 0, 0.0, lr)
+
+    def add(self, mean_loss: torch.Tensor, wrong: torch.Tensor, images: int) -> None:
+        self.loss_sum += mean_loss * images
+        self.wrong += wrong
+        self.images += images
+        self.steps += 1
+
+
+class Trainer:
+    """One training run: model, data, optimizer, schedule, counters and (optionally) its folder."""
+
+    def __init__(self, config: TrainConfig, folder: RunFolder | None = None, progress: bool | None = None) -> None:
+        check_config(config)
+        self.config = config
+        self.folder = folder
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.device = resolve_device(config.run.device)
+        seed = config.run.seed
+        torch.manual_seed(seed)
+        self.loaders: Loaders = build_loaders(config.data, config.optim.batch_size, self.device, seed)
+        self.model = create_model(
+            config.model.model,
+            num_classes=self.loaders.num_classes,
+            in_channels=self.loaders.in_channels,
+            survival_rule=config.model.survival_rule,
+            final_survival_prob=config.model.final_survival_prob,
+            drop_mode=config.model.drop_mode,
+            dropout_rate=config.model.dropout_rate,
+            gate_seed=seed,
+        ).to(self.device)
+        if config.run.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if config.run.compile:
+            for block in stochastic_blocks(self.model):
+                block.branch.compile()
+        self.gates = gate_generator(self.model)
+        self.expected_active_blocks = sum(survival_probs(self.model))
+        optim = config.optim
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=optim.lr,
+            momentum=optim.momentum,
+            dampening=0,
+            nesterov=optim.momentum > 0,
+            weight_decay=optim.weight_decay,
+        )
+        fill_missing_grads_with_zeros(self.optimizer)
+        self.scheduler = EpochSchedule(self.optimizer, optim)
+        self.epoch = 0
+        self.iteration = 0
+        self.evaluations = 0
+        self.train_seconds = 0.0
+        self.best = {"epoch": None, "val_error": math.inf, "test_error": math.nan}
+        self.final: dict[str, float] = {}
+        self.window = Window.empty(self.device, optim.lr)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.run.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The configuration with the family's defaults filled in, the versions and the device."""
+        values = self.config.to_dict()
+        values["model"].update(getattr(self.model, "depth_options", {}))
+        values["run"]["device"] = str(self.device)
+        values["environment"] = {
+            "stochdepth": stochdepth.__version__,
+            "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(),
+        }
+        values["data_shape"] = {
+            "num_classes": self.loaders.num_classes,
+            "in_channels": self.loaders.in_channels,
+            "image_size": self.loaders.image_size,
+        }
+        return values
+
+    # Checkpoints -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        random_states = {"torch": torch.get_rng_state(), "gates": self.gates.state_dict(), **self.loaders.state_dict()}
+        window = {**vars(self.window), "branches_run": self.gates.branches_run}
+        if self.device.type == "cuda":
+            random_states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model_name": self.config.model.model,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "evaluations": self.evaluations,
+            "train_seconds": self.train_seconds,
+            "best": dict(self.best),
+            "final": dict(self.final),
+            "window": window,
+            "random_states": random_states,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
+        if state.get("model_name") != self.config.model.model:
+            raise CheckpointError(
+                f"{source}: checkpoint is for model {state.get('model_name')!r}, "
+                f"but the run is {self.config.model.model!r}"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            random_states = state["random_states"]
+            torch.set_rng_state(random_states["torch"])
+            if "cuda" in random_states and self.device.type == "cuda":
+                torch.cuda.set_rng_state(random_states["cuda"], self.device)
+            self.gates.load_state_dict(random_states["gates"])
+            self.loaders.load_state_dict(random_states)
+            self.epoch = int(state["epoch"])
+            self.iteration = int(state["iteration"])
+            self.evaluations = int(state["evaluations"])
+            self.train_seconds = float(state["train_seconds"])
+            self.best = dict(state["best"])
+            self.final = dict(state["final"])
+            window = dict(state["window"])
+            self.gates.branches_run = float(window.pop("branches_run"))
+            self.window = Window(**window)
+            self.window.loss_sum = self.window.loss_sum.to(self.device)
+            self.window.wrong = self.window.wrong.to(self.device)
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"{source}: does not fit this run ({first_line})") from None
+
+    def save(self, which: str) -> None:
+        if self.folder is not None:
+            save_checkpoint(self.state_dict(), self.folder.checkpoint(which))
+
+    # Training ----------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Train until ``config.optim.epochs`` and return the summary."""
+        self.model.train()
+        while self.epoch < self.config.optim.epochs:
+            self.train_epoch()
+        summary = self.summary()
+        if self.folder is not None:
+            self.folder.write_json(self.folder.summary, summary)
+        return summary
+
+    def train_epoch(self) -> None:
+        """One pass over the training data, evaluating as configured, then a checkpoint."""
+        config = self.config
+        eval_every = config.run.eval_every_iters
+        window = self.window
+        bar = tqdm(
+            total=len(self.loaders.train),
+            desc=f"epoch {self.epoch + 1}/{config.optim.epochs}",
+            unit="batch",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        start = time.perf_counter()
+        for images, labels in self.loaders.train:
+            if config.run.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                logits = self.model(images)
+                loss = F.cross_entropy(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            window.lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.iteration += 1
+            window.add(loss.detach().float(), (logits.detach().argmax(dim=1) != labels).sum(), len(labels))
+            bar.update()
+            if self.progress and window.steps % PROGRESS_EVERY == 0:
+                seconds = window.seconds + time.perf_counter() - start
+                bar.set_postfix(
+                    loss=f"{window.loss_sum.item() / window.images:.3f}",
+                    err=f"{window.wrong.item() / window.images:.3f}",
+                    img_s=f"{window.images / seconds:.0f}",
+                )
+            if eval_every is not None and self.iteration % eval_every == 0:
+                self._close_segment(start)
+                self.evaluate()
+                window = self.window
+                start = time.perf_counter()
+        bar.close()
+        self._close_segment(start)
+        self.epoch += 1
+        self.scheduler.step()
+        if eval_every is None or (window.steps > 0 and self.epoch == config.optim.epochs):
+            self.evaluate()
+        self.save("last")
+
+    def _close_segment(self, start: float) -> None:
+        """Add the training time since ``start`` to the window and the run's total."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        self.window.seconds += seconds
+        self.train_seconds += seconds
+
+    def evaluate(self) -> dict[str, Any]:
+        """Validation and test error now; log one metrics record; keep the best by validation."""
+        window = self.window
+        channels_last = self.config.run.channels_last
+        val_error = error_rate(self.model, self.loaders.val, self.autocast, channels_last)
+        test_error = error_rate(self.model, self.loaders.test, self.autocast, channels_last)
+        images = max(window.images, 1)
+        record = {
+            "epoch": round(self.iteration / len(self.loaders.train), 4),
+            "iteration": self.iteration,
+            "train_loss": window.loss_sum.item() / images,
+            "train_error": window.wrong.item() / images,
+            "val_error": val_error,
+            "test_error": test_error,
+            "lr": window.lr,
+            "mean_active_blocks": self.gates.take_branches_run() / max(window.steps, 1),
+            "expected_active_blocks": self.expected_active_blocks,
+            "epoch_seconds": window.seconds,
+            "images_per_second": window.images / window.seconds if window.seconds > 0 else math.nan,
+        }
+        self.evaluations += 1
+        self.window = Window.empty(self.device, window.lr)
+        self.final = {"val_error": val_error, "test_error": test_error, "epoch": record["epoch"]}
+        if self.folder is not None:
+            self.folder.append_metrics(record)
+        if val_error < self.best["val_error"]:
+            self.best = {"epoch": record["epoch"], "val_error": val_error, "test_error": test_error}
+            self.save("best")
+        self._print(record)
+        return record
+
+    def _print(self, record: dict[str, Any]) -> None:
+        depth = ""
+        if self.expected_active_blocks:
+            depth = f"  blocks {record['mean_active_blocks']:.1f}/{self.expected_active_blocks:.1f}"
+        tqdm.write(
+            f"epoch {record['epoch']:g}/{self.config.optim.epochs}  iter {record['iteration']}  "
+            f"loss {record['train_loss']:.4f}  train err {record['train_error']:.4f}  "
+            f"val err {record['val_error']:.4f}  test err {record['test_error']:.4f}  lr {record['lr']:.4g}"
+            f"{depth}  {record['images_per_second']:.0f} img/s",
+            file=sys.stdout,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "best_epoch": self.best["epoch"],
+            "best_val_error": self.best["val_error"] if self.best["epoch"] is not None else None,
+            "test_error_at_best_val": self.best["test_error"] if self.best["epoch"] is not None else None,
+            "final_test_error": self.final.get("test_error"),
+            "final_val_error": self.final.get("val_error"),
+            "train_seconds": self.train_seconds,
+            "epochs": self.epoch,
+            "iterations": self.iteration,
+        }
+
+
+def train(config: TrainConfig, out: str | Path | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Train from ``config`` and return the summary (the Python API behind ``stochdepth train``).
+
+    ``out`` (default ``config.run.out``) is the run folder; it must not exist or be empty.
+    Without one, nothing is written.
+    """
+    out = out if out is not None else config.run.out
+    folder = RunFolder(out) if out is not None else None
+    if folder is not None:
+        folder.create()
+        config = config.override(out=str(folder.path))
+    trainer = Trainer(config, folder, progress)
+    if folder is not None:
+        folder.write_json(folder.config, trainer.resolved_config())
+    return trainer.run()
+
+
+def resume(run_dir: str | Path, epochs: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its last checkpoint; ``epochs`` extends (re-plans) it.
+
+    With ``epochs`` the schedule's milestones are re-planned for the new length, from the
+    epoch the run has reached; the new length is written to ``config.json``.
+    """
+    folder = RunFolder(run_dir)
+    config, values = folder.read_config()
+    state = load_checkpoint(folder.checkpoint("last"))
+    if epochs is not None:
+        config = config.override(epochs=epochs)
+    trainer = Trainer(config, folder, progress)
+    trainer.load_state_dict(state, folder.checkpoint("last"))
+    folder.keep_metrics(trainer.evaluations)
+    if epochs is not None:
+        values["optim"]["epochs"] = epochs
+        folder.write_json(folder.config, values)
+    return trainer.run()
+
+
+def load_trained_model(
+    run_dir: str | Path, checkpoint: str = "best", device: str | None = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The network of a saved run with the weights of ``checkpoint``, and the run's ``config.json``."""
+    folder = RunFolder(run_dir)
+    config, values = folder.read_config()
+    path = folder.checkpoint(checkpoint)
+    state = load_checkpoint(path)
+    shape = values.get("data_shape")
+    if not isinstance(shape, dict) or not {"num_classes", "in_channels", "image_size"} <= set(shape):
+        raise CheckpointError(f"{folder.config}: has no valid data_shape (num_classes, in_channels, image_size)")
+    model = create_model(
+        config.model.model,
+        num_classes=shape["num_classes"],
+        in_channels=shape["in_channels"],
+        survival_rule=config.model.survival_rule,
+        final_survival_prob=config.model.final_survival_prob,
+        drop_mode=config.model.drop_mode,
+        dropout_rate=config.model.dropout_rate,
+    )
+    if state.get("model_name") != config.model.model:
+        raise CheckpointError(
+            f"{path}: checkpoint is for model {state.get('model_name')!r}, not {config.model.model!r}"
+        )
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: weights do not fit {config.model.model} ({type(error).__name__})") from None
+    return model.to(resolve_device(device)).eval(), values
