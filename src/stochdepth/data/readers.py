@@ -52,6 +52,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> object:
@@ -81,12 +82,13 @@ def read_cifar_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Te
 def read_svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Read an SVHN ``*_32x32.mat`` file: images (N, 3, 32, 32) uint8, labels 0..9 (the file writes 0 as 10)."""
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     try:
         mat = loadmat(path)
         images = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1)), dtype=np.uint8)
         labels = mat["y"].astype(np.int64).reshape(-1) % 10
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, MatReadError) as error:
         raise DataError(f"{path}: not a readable SVHN .mat file ({error})") from None
     if len(images) != len(labels):
         raise DataError(f"{path}: {len(images)} images but {len(labels)} labels")

@@ -1,0 +1,101 @@
+"""The data sets through build_loaders: splits, augmentation settings, missing-data errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stochdepth.config import DataConfig
+from stochdepth.data import DataError, build_loaders
+from stochdepth.data.small_images import load_cifar10, load_fashion_mnist, load_svhn
+from tests.data.fixtures import write_cifar10, write_fashion_mnist, write_svhn_mat
+
+CPU = torch.device("cpu")
+
+
+def test_cifar10_split_is_45k_5k_style_and_augmented(tmp_path):
+    write_cifar10(tmp_path, per_batch=1100, test=300)
+    splits = load_cifar10(tmp_path, download=False, split_seed=0)
+    assert (len(splits.train_labels), len(splits.val_labels), len(splits.test_labels)) == (500, 5000, 300)
+    assert splits.train_images.shape[1:] == (3, 32, 32) and splits.train_images.dtype == torch.uint8
+    assert (splits.max_translation, splits.horizontal_flip) == (4, True)
+    loaders = build_loaders(
+        DataConfig(dataset="cifar10", data_dir=str(tmp_path), train_size=200, eval_size=100), 64, CPU, seed=0
+    )
+    assert len(loaders.train.labels) == 200 and len(loaders.val.labels) == 100 and len(loaders.test.labels) == 100
+    assert (loaders.num_classes, loaders.in_channels, loaders.image_size) == (10, 3, 32)
+    torch.testing.assert_close(
+        loaders.train.mean.flatten() / 255, (splits.train_images[:200].double() / 255).mean(dim=(0, 2, 3)).float()
+    )
+
+
+def test_svhn_holds_out_400_per_class_of_train_and_200_of_extra_without_augmentation(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "svhn"
+    for part, count in (("train", 4200), ("extra", 2100), ("test", 50)):
+        images = rng.integers(0, 256, (count, 3, 32, 32), dtype=np.uint8)
+        write_svhn_mat(folder / f"{part}_32x32.mat", images, np.arange(count) % 10)
+    splits = load_svhn(tmp_path, download=False, split_seed=0)
+    assert len(splits.val_labels) == 6000
+    assert torch.bincount(splits.val_labels).tolist() == [600] * 10
+    assert len(splits.train_labels) == 4200 + 2100 - 6000
+    assert len(splits.test_labels) == 50
+    assert (splits.max_translation, splits.horizontal_flip) == (0, False)
+
+
+def test_fashion_mnist_split_and_single_channel(tmp_path):
+    write_fashion_mnist(tmp_path / "fashion-mnist", train=5200, test=40)
+    splits = load_fashion_mnist(tmp_path, download=False, split_seed=0)
+    assert (len(splits.train_labels), len(splits.val_labels), len(splits.test_labels)) == (200, 5000, 40)
+    assert splits.train_images.shape[1:] == (1, 28, 28)
+    assert splits.train_labels.dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    ("dataset", "named"),
+    [("cifar10", "data_batch_1"), ("cifar100", "train"), ("svhn", "train_32x32.mat"), ("imagenet", "imagenet")],
+)
+def test_a_missing_data_set_names_its_files_and_how_to_get_it(tmp_path, dataset, named):
+    with pytest.raises(DataError) as error:
+        build_loaders(DataConfig(dataset=dataset, data_dir=str(tmp_path / "empty")), 32, CPU, seed=0)
+    message = str(error.value)
+    assert named in message and "\n" not in message
+    assert "--download" in message or "image-net.org" in message
+
+
+def test_missing_fashion_mnist_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("stochdepth.data.small_images.DEBIAN_FASHION_MNIST", Path(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path, download=False, split_seed=0)
+
+
+def test_data_dir_comes_from_the_environment(tmp_path, monkeypatch):
+    write_cifar10(tmp_path, per_batch=1010, test=20)
+    monkeypatch.setenv("STOCHDEPTH_DATA", str(tmp_path))
+    loaders = build_loaders(DataConfig(dataset="cifar10"), 16, CPU, seed=0)
+    assert len(loaders.train.labels) == 50
+
+
+def test_unknown_dataset_is_a_value_error():
+    with pytest.raises(ValueError, match="cifar10, cifar100, svhn, fashion-mnist, imagenet"):
+        build_loaders(DataConfig(dataset="mnist"), 16, CPU, seed=0)
+
+
+def test_imagenet_folder_layout_holds_out_ten_per_class(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part, count in (("train", 12), ("val", 2)):
+        for name in ("n01", "n02", "n03"):
+            folder = tmp_path / "imagenet" / part / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    config = DataConfig(dataset="imagenet", data_dir=str(tmp_path), image_size=16, workers=0)
+    loaders = build_loaders(config, 4, CPU, seed=0)
+    assert (len(loaders.train.loader.dataset), len(loaders.val.loader.dataset)) == (6, 30)
+    assert len(loaders.test.loader.dataset) == 6
+    images, labels = next(iter(loaders.train))
+    assert images.shape == (4, 3, 16, 16) and labels.dtype == torch.int64
+    assert loaders.num_classes == 3

@@ -1,0 +1,82 @@
+"""Batch augmentation on the device: shapes, the translation bound, flips; loader order and state."""
+
+import torch
+
+from stochdepth.data.device_loader import DeviceLoader, channel_stats, translate_and_flip
+
+
+def _recover_shift(original: torch.Tensor, moved: torch.Tensor, bound: int) -> tuple[int, int, bool] | None:
+    """The (dy, dx, flipped) that turns ``original`` into ``moved`` with zero fill, if any."""
+    for flipped in (False, True):
+        source = original.flip(-1) if flipped else original
+        for dy in range(-bound, bound + 1):
+            for dx in range(-bound, bound + 1):
+                padded = torch.nn.functional.pad(source, (bound,) * 4)
+                height, width = source.shape[-2:]
+                window = padded[..., bound - dy : bound - dy + height, bound - dx : bound - dx + width]
+                if torch.equal(window, moved):
+                    return dy, dx, flipped
+    return None
+
+
+def test_translation_is_at_most_four_pixels_with_zero_fill_and_half_are_flipped():
+    images = torch.rand(64, 3, 12, 12) + 0.5
+    generator = torch.Generator().manual_seed(0)
+    moved = translate_and_flip(images, 4, True, generator)
+    assert moved.shape == images.shape
+    found = [_recover_shift(images[index], moved[index], 4) for index in range(64)]
+    assert all(item is not None for item in found)
+    assert len({(dy, dx) for dy, dx, _ in found}) > 20
+    flips = sum(flipped for _, _, flipped in found)
+    assert 16 <= flips <= 48
+
+
+def test_no_augmentation_leaves_images_alone():
+    images = torch.rand(8, 3, 32, 32)
+    assert torch.equal(translate_and_flip(images, 0, False, torch.Generator().manual_seed(0)), images)
+
+
+def test_channel_stats_are_those_of_the_training_images():
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    mean, std = channel_stats(images)
+    torch.testing.assert_close(mean, (images.float() / 255).mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(std, (images.double() / 255).transpose(0, 1).reshape(3, -1).std(dim=1).float())
+
+
+def _loader(seed: int, shuffle: bool = True) -> DeviceLoader:
+    images = torch.arange(10 * 3 * 4 * 4, dtype=torch.float32).remainder(256).to(torch.uint8).view(10, 3, 4, 4)
+    labels = torch.arange(10)
+    return DeviceLoader(
+        images,
+        labels,
+        4,
+        torch.full((3,), 0.5),
+        torch.full((3,), 0.25),
+        torch.device("cpu"),
+        shuffle=shuffle,
+        max_translation=1,
+        horizontal_flip=True,
+        seed=seed,
+    )
+
+
+def test_training_loader_shuffles_drops_the_last_partial_batch_and_resumes_exactly():
+    loader = _loader(seed=0)
+    assert len(loader) == 2
+    first_epoch = [labels.tolist() for _, labels in loader]
+    assert all(len(labels) == 4 for labels in first_epoch)
+    state = loader.state_dict()
+    second_epoch = [(images.clone(), labels.clone()) for images, labels in loader]
+    resumed = _loader(seed=5)
+    resumed.load_state_dict(state)
+    for (images, labels), (again_images, again_labels) in zip(second_epoch, resumed, strict=True):
+        assert torch.equal(labels, again_labels) and torch.equal(images, again_images)
+
+
+def test_evaluation_loader_keeps_order_and_every_image_normalised():
+    loader = _loader(seed=0, shuffle=False)
+    batches = list(loader)
+    assert [len(labels) for _, labels in batches] == [4, 4, 2]
+    assert torch.cat([labels for _, labels in batches]).tolist() == list(range(10))
+    first = loader.images[0].float()
+    torch.testing.assert_close(batches[0][0][0], (first - 0.5 * 255) / (0.25 * 255))
