@@ -6,6 +6,7 @@ the weights, so inference costs what a plain ResNet costs.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -34,14 +35,13 @@ def export_model(folded: nn.Module, example: torch.Tensor, path: str | Path, exp
         program = torch.export.export(folded, (example,), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(path))
     elif export_format == "onnx":
-        torch.onnx.export(
-            folded,
-            (example,),
-            str(path),
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )
+        names = {"input_names": ["images"], "output_names": ["logits"]}
+        if "dynamic_shapes" in inspect.signature(torch.onnx.export).parameters:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            torch.onnx.export(folded, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},), **names)
+        else:
+            axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
+            torch.onnx.export(folded, (example,), str(path), dynamic_axes=axes, **names)
     else:
         raise ValueError(f"unknown export format {export_format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     return path

@@ -1,0 +1,156 @@
+"""The command line: list, train, eval, export, and one clear line for each bad input."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import stochdepth
+from stochdepth.cli import main
+from stochdepth.train.run_folder import RunFolder
+from stochdepth.train.trainer import load_trained_model
+
+
+def _tiny_flags(data_dir, out, model="resnet8") -> list[str]:
+    return [
+        "train",
+        "--model",
+        model,
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(data_dir),
+        "--train-size",
+        "128",
+        "--eval-size",
+        "64",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, synthetic_data_dir):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(_tiny_flags(synthetic_data_dir, out)) == 0
+    return out
+
+
+def test_list_names_models_and_presets(capsys):
+    assert main(["list"]) == 0
+    printed = capsys.readouterr().out
+    assert "resnet110" in printed and "cifar10-resnet110" in printed
+
+
+def test_python_dash_m_works_like_the_script():
+    result = subprocess.run([sys.executable, "-m", "stochdepth", "list"], capture_output=True, text=True, check=True)
+    assert "resnet1202" in result.stdout
+
+
+def test_train_prints_the_test_error_and_writes_the_run(trained_run, capsys):
+    summary = json.loads(RunFolder(trained_run).summary.read_text())
+    assert summary["epochs"] == 1
+
+
+def test_eval_reports_the_best_checkpoints_test_error(trained_run, capsys):
+    assert main(["eval", str(trained_run)]) == 0
+    summary = json.loads(RunFolder(trained_run).summary.read_text())
+    assert f"test error {summary['test_error_at_best_val']:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("export_format", ["safetensors", "torchscript", "exported", "onnx"])
+def test_export_writes_the_folded_network(trained_run, tmp_path, export_format):
+    if export_format == "onnx" and importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("the onnx extra is not installed")
+    path = tmp_path / f"model.{export_format}"
+    assert main(["export", str(trained_run), "--format", export_format, "--out", str(path)]) == 0
+    model, _ = load_trained_model(trained_run)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+    if export_format == "safetensors":
+        from safetensors.torch import load_file
+
+        plain = stochdepth.create_model("resnet8", in_channels=1, survival_rule="none").eval()
+        plain.load_state_dict(load_file(path))
+        output = plain(x)
+    elif export_format == "torchscript":
+        output = torch.jit.load(str(path))(x)
+    elif export_format == "exported":
+        output = torch.export.load(str(path)).module()(x)
+    else:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        output = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    torch.testing.assert_close(output.detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _bad(argv, capsys) -> str:
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("stochdepth: error: ")
+    return error
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--final-survival-prob", "1.5"], "(0, 1]"),
+        (["--final-survival-prob", "0"], "(0, 1]"),
+        (["--model", "resnet7"], "known models"),
+        (["--dataset", "mnist"], "unknown dataset"),
+        (["--survival-rule", "cosine"], "linear, uniform, none"),
+        (["--drop-mode", "row"], "batch, sample"),
+        (["--epochs", "0"], "epochs must be a positive"),
+        (["--precision", "fp8"], "fp32, bf16"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(tmp_path, synthetic_data_dir, capsys, extra, message):
+    assert message in _bad([*_tiny_flags(synthetic_data_dir, tmp_path / "run"), *extra], capsys)
+
+
+def test_unknown_preset_exits_2(capsys):
+    assert "known presets" in _bad(["train", "--preset", "cifar11-resnet110"], capsys)
+
+
+def test_existing_out_without_resume_exits_2(trained_run, synthetic_data_dir, capsys):
+    assert "--resume" in _bad(_tiny_flags(synthetic_data_dir, trained_run), capsys)
+
+
+def test_missing_data_exits_2_naming_the_files(tmp_path, capsys):
+    flags = _tiny_flags(tmp_path / "nothing", tmp_path / "run")
+    flags[flags.index("fashion-mnist")] = "cifar10"
+    assert "data_batch_1" in _bad(flags, capsys)
+
+
+def test_damaged_checkpoint_exits_2(trained_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    best = RunFolder(copy).checkpoint("best")
+    best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    assert "truncated or corrupted" in _bad(["eval", str(copy)], capsys)
+
+
+def test_checkpoint_of_another_model_exits_2(trained_run, tmp_path, synthetic_data_dir, capsys):
+    other = tmp_path / "other"
+    assert main(_tiny_flags(synthetic_data_dir, other, model="resnet20")) == 0
+    capsys.readouterr()
+    shutil.copy(RunFolder(trained_run).checkpoint("best"), RunFolder(other).checkpoint("best"))
+    assert "resnet8" in _bad(["eval", str(other)], capsys)
+    shutil.copy(RunFolder(trained_run).checkpoint("last"), RunFolder(other).checkpoint("last"))
+    assert "resnet8" in _bad(["train", "--resume", str(other), "--epochs", "2"], capsys)
+
+
+def test_resume_refuses_other_options(trained_run, capsys):
+    assert "only --epochs" in _bad(["train", "--resume", str(trained_run), "--lr", "0.5"], capsys)

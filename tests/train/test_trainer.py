@@ -1,0 +1,116 @@
+"""Training end to end: a real short run, the run folder contract, exact resume, extension."""
+
+import json
+
+import pytest
+import torch
+
+from stochdepth.train.run_folder import METRIC_KEYS, RunFolder
+from stochdepth.train.trainer import resume, train
+from tests.conftest import REAL_FASHION_MNIST
+
+TIMING_KEYS = {"epoch_seconds", "images_per_second"}
+
+
+@pytest.mark.skipif(not REAL_FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_two_epochs_on_a_fashion_mnist_subset_beat_chance_by_far(tmp_path, tiny_config):
+    config = tiny_config.override(
+        data_dir=str(REAL_FASHION_MNIST.parent), train_size=4000, eval_size=1000, batch_size=64, epochs=2, seed=0
+    )
+    summary = train(config, out=tmp_path / "run")
+    assert summary["test_error_at_best_val"] < 0.6
+    assert summary["final_test_error"] < 0.6
+
+
+def test_run_folder_holds_the_contract(tmp_path, tiny_config):
+    summary = train(tiny_config, out=tmp_path / "run")
+    folder = RunFolder(tmp_path / "run")
+    records = folder.read_metrics()
+    assert len(records) == 3
+    assert all(set(METRIC_KEYS) <= set(record) for record in records)
+    assert [record["epoch"] for record in records] == [1.0, 2.0, 3.0]
+    assert [record["iteration"] for record in records] == [8, 16, 24]
+    assert all(0 <= record["val_error"] <= 1 and 0 <= record["test_error"] <= 1 for record in records)
+    # Three epochs: both milestones (round(1.5), round(2.25)) fall at the third.
+    assert [record["lr"] for record in records] == pytest.approx([0.1, 0.1, 0.001])
+    best = min(records, key=lambda record: record["val_error"])
+    assert summary["best_epoch"] == best["epoch"]
+    assert summary["best_val_error"] == best["val_error"]
+    assert summary["test_error_at_best_val"] == best["test_error"]
+    assert summary["final_test_error"] == records[-1]["test_error"]
+    assert summary["train_seconds"] == pytest.approx(sum(record["epoch_seconds"] for record in records))
+    assert json.loads(folder.summary.read_text()) == summary
+    config = json.loads(folder.config.read_text())
+    assert config["model"]["survival_rule"] == "linear" and config["model"]["drop_mode"] == "batch"
+    assert config["environment"]["torch"] == torch.__version__
+    assert config["data_shape"] == {"num_classes": 10, "in_channels": 1, "image_size": 28}
+    assert folder.checkpoint("last").is_file() and folder.checkpoint("best").is_file()
+    expected_blocks = records[0]["expected_active_blocks"]
+    assert expected_blocks == pytest.approx(1 - 0.5 / 3 + 1 - 1 / 3 + 0.5)
+    assert all(0 <= record["mean_active_blocks"] <= 3 for record in records)
+
+
+def _final_weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(RunFolder(path).checkpoint("last"), weights_only=True)["model"]
+
+
+def _without_timings(records: list[dict]) -> list[dict]:
+    return [{key: value for key, value in record.items() if key not in TIMING_KEYS} for record in records]
+
+
+@pytest.mark.parametrize("drop_mode", ["batch", "sample"])
+def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, tiny_config, monkeypatch, drop_mode):
+    config = tiny_config.override(drop_mode=drop_mode, eval_every_iters=5)
+    train(config, out=tmp_path / "straight")
+
+    calls = {"count": 0}
+    real_cross_entropy = torch.nn.functional.cross_entropy
+
+    def crash_mid_epoch_two(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 8 + 3:
+            raise RuntimeError("simulated crash")
+        return real_cross_entropy(*args, **kwargs)
+
+    monkeypatch.setattr("stochdepth.train.trainer.F.cross_entropy", crash_mid_epoch_two)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, out=tmp_path / "interrupted")
+    monkeypatch.setattr("stochdepth.train.trainer.F.cross_entropy", real_cross_entropy)
+    assert len(RunFolder(tmp_path / "interrupted").read_metrics()) == 2
+    summary = resume(tmp_path / "interrupted")
+
+    straight, resumed = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "interrupted")
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    straight_records = RunFolder(tmp_path / "straight").read_metrics()
+    resumed_records = RunFolder(tmp_path / "interrupted").read_metrics()
+    assert _without_timings(resumed_records) == _without_timings(straight_records)
+    assert [record["iteration"] for record in resumed_records] == [5, 10, 15, 20, 24]
+    straight_summary = json.loads(RunFolder(tmp_path / "straight").summary.read_text())
+    assert {k: v for k, v in summary.items() if k != "train_seconds"} == {
+        k: v for k, v in straight_summary.items() if k != "train_seconds"
+    }
+
+
+def test_resume_with_more_epochs_extends_a_finished_run_and_replans_the_schedule(tmp_path, tiny_config):
+    train(tiny_config.override(epochs=2), out=tmp_path / "run")
+    summary = resume(tmp_path / "run", epochs=4)
+    records = RunFolder(tmp_path / "run").read_metrics()
+    assert [record["epoch"] for record in records] == [1.0, 2.0, 3.0, 4.0]
+    # Two epochs planned: the drop came at epoch 1; re-planned for four, epochs 2 and 3 follow the new plan.
+    assert [record["lr"] for record in records] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+    assert summary["epochs"] == 4
+    assert json.loads(RunFolder(tmp_path / "run").config.read_text())["optim"]["epochs"] == 4
+
+
+def test_bf16_autocast_and_sample_mode_train_on_cpu(tmp_path, tiny_config):
+    summary = train(tiny_config.override(precision="bf16", drop_mode="sample", epochs=1), out=None)
+    assert 0 <= summary["final_test_error"] <= 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_empty_run_folder_is_refused(tmp_path, tiny_config):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty; use --resume"):
+        train(tiny_config, out=tmp_path / "run")
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
