@@ -11,6 +11,20 @@ def test_list_models_names_the_cifar_resnets():
     assert names == sorted(names)
     for depth in (8, 20, 32, 44, 56, 110, 152, 1202):
         assert f"resnet{depth}" in names
+    zoo = {
+        "preact_resnet164",
+        "preact_resnet1001",
+        "wrn_16_8",
+        "wrn_28_10",
+        "wrn_40_4",
+        "imagenet_resnet50",
+        "imagenet_resnet101",
+        "imagenet_resnet152",
+        "densenet_bc_100_12",
+        "densenet_bc_250_24",
+        "densenet_bc_190_40",
+    }
+    assert zoo <= set(names)
 
 
 def test_unknown_model_lists_the_known_ones():

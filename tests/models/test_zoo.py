@@ -1,0 +1,238 @@
+"""Every registered model: shapes, gradients, sizes, compute savings, folding; family structure."""
+
+import contextlib
+import functools
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import stochdepth
+from stochdepth.depth import stochastic_blocks
+from stochdepth.models import cifar_resnet, densenet_bc, imagenet_resnet, preact_resnet, wide_resnet
+
+ALL_MODELS = stochdepth.list_models()
+
+
+@functools.cache
+def _model(name: str) -> nn.Module:
+    """Each model built once for the whole module (the big ones take a while)."""
+    return stochdepth.create_model(name, num_classes=10, in_channels=3)
+
+
+def _input(name: str, batch: int = 2) -> torch.Tensor:
+    size = 32 if name.startswith("imagenet") else 8
+    return torch.randn(batch, 3, size, size)
+
+
+@contextlib.contextmanager
+def _all_gates_open(model: nn.Module):
+    blocks = list(stochastic_blocks(model))
+    probs = [block.survival_prob for block in blocks]
+    for block in blocks:
+        block.survival_prob = 1.0
+    try:
+        yield
+    finally:
+        for block, prob in zip(blocks, probs):
+            block.survival_prob = prob
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_has_the_right_shape_and_no_nan(name):
+    model = _model(name).train()
+    with torch.no_grad():
+        logits = model(_input(name))
+    assert logits.shape == (2, 10)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_backward_with_all_gates_open_reaches_every_parameter(name):
+    model = _model(name).train()
+    model.zero_grad(set_to_none=True)
+    with _all_gates_open(model):
+        model(_input(name)).logsumexp(dim=1).sum().backward()
+    missing = [param_name for param_name, param in model.named_parameters() if param.grad is None]
+    assert not missing
+    assert all(torch.isfinite(param.grad).all() for param in model.parameters())
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "millions"),
+    [
+        ("preact_resnet164", 1.7),
+        ("preact_resnet1001", 10.2),
+        ("wrn_16_8", 11.0),
+        ("wrn_28_10", 36.5),
+        ("wrn_40_4", 8.9),
+        ("densenet_bc_100_12", 0.8),
+        ("densenet_bc_250_24", 15.3),
+        ("densenet_bc_190_40", 25.6),
+    ],
+)
+def test_parameter_counts_match_the_papers(name, millions):
+    assert sum(param.numel() for param in _model(name).parameters()) / 1e6 == pytest.approx(millions, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("name", "millions", "giga_multiply_adds"),
+    [("imagenet_resnet50", 25.6, None), ("imagenet_resnet101", 44.5, None), ("imagenet_resnet152", 60.2, 11.5)],
+)
+def test_imagenet_resnets_match_he_et_al(name, millions, giga_multiply_adds):
+    model = stochdepth.create_model(name).eval()
+    assert sum(param.numel() for param in model.parameters()) / 1e6 == pytest.approx(millions, rel=0.05)
+    if giga_multiply_adds is not None:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.randn(1, 3, 224, 224))
+        assert counter.get_total_flops() / 2 / 1e9 == pytest.approx(giga_multiply_adds, rel=0.02)
+
+
+def _mean_training_flops(model: nn.Module, x: torch.Tensor, passes: int) -> float:
+    model.train()
+    total = 0
+    with torch.no_grad():
+        for _ in range(passes):
+            with FlopCounterMode(display=False) as counter:
+                model(x)
+            total += counter.get_total_flops()
+    return total / passes
+
+
+@pytest.mark.parametrize(
+    ("family", "size"),
+    [
+        (lambda **options: cifar_resnet(20, **options), 8),
+        (lambda **options: preact_resnet(20, **options), 8),
+        (lambda **options: wide_resnet(16, 2, **options), 8),
+        (lambda **options: imagenet_resnet(50, **options), 32),
+    ],
+    ids=["cifar_resnet", "preact_resnet", "wide_resnet", "imagenet_resnet"],
+)
+def test_training_flops_fall_with_the_survival_rule(family, size):
+    x = torch.randn(4, 3, size, size)
+    constant = _mean_training_flops(family(survival_rule="none"), x, passes=3)
+    linear = _mean_training_flops(family(survival_rule="linear", final_survival_prob=0.5, gate_seed=0), x, passes=40)
+    uniform = _mean_training_flops(family(survival_rule="uniform", final_survival_prob=0.3, gate_seed=0), x, passes=40)
+    assert linear < 0.9 * constant
+    assert uniform < 0.6 * constant
+
+
+def _trained_looking(model: nn.Module, x: torch.Tensor) -> None:
+    """Random BatchNorm affine parameters, then running statistics that fit them (all gates open)."""
+    generator = torch.Generator().manual_seed(0)
+    batchnorms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for module in batchnorms:
+            module.weight.copy_(torch.rand(module.num_features, generator=generator) * 0.5 + 0.75)
+            module.bias.copy_(torch.rand(module.num_features, generator=generator) * 0.2 - 0.1)
+            module.reset_running_stats()
+            module.momentum = None
+        model.train()
+        with _all_gates_open(model):
+            model(x)
+    for module in batchnorms:
+        module.momentum = 0.1
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_fold_survival_equals_eval_mode(name):
+    """In float64, so float32 rounding over hundreds of blocks cannot hide (or fake) a wrong fold."""
+    model = _model(name).double()
+    x = _input(name, batch=3).double()
+    try:
+        _trained_looking(model, x)
+        folded = stochdepth.fold_survival(model.eval())
+        with torch.no_grad():
+            expected, output = model(x), folded(x)
+    finally:
+        model.float()
+    assert ((output - expected).norm() / expected.norm()).item() < 1e-10
+
+
+def _block_convolutions(block: nn.Module) -> list[nn.Conv2d]:
+    return [module for module in block.branch.modules() if isinstance(module, nn.Conv2d)]
+
+
+@pytest.mark.parametrize(
+    ("block_type", "depth"),
+    [((3, 3), 16), ((3, 1, 3), 22), ((1, 3, 1), 22), ((1, 3), 16), ((3, 1), 16), ((3, 1, 1), 22)],
+)
+def test_wrn_block_types_give_the_papers_layer_structure(block_type, depth):
+    model = wide_resnet(depth, 2, block_type=block_type, dropout_rate=0.3)
+    blocks = list(stochastic_blocks(model))
+    assert len(blocks) == 3 * (depth - 4) // (3 * len(block_type))
+    for block in blocks:
+        kernels = tuple(conv.kernel_size[0] for conv in _block_convolutions(block))
+        assert kernels == block_type
+        dropouts = [module for module in block.branch.modules() if isinstance(module, nn.Dropout)]
+        assert len(dropouts) == len(block_type) - 1 and all(module.p == 0.3 for module in dropouts)
+    projections = [block for block in blocks if isinstance(block.shortcut, nn.Conv2d)]
+    assert len(projections) == 3
+    assert all(block.shortcut.kernel_size == (1, 1) for block in projections)
+    assert all(not isinstance(block.pre_activation, nn.Identity) for block in projections)
+
+
+@pytest.mark.parametrize("deepening_factor", [1, 2, 3, 4])
+def test_wrn_deepening_factor_stacks_that_many_3x3_convolutions(deepening_factor):
+    depth = 3 * deepening_factor * 2 + 4
+    model = wide_resnet(depth, 1, deepening_factor=deepening_factor)
+    for block in stochastic_blocks(model):
+        assert [conv.kernel_size for conv in _block_convolutions(block)] == [(3, 3)] * deepening_factor
+    assert len(list(stochastic_blocks(model))) == 6
+
+
+def test_wrn_28_10_has_4_blocks_per_stage_and_paper_widths():
+    model = _model("wrn_28_10")
+    widths = [_block_convolutions(block)[-1].out_channels for block in stochastic_blocks(model)]
+    assert widths == [160] * 4 + [320] * 4 + [640] * 4
+
+
+@pytest.mark.parametrize(
+    ("builder", "bad"),
+    [
+        (lambda depth: wide_resnet(depth, 4), 30),
+        (lambda depth: preact_resnet(depth), 100),
+        (lambda depth: imagenet_resnet(depth), 34),
+        (lambda depth: densenet_bc(depth, 12), 101),
+    ],
+)
+def test_depths_not_of_the_familys_form_are_refused(builder, bad):
+    with pytest.raises(ValueError, match="depth"):
+        builder(bad)
+
+
+def test_wrn_unknown_block_type_is_refused():
+    with pytest.raises(ValueError, match="B\\(3, 3\\)"):
+        wide_resnet(16, 2, block_type=(5, 5))
+
+
+def test_preact_blocks_share_the_pre_activation_only_where_the_shape_changes():
+    model = _model("preact_resnet164")
+    for block in stochastic_blocks(model):
+        if isinstance(block.shortcut, nn.Identity):
+            assert isinstance(block.pre_activation, nn.Identity)
+            assert isinstance(block.branch[0][0], nn.BatchNorm2d)
+        else:
+            assert isinstance(block.pre_activation[0], nn.BatchNorm2d)
+            assert isinstance(block.branch[0], nn.Conv2d)
+    assert sum(not isinstance(block.shortcut, nn.Identity) for block in stochastic_blocks(model)) == 3
+
+
+def test_densenet_has_no_stochastic_blocks_and_refuses_another_rule():
+    assert stochdepth.survival_probs(_model("densenet_bc_100_12")) == []
+    with pytest.raises(ValueError, match="does not apply to DenseNet"):
+        stochdepth.create_model("densenet_bc_100_12", survival_rule="linear")
+
+
+@pytest.mark.parametrize("name", ["imagenet_resnet50", "preact_resnet164", "wrn_16_8"])
+def test_sample_mode_works_where_feature_maps_reach_one_by_one(name):
+    model = stochdepth.create_model(name, in_channels=1, drop_mode="sample", final_survival_prob=0.2).train()
+    size = 28 if name.startswith("imagenet") else 4
+    x = torch.randn(3, 1, size, size)
+    for _ in range(4):
+        logits = model(x)
+        logits.sum().backward()
+    assert torch.isfinite(logits).all()
