@@ -20,6 +20,7 @@ from stochdepth.depth import fold_survival
 from stochdepth.export import EXPORT_FORMATS, export_model
 from stochdepth.models import list_models
 from stochdepth.train.recipes import list_presets, preset
+from stochdepth.train.trainer import TrainingStopped
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"stochdepth: error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as stop:
+        print(f"stochdepth: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("stochdepth: interrupted", file=sys.stderr)
         return 130

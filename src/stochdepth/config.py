@@ -13,6 +13,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+PRECISIONS = ("fp32", "bf16")
+NONFINITE_ACTIONS = ("stop", "skip")
+
 
 def _option(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
@@ -69,6 +72,10 @@ class RunConfig:
     channels_last: bool = _option(False, "channels-last memory format (CUDA)")
     compile: bool = _option(False, "torch.compile the block branches (not the gate logic)")
     eval_every_iters: int | None = _option(None, "evaluate every K iterations instead of every epoch")
+    checkpoint_every_minutes: float | None = _option(
+        None, "also write checkpoints/last.pt every M minutes inside an epoch (long epochs: ImageNet)"
+    )
+    on_nonfinite: str = _option("stop", "on a non-finite loss or gradient: stop, or skip the step")
 
 
 @dataclass
@@ -77,6 +84,53 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first option whose value cannot work."""
+        from stochdepth.data import DATASETS
+        from stochdepth.depth import check_depth_options
+        from stochdepth.models import list_models
+
+        if self.model.model not in list_models():
+            raise ValueError(f"unknown model {self.model.model!r}; known models: {', '.join(list_models())}")
+        if self.data.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.data.dataset!r}; choose one of {', '.join(DATASETS)}")
+        check_depth_options(
+            self.model.survival_rule or "linear",
+            1.0 if self.model.final_survival_prob is None else self.model.final_survival_prob,
+            self.model.drop_mode or "batch",
+        )
+        positive = {
+            "epochs": self.optim.epochs,
+            "batch_size": self.optim.batch_size,
+            "lr": self.optim.lr,
+            "image_size": self.data.image_size,
+        }
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        counts = {
+            "train_size": self.data.train_size,
+            "eval_size": self.data.eval_size,
+            "eval_every_iters": self.run.eval_every_iters,
+        }
+        for name, value in counts.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        numbers = (self.optim.momentum, self.optim.weight_decay, self.optim.lr_decay, self.optim.warmup_lr)
+        if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in numbers):
+            raise ValueError("momentum, weight_decay, lr_decay and warmup_lr must be numbers")
+        if not 0 <= self.optim.momentum < 1 or self.optim.weight_decay < 0:
+            raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
+        if self.run.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.run.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.run.on_nonfinite not in NONFINITE_ACTIONS:
+            raise ValueError(
+                f"unknown on_nonfinite {self.run.on_nonfinite!r}; choose one of {', '.join(NONFINITE_ACTIONS)}"
+            )
+        minutes = self.run.checkpoint_every_minutes
+        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes < 0):
+            raise ValueError(f"checkpoint_every_minutes must be a number >= 0, got {minutes!r}")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

@@ -94,8 +94,8 @@ def test_imagenet_folder_layout_holds_out_ten_per_class(tmp_path):
                 Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{index}.png")
     config = DataConfig(dataset="imagenet", data_dir=str(tmp_path), image_size=16, workers=0)
     loaders = build_loaders(config, 4, CPU, seed=0)
-    assert (len(loaders.train.loader.dataset), len(loaders.val.loader.dataset)) == (6, 30)
-    assert len(loaders.test.loader.dataset) == 6
+    assert (len(loaders.train.dataset), len(loaders.val.dataset)) == (6, 30)
+    assert len(loaders.test.dataset) == 6
     images, labels = next(iter(loaders.train))
     assert images.shape == (4, 3, 16, 16) and labels.dtype == torch.int64
     assert loaders.num_classes == 3

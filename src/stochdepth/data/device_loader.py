@@ -74,7 +74,7 @@ class DeviceLoader:
         self.shuffle = shuffle
         self.max_translation = max_translation
         self.horizontal_flip = horizontal_flip
-        self.order_generator = torch.Generator().manual_seed(seed)
+        self.epoch_order = EpochOrder(seed)
         self.augmentation_generator = torch.Generator(device=device).manual_seed(seed + 1)
 
     def __len__(self) -> int:
@@ -85,10 +85,11 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         count = len(self.labels)
         if self.shuffle:
-            order = torch.randperm(count, generator=self.order_generator).to(self.images.device)
+            order = self.epoch_order.draw(lambda generator: torch.randperm(count, generator=generator))
+            order = order.to(self.images.device)
         else:
             order = torch.arange(count, device=self.images.device)
-        for batch in range(len(self)):
+        for batch in self.epoch_order.batches(len(self)):
             indices = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             images = (self.images[indices].float() - self.mean) / self.std
             if self.shuffle:
@@ -97,12 +98,52 @@ class DeviceLoader:
                 )
             yield images, self.labels[indices]
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        return {**self.epoch_order.state_dict(), "augmentation": self.augmentation_generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | int]) -> None:
+        self.epoch_order.load_state_dict(state)
+        self.augmentation_generator.set_state(state["augmentation"])
+
+
+class EpochOrder:
+    """A seeded order generator plus the position in the current epoch, so a run resumes mid-epoch.
+
+    The generator's state at the start of an epoch is kept until the epoch ends: a
+    checkpoint taken after ``position`` batches holds that state and the position, and a
+    loader restored from it draws the same order again and continues at batch
+    ``position``, neither repeating nor skipping a batch.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch_start_state: torch.Tensor | None = None
+        self.position = 0
+
+    def draw(self, make_order):
+        """The epoch's order, drawn from the epoch's starting state."""
+        if self.epoch_start_state is None:
+            self.epoch_start_state = self.generator.get_state()
+        else:
+            self.generator.set_state(self.epoch_start_state)
+        return make_order(self.generator)
+
+    def batches(self, count: int) -> Iterator[int]:
+        """Batch numbers from the current position to ``count``; the epoch ends after the last."""
+        for batch in range(self.position, count):
+            self.position = batch + 1
+            yield batch
+        self.position = 0
+        self.epoch_start_state = None
+
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        in_epoch = self.position > 0 and self.epoch_start_state is not None
         return {
-            "data_order": self.order_generator.get_state(),
-            "augmentation": self.augmentation_generator.get_state(),
+            "data_order": self.epoch_start_state if in_epoch else self.generator.get_state(),
+            "data_position": self.position if in_epoch else 0,
         }
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.order_generator.set_state(state["data_order"])
-        self.augmentation_generator.set_state(state["augmentation"])
+    def load_state_dict(self, state: dict[str, torch.Tensor | int]) -> None:
+        self.generator.set_state(state["data_order"])
+        self.position = int(state.get("data_position", 0))
+        self.epoch_start_state = state["data_order"] if self.position > 0 else None

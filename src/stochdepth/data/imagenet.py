@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from stochdepth.data.device_loader import EpochOrder
 from stochdepth.data.readers import DataError
 from stochdepth.data.splits import per_class_holdout
 
@@ -47,35 +48,49 @@ def _folder(root: Path, part: str, transform: transforms.Compose) -> datasets.Im
 
 
 class ImageFolderLoader:
-    """A ``DataLoader`` over an ImageFolder subset that yields batches already on ``device``."""
+    """Batches of an ImageFolder subset, decoded by worker processes, delivered on ``device``.
+
+    Training loaders draw a new seeded order each epoch and can resume mid-epoch
+    (:class:`~stochdepth.data.device_loader.EpochOrder`).
+    """
 
     def __init__(self, dataset, batch_size: int, device: torch.device, shuffle: bool, workers: int, seed: int):
-        self.order_generator = torch.Generator().manual_seed(seed)
-        sampler = RandomSampler(dataset, generator=self.order_generator) if shuffle else None
+        self.dataset = dataset
+        self.batch_size = batch_size
         self.device = device
-        self.loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-            drop_last=shuffle and len(dataset) >= batch_size,
-            generator=self.order_generator,
-            persistent_workers=workers > 0,
-        )
+        self.shuffle = shuffle
+        self.workers = workers
+        self.epoch_order = EpochOrder(seed)
 
     def __len__(self) -> int:
-        return len(self.loader)
+        if self.shuffle and len(self.dataset) >= self.batch_size:
+            return len(self.dataset) // self.batch_size
+        return -(-len(self.dataset) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self.loader:
+        count = len(self.dataset)
+        if self.shuffle:
+            order = self.epoch_order.draw(lambda generator: torch.randperm(count, generator=generator))
+        else:
+            order = torch.arange(count)
+        start = self.epoch_order.position * self.batch_size
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=order[start : len(self) * self.batch_size].tolist(),
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        batches = iter(loader)
+        for _ in self.epoch_order.batches(len(self)):
+            images, labels = next(batches)
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"data_order": self.order_generator.get_state()}
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        return self.epoch_order.state_dict()
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.order_generator.set_state(state["data_order"])
+    def load_state_dict(self, state: dict[str, torch.Tensor | int]) -> None:
+        self.epoch_order.load_state_dict(state)
 
 
 def imagenet_loaders(

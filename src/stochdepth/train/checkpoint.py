@@ -9,6 +9,7 @@ behind; the previous one stays intact until the new one is complete.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import zipfile
@@ -35,14 +36,20 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        kept = "the previous checkpoint is intact" if path.is_file() else "no earlier checkpoint exists"
+        raise CheckpointError(f"cannot write {path}: {error.strerror or error}; {kept}") from None
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
     return path
 
 

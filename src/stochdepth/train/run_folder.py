@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -53,28 +54,52 @@ class RunFolder:
         """Make the folder for a new run; refuse a non-empty one (resume it instead)."""
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise RunFolderError(f"{self.path} exists and is not empty; use --resume {self.path} or another --out")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunFolderError(f"cannot create run folder {self.path}: {error.strerror or error}") from None
 
     def write_json(self, path: Path, values: dict[str, Any]) -> None:
         temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps(values, indent=2) + "\n")
-        os.replace(temporary, path)
+        try:
+            temporary.write_text(json.dumps(values, indent=2) + "\n")
+            os.replace(temporary, path)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
 
     def read_config(self) -> tuple[TrainConfig, dict[str, Any]]:
-        """The run's configuration and the whole ``config.json`` object."""
+        """The run's configuration (checked) and the whole ``config.json`` object."""
         if not self.config.is_file():
             raise RunFolderError(f"{self.path} is not a run folder (no config.json)")
         try:
             values = json.loads(self.config.read_text())
-            return TrainConfig.from_dict(values), values
-        except (json.JSONDecodeError, TypeError, ValueError) as error:
+            config = TrainConfig.from_dict(values)
+            config.check()
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as error:
             raise RunFolderError(f"{self.config}: not a valid run configuration ({error})") from None
+        return config, values
+
+    def lock(self) -> RunLock:
+        """Hold the folder for this process (:class:`RunLock`)."""
+        return RunLock(self.path / "run.lock")
+
+    def is_locked(self) -> bool:
+        """Whether a live process is training into this folder now."""
+        try:
+            with RunLock(self.path / "run.lock"):
+                return False
+        except RunFolderError:
+            return True
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics, "a") as file:
-            file.write(json.dumps(record) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            with open(self.metrics, "a") as file:
+                file.write(json.dumps(record) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as error:
+            raise RunFolderError(f"cannot write {self.metrics}: {error.strerror or error}") from None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every complete metrics line (a torn last line, from a crash mid-write, is left out)."""
@@ -94,3 +119,37 @@ class RunFolder:
         temporary = self.metrics.with_name(f".{self.metrics.name}.tmp")
         temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
         os.replace(temporary, self.metrics)
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``run.lock``: one training process per run folder.
+
+    The kernel releases the lock when the holding process ends, however it ends (SIGKILL
+    included), so a crashed run never leaves its folder stuck. The file keeps the holder's
+    process id for the error message.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.descriptor: int | None = None
+
+    def __enter__(self) -> RunLock:
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 32).decode(errors="replace").strip() or "another process"
+            os.close(descriptor)
+            raise RunFolderError(
+                f"{self.path.parent} is in use by process {holder}; wait for it to finish or use another --out"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, str(os.getpid()).encode())
+        self.descriptor = descriptor
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.descriptor is not None:
+            fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+            os.close(self.descriptor)
+            self.descriptor = None

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,30 +41,7 @@ from stochdepth.train.checkpoint import CheckpointError, load_checkpoint, save_c
 from stochdepth.train.run_folder import RunFolder
 from stochdepth.train.schedule import EpochSchedule
 
-PRECISIONS = ("fp32", "bf16")
 PROGRESS_EVERY = 20
-
-
-def check_config(config: TrainConfig) -> None:
-    """Raise ``ValueError`` naming the first option whose value cannot work."""
-    positive = {
-        "epochs": config.optim.epochs,
-        "batch_size": config.optim.batch_size,
-        "lr": config.optim.lr,
-        "image_size": config.data.image_size,
-    }
-    for name, value in positive.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
-    for name in ("train_size", "eval_size", "eval_every_iters"):
-        section = config.run if name == "eval_every_iters" else config.data
-        value = getattr(section, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not 0 <= config.optim.momentum < 1 or config.optim.weight_decay < 0:
-        raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
-    if config.run.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {config.run.precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -122,11 +102,43 @@ class Window:
         self.steps += 1
 
 
+class TrainingStopped(Exception):
+    """Training stopped before its end on purpose; the message says why and how to go on."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """While training, SIGTERM and SIGINT finish the current step, checkpoint and stop.
+
+    A second SIGINT (Ctrl-C twice) interrupts at once. Outside the main thread (where
+    Python cannot take signals) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signal_number: int, frame: object) -> None:
+        if trainer.stop_signal is not None and signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop_signal = signal.Signals(signal_number).name
+
+    previous = {number: signal.signal(number, request_stop) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 class Trainer:
     """One training run: model, data, optimizer, schedule, counters and (optionally) its folder."""
 
     def __init__(self, config: TrainConfig, folder: RunFolder | None = None, progress: bool | None = None) -> None:
-        check_config(config)
+        config.check()
         self.config = config
         self.folder = folder
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -169,6 +181,9 @@ class Trainer:
         self.best = {"epoch": None, "val_error": math.inf, "test_error": math.nan}
         self.final: dict[str, float] = {}
         self.window = Window.empty(self.device, optim.lr)
+        self.skipped_steps = 0
+        self.stop_signal: str | None = None
+        self.last_checkpoint_time = time.monotonic()
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.config.run.precision == "bf16":
@@ -208,6 +223,7 @@ class Trainer:
             "epoch": self.epoch,
             "iteration": self.iteration,
             "evaluations": self.evaluations,
+            "skipped_steps": self.skipped_steps,
             "train_seconds": self.train_seconds,
             "best": dict(self.best),
             "final": dict(self.final),
@@ -234,6 +250,7 @@ class Trainer:
             self.epoch = int(state["epoch"])
             self.iteration = int(state["iteration"])
             self.evaluations = int(state["evaluations"])
+            self.skipped_steps = int(state.get("skipped_steps", 0))
             self.train_seconds = float(state["train_seconds"])
             self.best = dict(state["best"])
             self.final = dict(state["final"])
@@ -249,6 +266,8 @@ class Trainer:
     def save(self, which: str) -> None:
         if self.folder is not None:
             save_checkpoint(self.state_dict(), self.folder.checkpoint(which))
+        if which == "last":
+            self.last_checkpoint_time = time.monotonic()
 
     # Training ----------------------------------------------------------------------
 
@@ -263,12 +282,18 @@ class Trainer:
         return summary
 
     def train_epoch(self) -> None:
-        """One pass over the training data, evaluating as configured, then a checkpoint."""
+        """The rest of the current epoch (all of it unless resumed mid-epoch), then a checkpoint.
+
+        After each step: evaluate if ``eval_every_iters`` says so, write ``last.pt`` if
+        ``checkpoint_every_minutes`` have passed, and stop cleanly if a SIGTERM or SIGINT
+        arrived.
+        """
         config = self.config
         eval_every = config.run.eval_every_iters
-        window = self.window
+        steps_per_epoch = len(self.loaders.train)
         bar = tqdm(
-            total=len(self.loaders.train),
+            total=steps_per_epoch,
+            initial=self.iteration - self.epoch * steps_per_epoch,
             desc=f"epoch {self.epoch + 1}/{config.optim.epochs}",
             unit="batch",
             disable=not self.progress,
@@ -277,37 +302,93 @@ class Trainer:
         )
         start = time.perf_counter()
         for images, labels in self.loaders.train:
-            if config.run.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                logits = self.model(images)
-                loss = F.cross_entropy(logits, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            window.lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.iteration += 1
-            window.add(loss.detach().float(), (logits.detach().argmax(dim=1) != labels).sum(), len(labels))
+            self.train_step(images, labels)
             bar.update()
-            if self.progress and window.steps % PROGRESS_EVERY == 0:
+            window = self.window
+            if self.progress and window.steps % PROGRESS_EVERY == 0 and window.images:
                 seconds = window.seconds + time.perf_counter() - start
                 bar.set_postfix(
                     loss=f"{window.loss_sum.item() / window.images:.3f}",
                     err=f"{window.wrong.item() / window.images:.3f}",
                     img_s=f"{window.images / seconds:.0f}",
                 )
-            if eval_every is not None and self.iteration % eval_every == 0:
+            evaluate_now = eval_every is not None and self.iteration % eval_every == 0
+            checkpoint_now = self.stop_signal is not None or self._checkpoint_due()
+            if evaluate_now or checkpoint_now:
                 self._close_segment(start)
-                self.evaluate()
-                window = self.window
+                if evaluate_now:
+                    self.evaluate()
+                if checkpoint_now:
+                    self.save("last")
+                if self.stop_signal is not None:
+                    bar.close()
+                    raise self._stopped_by_signal()
                 start = time.perf_counter()
         bar.close()
         self._close_segment(start)
         self.epoch += 1
         self.scheduler.step()
-        if eval_every is None or (window.steps > 0 and self.epoch == config.optim.epochs):
+        if eval_every is None or (self.window.steps > 0 and self.epoch == config.optim.epochs):
             self.evaluate()
         self.save("last")
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """One SGD step; a non-finite loss or gradient stops the run or skips the step."""
+        if self.config.run.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            logits = self.model(images)
+            loss = F.cross_entropy(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.iteration += 1
+        if not self._finite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.config.run.on_nonfinite == "stop":
+                raise self._stopped_by_nonfinite()
+            self.skipped_steps += 1
+            tqdm.write(f"warning: non-finite loss or gradient at iteration {self.iteration}; step skipped")
+            return
+        self.window.lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.window.add(loss.detach().float(), (logits.detach().argmax(dim=1) != labels).sum(), len(labels))
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss and every gradient are finite (one host synchronisation per step)."""
+        grads = [param.grad for param in self.model.parameters() if param.grad is not None]
+        total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+        if total_norm is not None:
+            norm = total_norm(grads)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), math.inf)
+        return bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+
+    def _checkpoint_due(self) -> bool:
+        minutes = self.config.run.checkpoint_every_minutes
+        return minutes is not None and time.monotonic() - self.last_checkpoint_time >= 60 * minutes
+
+    def _where_to_resume(self) -> str:
+        if self.folder is None:
+            return "no run folder, so nothing was saved"
+        return f"resume with: stochdepth train --resume {self.folder.path}"
+
+    def _stopped_by_signal(self) -> TrainingStopped:
+        signal_number = signal.Signals[self.stop_signal]
+        return TrainingStopped(
+            f"stopped by {self.stop_signal} after iteration {self.iteration} (epoch {self.epoch + 1}); "
+            f"checkpoint written; {self._where_to_resume()}",
+            exit_code=128 + int(signal_number),
+        )
+
+    def _stopped_by_nonfinite(self) -> TrainingStopped:
+        kept = "no checkpoint was written before it"
+        if self.folder is not None and self.folder.checkpoint("last").is_file():
+            kept = f"the last good checkpoint {self.folder.checkpoint('last')} is kept"
+        return TrainingStopped(
+            f"non-finite loss or gradient at iteration {self.iteration} (epoch {self.epoch + 1}); {kept}; "
+            "lower --lr, or pass --on-nonfinite skip to skip such steps",
+            exit_code=3,
+        )
 
     def _close_segment(self, start: float) -> None:
         """Add the training time since ``start`` to the window and the run's total."""
@@ -336,6 +417,7 @@ class Trainer:
             "expected_active_blocks": self.expected_active_blocks,
             "epoch_seconds": window.seconds,
             "images_per_second": window.images / window.seconds if window.seconds > 0 else math.nan,
+            "skipped_steps": self.skipped_steps,
         }
         self.evaluations += 1
         self.window = Window.empty(self.device, window.lr)
@@ -380,14 +462,17 @@ def train(config: TrainConfig, out: str | Path | None = None, progress: bool | N
     Without one, nothing is written.
     """
     out = out if out is not None else config.run.out
-    folder = RunFolder(out) if out is not None else None
-    if folder is not None:
-        folder.create()
-        config = config.override(out=str(folder.path))
-    trainer = Trainer(config, folder, progress)
-    if folder is not None:
+    if out is None:
+        trainer = Trainer(config, None, progress)
+        with stop_on_signals(trainer):
+            return trainer.run()
+    folder = RunFolder(out)
+    folder.create()
+    with folder.lock():
+        trainer = Trainer(config.override(out=str(folder.path)), folder, progress)
         folder.write_json(folder.config, trainer.resolved_config())
-    return trainer.run()
+        with stop_on_signals(trainer):
+            return trainer.run()
 
 
 def resume(run_dir: str | Path, epochs: int | None = None, progress: bool | None = None) -> dict[str, Any]:
@@ -398,16 +483,18 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool | None
     """
     folder = RunFolder(run_dir)
     config, values = folder.read_config()
-    state = load_checkpoint(folder.checkpoint("last"))
-    if epochs is not None:
-        config = config.override(epochs=epochs)
-    trainer = Trainer(config, folder, progress)
-    trainer.load_state_dict(state, folder.checkpoint("last"))
-    folder.keep_metrics(trainer.evaluations)
-    if epochs is not None:
-        values["optim"]["epochs"] = epochs
-        folder.write_json(folder.config, values)
-    return trainer.run()
+    with folder.lock():
+        state = load_checkpoint(folder.checkpoint("last"))
+        if epochs is not None:
+            config = config.override(epochs=epochs)
+        trainer = Trainer(config, folder, progress)
+        trainer.load_state_dict(state, folder.checkpoint("last"))
+        folder.keep_metrics(trainer.evaluations)
+        if epochs is not None:
+            values["optim"]["epochs"] = epochs
+            folder.write_json(folder.config, values)
+        with stop_on_signals(trainer):
+            return trainer.run()
 
 
 def load_trained_model(
