@@ -80,3 +80,23 @@ def test_evaluation_loader_keeps_order_and_every_image_normalised():
     assert torch.cat([labels for _, labels in batches]).tolist() == list(range(10))
     first = loader.images[0].float()
     torch.testing.assert_close(batches[0][0][0], (first - 0.5 * 255) / (0.25 * 255))
+
+
+def test_a_loader_restored_mid_epoch_continues_without_repeating_or_skipping():
+    loader = _loader(seed=3)
+    loader.batch_size = 2
+    batches = iter(loader)
+    seen = [next(batches)[1].tolist(), next(batches)[1].tolist()]
+    state = loader.state_dict()
+    assert state["data_position"] == 2
+    rest = [(images.clone(), labels.tolist()) for images, labels in batches]
+    restored = _loader(seed=9)
+    restored.batch_size = 2
+    restored.load_state_dict(state)
+    again = [(images, labels.tolist()) for images, labels in restored]
+    assert [labels for _, labels in again] == [labels for _, labels in rest]
+    assert all(torch.equal(first, second) for (first, _), (second, _) in zip(rest, again, strict=True))
+    handed_out = [label for labels in seen + [labels for _, labels in rest] for label in labels]
+    assert sorted(handed_out) == list(range(10))
+    next_epoch = [labels.tolist() for _, labels in loader]
+    assert next_epoch == [labels.tolist() for _, labels in restored]

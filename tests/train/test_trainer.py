@@ -58,9 +58,17 @@ def _without_timings(records: list[dict]) -> list[dict]:
     return [{key: value for key, value in record.items() if key not in TIMING_KEYS} for record in records]
 
 
-@pytest.mark.parametrize("drop_mode", ["batch", "sample"])
-def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, tiny_config, monkeypatch, drop_mode):
-    config = tiny_config.override(drop_mode=drop_mode, eval_every_iters=5)
+@pytest.mark.parametrize(
+    ("drop_mode", "checkpoint_every_minutes", "resumed_from"),
+    [("batch", None, 8), ("sample", None, 8), ("batch", 0, 10)],
+    ids=["batch-epoch-checkpoint", "sample-epoch-checkpoint", "batch-mid-epoch-checkpoint"],
+)
+def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
+    tmp_path, tiny_config, monkeypatch, drop_mode, checkpoint_every_minutes, resumed_from
+):
+    config = tiny_config.override(
+        drop_mode=drop_mode, eval_every_iters=5, checkpoint_every_minutes=checkpoint_every_minutes
+    )
     train(config, out=tmp_path / "straight")
 
     calls = {"count": 0}
@@ -77,6 +85,8 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(tmp_path
         train(config, out=tmp_path / "interrupted")
     monkeypatch.setattr("stochdepth.train.trainer.F.cross_entropy", real_cross_entropy)
     assert len(RunFolder(tmp_path / "interrupted").read_metrics()) == 2
+    last = torch.load(RunFolder(tmp_path / "interrupted").checkpoint("last"), weights_only=True)
+    assert last["iteration"] == resumed_from
     summary = resume(tmp_path / "interrupted")
 
     straight, resumed = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "interrupted")
