@@ -76,6 +76,9 @@ class RunConfig:
         None, "also write checkpoints/last.pt every M minutes inside an epoch (long epochs: ImageNet)"
     )
     on_nonfinite: str = _option("stop", "on a non-finite loss or gradient: stop, or skip the step")
+    record_gradients_every: int | None = _option(
+        None, "record mean |gradient| of the stem and each block's first convolution every N iterations"
+    )
 
 
 @dataclass
@@ -113,6 +116,7 @@ class TrainConfig:
             "train_size": self.data.train_size,
             "eval_size": self.data.eval_size,
             "eval_every_iters": self.run.eval_every_iters,
+            "record_gradients_every": self.run.record_gradients_every,
         }
         for name, value in counts.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -1,7 +1,9 @@
 """The run folder: the files that the report, the sweeps and users' own scripts read.
 
-``config.json``     the resolved configuration, the library and torch versions, the device
+``config.json``     the resolved configuration, the library and torch versions, the device,
+                    the data's shape and every block's survival probability
 ``metrics.jsonl``   one JSON object per evaluation (errors are fractions)
+``gradients.jsonl`` (with ``--record-gradients-every``) one object per recording step
 ``summary.json``    best_epoch, best_val_error, test_error_at_best_val, final_test_error, train_seconds
 ``checkpoints/last.pt`` and ``checkpoints/best.pt`` (best by validation error, never by test)
 """
@@ -42,6 +44,7 @@ class RunFolder:
         self.config = self.path / "config.json"
         self.metrics = self.path / "metrics.jsonl"
         self.summary = self.path / "summary.json"
+        self.gradients = self.path / "gradients.jsonl"
         self.checkpoints = self.path / "checkpoints"
 
     def checkpoint(self, which: str) -> Path:
@@ -92,33 +95,44 @@ class RunFolder:
         except RunFolderError:
             return True
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
+    def append(self, path: Path, record: dict[str, Any]) -> None:
+        """Append one JSON line to ``path`` (``metrics`` or ``gradients``) and flush it to disk."""
         try:
-            with open(self.metrics, "a") as file:
+            with open(path, "a") as file:
                 file.write(json.dumps(record) + "\n")
                 file.flush()
                 os.fsync(file.fileno())
         except OSError as error:
-            raise RunFolderError(f"cannot write {self.metrics}: {error.strerror or error}") from None
+            raise RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """Every complete metrics line (a torn last line, from a crash mid-write, is left out)."""
-        if not self.metrics.is_file():
+    def read_records(self, path: Path) -> list[dict[str, Any]]:
+        """Every complete line of a JSON-lines file (a torn last line, from a crash mid-write, is left out)."""
+        if not path.is_file():
             return []
         records = []
-        for line in self.metrics.read_text().splitlines():
+        for line in path.read_text().splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 break
         return records
 
-    def keep_metrics(self, count: int) -> None:
-        """Keep the first ``count`` metrics lines: those the checkpoint being resumed from knows."""
-        records = self.read_metrics()[:count]
-        temporary = self.metrics.with_name(f".{self.metrics.name}.tmp")
-        temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
-        os.replace(temporary, self.metrics)
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return self.read_records(self.metrics)
+
+    def keep_records(self, evaluations: int, iteration: int) -> None:
+        """Keep what the checkpoint being resumed from knows: its evaluations, and gradients up to its iteration."""
+        kept = {
+            self.metrics: self.read_records(self.metrics)[:evaluations],
+            self.gradients: [
+                record for record in self.read_records(self.gradients) if record["iteration"] <= iteration
+            ],
+        }
+        for path, records in kept.items():
+            if path.is_file():
+                temporary = path.with_name(f".{path.name}.tmp")
+                temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
+                os.replace(temporary, path)
 
 
 class RunLock:

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 import stochdepth
+from stochdepth.analysis.gradients import GradientRecorder
 from stochdepth.config import TrainConfig
 from stochdepth.data import Loaders, build_loaders
 from stochdepth.depth import (
@@ -162,6 +163,7 @@ class Trainer:
             for block in stochastic_blocks(self.model):
                 block.branch.compile()
         self.gates = gate_generator(self.model)
+        self.gradient_recorder = GradientRecorder(self.model)
         self.expected_active_blocks = sum(survival_probs(self.model))
         optim = config.optim
         self.optimizer = torch.optim.SGD(
@@ -201,6 +203,7 @@ class Trainer:
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "threads": torch.get_num_threads(),
         }
+        values["survival_probs"] = survival_probs(self.model)
         values["data_shape"] = {
             "num_classes": self.loaders.num_classes,
             "in_channels": self.loaders.in_channels,
@@ -349,9 +352,22 @@ class Trainer:
             self.skipped_steps += 1
             tqdm.write(f"warning: non-finite loss or gradient at iteration {self.iteration}; step skipped")
             return
+        every = self.config.run.record_gradients_every
+        if every is not None and self.iteration % every == 0:
+            self.record_gradients()
         self.window.lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.window.add(loss.detach().float(), (logits.detach().argmax(dim=1) != labels).sum(), len(labels))
+
+    def record_gradients(self) -> None:
+        """Append this step's gradient magnitudes to ``gradients.jsonl`` (see ``analysis.gradients``)."""
+        record = {
+            "iteration": self.iteration,
+            "epoch": round(self.iteration / len(self.loaders.train), 4),
+            **self.gradient_recorder.measure(),
+        }
+        if self.folder is not None:
+            self.folder.append(self.folder.gradients, record)
 
     def _finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss and every gradient are finite (one host synchronisation per step)."""
@@ -423,7 +439,7 @@ class Trainer:
         self.window = Window.empty(self.device, window.lr)
         self.final = {"val_error": val_error, "test_error": test_error, "epoch": record["epoch"]}
         if self.folder is not None:
-            self.folder.append_metrics(record)
+            self.folder.append(self.folder.metrics, record)
         if val_error < self.best["val_error"]:
             self.best = {"epoch": record["epoch"], "val_error": val_error, "test_error": test_error}
             self.save("best")
@@ -489,7 +505,7 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool | None
             config = config.override(epochs=epochs)
         trainer = Trainer(config, folder, progress)
         trainer.load_state_dict(state, folder.checkpoint("last"))
-        folder.keep_metrics(trainer.evaluations)
+        folder.keep_records(trainer.evaluations, trainer.iteration)
         if epochs is not None:
             values["optim"]["epochs"] = epochs
             folder.write_json(folder.config, values)

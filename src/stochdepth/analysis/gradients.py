@@ -1,0 +1,50 @@
+"""Gradient magnitudes during training (the paper's section 5 and Fig. 7).
+
+Every N iterations the trainer records the mean absolute gradient of the stem
+convolution's weights (the paper plots the first convolutional layer) and of each residual
+block's first convolution, before the optimizer step. A block dropped at that step has no
+gradient and is recorded as ``null``: a zero that is not a measurement, left out of any
+average. Between recording steps this costs nothing; a recording step reads all values in
+one host synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from stochdepth.depth import stochastic_blocks
+
+
+def first_convolution(module: nn.Module) -> nn.Conv2d:
+    """The first ``Conv2d`` of ``module`` in registration (forward) order."""
+    for child in module.modules():
+        if isinstance(child, nn.Conv2d):
+            return child
+    raise ValueError(f"no convolution in {type(module).__name__}")
+
+
+class GradientRecorder:
+    """Reads the stem's and each block's first-convolution mean absolute gradient."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stem = first_convolution(model)
+        self.block_convolutions = [first_convolution(block.branch) for block in stochastic_blocks(model)]
+
+    def measure(self) -> dict[str, Any]:
+        """``{"stem": value, "blocks": [value or None per block]}`` for the gradients now in ``.grad``."""
+        layers = [self.stem, *self.block_convolutions]
+        device = self.stem.weight.device
+        values = torch.stack(
+            [
+                layer.weight.grad.detach().abs().mean().float()
+                if layer.weight.grad is not None
+                else torch.tensor(math.nan, device=device)
+                for layer in layers
+            ]
+        ).tolist()
+        values = [None if math.isnan(value) else value for value in values]
+        return {"stem": values[0], "blocks": values[1:]}
