@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from stochdepth.analysis.report import write_report
+from stochdepth.analysis.sweep import SWEEP_OPTIONS, run_sweep
 from stochdepth.config import TrainConfig, option_fields
 from stochdepth.depth import fold_survival
 from stochdepth.export import EXPORT_FORMATS, export_model
@@ -23,8 +25,11 @@ from stochdepth.train.recipes import list_presets, preset
 from stochdepth.train.trainer import TrainingStopped
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per configuration field (``final_survival_prob`` -> ``--final-survival-prob``)."""
+def _add_config_flags(parser: argparse.ArgumentParser, several: Sequence[str] = ()) -> None:
+    """One flag per configuration field (``final_survival_prob`` -> ``--final-survival-prob``).
+
+    Fields named in ``several`` take one or more values (the axes of a sweep).
+    """
     groups: dict[str, argparse._ArgumentGroup] = {}
     for section, option in option_fields():
         group = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
@@ -38,7 +43,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, type=float, nargs="+", default=None, help=help_text)
         else:
             kind = next(arg for arg in typing.get_args(hint) or (hint,) if arg is not type(None))
-            group.add_argument(flag, type=kind, default=None, help=help_text)
+            nargs = "+" if option.name in several else None
+            group.add_argument(flag, type=kind, nargs=nargs, default=None, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best")
     evaluate.add_argument("--device", default=None)
 
+    sweep = commands.add_parser("sweep", help="train a grid of runs under one folder (restartable)")
+    sweep.add_argument("--preset", help="start every run from this preset")
+    sweep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    _add_config_flags(sweep, several=SWEEP_OPTIONS)
+
+    reproduce = commands.add_parser("reproduce", help="a preset and its constant-depth twin, then the report")
+    reproduce.add_argument("preset", help=", ".join(list_presets()))
+    reproduce.add_argument("--seeds", type=int, default=1, help="seeds per setting (1, 2, ...)")
+    reproduce.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    _add_config_flags(reproduce)
+
+    report = commands.add_parser("report", help="tables and figures (report.md, PNG) from runs or sweeps")
+    report.add_argument("runs", nargs="+", help="run folders or folders holding runs")
+    report.add_argument("--out", required=True, help="folder for report.md and the figures")
+
     export = commands.add_parser("export", help="export a run's folded network (p_l in the weights)")
     export.add_argument("run", help="run folder")
     export.add_argument("--format", choices=EXPORT_FORMATS, required=True)
@@ -67,9 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace) -> None:
-    from stochdepth.train.trainer import resume, train
-
+def _options(args: argparse.Namespace) -> dict[str, object]:
+    """The configuration fields given on the command line."""
     options = {
         option.name: getattr(args, option.name)
         for _, option in option_fields()
@@ -77,6 +97,47 @@ def _train(args: argparse.Namespace) -> None:
     }
     if "lr_milestones" in options:
         options["lr_milestones"] = tuple(options["lr_milestones"])
+    return options
+
+
+def _base_config(preset_name: str | None, options: dict[str, object]) -> TrainConfig:
+    return (preset(preset_name) if preset_name else TrainConfig()).override(**options)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    options = _options(args)
+    out = options.pop("out", None)
+    if out is None:
+        raise ValueError("sweep needs --out DIR (the folder that holds its runs)")
+    grid = {name: options.pop(name) for name in SWEEP_OPTIONS if name in options}
+    done = run_sweep(_base_config(args.preset, options), grid, out, progress=args.progress)
+    print(f"sweep {out}: " + ", ".join(f"{sum(v == s for v in done.values())} {s}" for s in sorted(set(done.values()))))
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    options = _options(args)
+    out = Path(options.pop("out", None) or Path("runs") / f"reproduce-{args.preset}")
+    base = _base_config(args.preset, options)
+    rule = base.model.survival_rule or "linear"
+    grid = {"survival_rule": [rule, "none"], "seed": list(range(1, args.seeds + 1))}
+    run_sweep(base, grid, out, progress=args.progress)
+    report, _ = write_report([out / "runs"], out / "report")
+    print(f"report: {report}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    report, warnings = write_report(args.runs, args.out)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"report: {report}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from stochdepth.train.trainer import resume, train
+
+    options = _options(args)
     if args.resume:
         extra = sorted(set(options) - {"epochs"}) + (["preset"] if args.preset else [])
         if extra:
@@ -84,8 +145,7 @@ def _train(args: argparse.Namespace) -> None:
         summary = resume(args.resume, epochs=options.get("epochs"), progress=args.progress)
         out = args.resume
     else:
-        config = preset(args.preset) if args.preset else TrainConfig()
-        config = config.override(**options)
+        config = _base_config(args.preset, options)
         if config.run.out is None:
             config = config.override(
                 out=str(Path("runs") / f"{args.preset or config.model.model}-{config.data.dataset}")
@@ -128,6 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("presets: " + " ".join(list_presets()))
         elif args.command == "train":
             _train(args)
+        elif args.command == "sweep":
+            _sweep(args)
+        elif args.command == "reproduce":
+            _reproduce(args)
+        elif args.command == "report":
+            _report(args)
         elif args.command == "eval":
             _evaluate(args)
         elif args.command == "export":

@@ -1,0 +1,94 @@
+"""Sweeps (the paper's Fig. 8): a grid of ordinary runs under one folder, restartable.
+
+``run_sweep`` trains every point of the grid as a normal run folder in ``<out>/runs/<name>``
+with a readable name (``resnet56-linear-p0.5-seed1``). Started again, it skips finished runs,
+resumes interrupted ones from their last checkpoint and leaves alone runs that another
+process is training right now (their lock is held), so a stopped sweep only does what is
+left and several processes can share one sweep.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stochdepth.config import TrainConfig
+from stochdepth.train.run_folder import RunFolder
+from stochdepth.train.trainer import resume, train
+
+SWEEP_OPTIONS = ("model", "survival_rule", "final_survival_prob", "drop_mode", "seed")
+
+
+@dataclass
+class SweepPoint:
+    """One run of a sweep: its folder name and configuration."""
+
+    name: str
+    config: TrainConfig
+
+
+def run_name(config: TrainConfig) -> str:
+    """A readable, stable folder name: model, rule, p_L (unless constant depth), mode (if sample), seed."""
+    rule = config.model.survival_rule or "linear"
+    parts = [config.model.model, rule]
+    if rule != "none":
+        final = 0.5 if config.model.final_survival_prob is None else config.model.final_survival_prob
+        parts.append(f"p{final:g}")
+    if config.model.drop_mode == "sample":
+        parts.append("sample")
+    parts.append(f"seed{config.run.seed}")
+    return "-".join(parts)
+
+
+def sweep_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[SweepPoint]:
+    """Every combination of ``grid``'s values applied to ``base``; constant-depth points appear once."""
+    unknown = sorted(set(grid) - set(SWEEP_OPTIONS))
+    if unknown:
+        raise ValueError(f"cannot sweep {', '.join(unknown)}; sweepable options: {', '.join(SWEEP_OPTIONS)}")
+    names = [name for name in SWEEP_OPTIONS if grid.get(name)]
+    points: dict[str, SweepPoint] = {}
+    for values in itertools.product(*(grid[name] for name in names)):
+        config = base.override(**dict(zip(names, values, strict=True)))
+        if (config.model.survival_rule or "linear") == "none":
+            config = config.override(final_survival_prob=1.0)
+        config.check()
+        points.setdefault(run_name(config), SweepPoint(run_name(config), config))
+    return list(points.values())
+
+
+def run_sweep(
+    base: TrainConfig, grid: dict[str, list[Any]], out: str | Path, progress: bool | None = None
+) -> dict[str, str]:
+    """Train what is left of the sweep in ``out``; returns each run's name and what was done with it."""
+    out = Path(out)
+    points = sweep_grid(base, grid)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    manifest = {"base": base.to_dict(), "grid": grid, "runs": [point.name for point in points]}
+    (out / "sweep.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    done: dict[str, str] = {}
+    for index, point in enumerate(points, 1):
+        folder = RunFolder(out / "runs" / point.name)
+        print(f"[{index}/{len(points)}] {point.name}", flush=True)
+        done[point.name] = _advance(point, folder, progress)
+    return done
+
+
+def _advance(point: SweepPoint, folder: RunFolder, progress: bool | None) -> str:
+    """Bring one run to its end: 'finished' (already), 'running elsewhere', 'resumed' or 'trained'."""
+    if folder.path.exists() and folder.config.is_file() and folder.is_locked():
+        return "running elsewhere"
+    if folder.summary.is_file():
+        summary = json.loads(folder.summary.read_text())
+        if summary.get("epochs") == point.config.optim.epochs:
+            return "finished"
+    if folder.checkpoint("last").is_file():
+        resume(folder.path, epochs=point.config.optim.epochs, progress=progress)
+        return "resumed"
+    if folder.path.exists():
+        shutil.rmtree(folder.path)
+    train(point.config, out=folder.path, progress=progress)
+    return "trained"
