@@ -151,9 +151,8 @@ def _figures(runs: list[Run], out: Path) -> list[tuple[str, Path]]:
         stochastic = [run for run in members if run.survival_rule != "none"]
         if len({run.final_survival_prob for run in stochastic}) > 1:
             path = out / f"sweep_{_slug(dataset)}.png"
-            figures.append(
-                (f"Test error against p_L, {dataset}", plots.error_against_final_survival_prob(members, dataset, path))
-            )
+            title = f"{dataset}: test error against p_L"
+            figures.append((title, plots.error_against_final_survival_prob(members, title, path)))
             for rule in sorted({run.survival_rule for run in stochastic}):
                 ruled = [run for run in stochastic if run.survival_rule == rule]
                 if len({len(run.survival_probs) for run in ruled}) > 1:

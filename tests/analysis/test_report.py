@@ -1,0 +1,169 @@
+"""Sweeps and the report, on run folders made by short real training runs."""
+
+import json
+import statistics
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from stochdepth.analysis import plots
+from stochdepth.analysis.report import write_report
+from stochdepth.analysis.runs import find_runs
+from stochdepth.analysis.sweep import run_sweep, sweep_grid
+from stochdepth.cli import main
+from stochdepth.train.run_folder import RunFolder
+
+GRID = {"survival_rule": ["linear", "none"], "final_survival_prob": [0.3, 0.7], "seed": [1, 2]}
+NAMES = {
+    "resnet8-linear-p0.3-seed1",
+    "resnet8-linear-p0.3-seed2",
+    "resnet8-linear-p0.7-seed1",
+    "resnet8-linear-p0.7-seed2",
+    "resnet8-none-seed1",
+    "resnet8-none-seed2",
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, synthetic_data_dir):
+    from stochdepth.config import TrainConfig
+
+    base = TrainConfig().override(
+        model="resnet8",
+        dataset="fashion-mnist",
+        data_dir=str(synthetic_data_dir),
+        train_size=128,
+        eval_size=64,
+        batch_size=32,
+        epochs=2,
+        device="cpu",
+        record_gradients_every=2,
+    )
+    out = tmp_path_factory.mktemp("sweep")
+    assert set(run_sweep(base, GRID, out).values()) == {"trained"}
+    return base, out
+
+
+def test_sweep_names_runs_readably_and_gives_constant_depth_once(sweep):
+    base, out = sweep
+    assert {point.name for point in sweep_grid(base, GRID)} == NAMES
+    assert {path.name for path in (out / "runs").iterdir()} == NAMES
+
+
+def test_a_sweep_started_again_does_only_what_is_left(sweep, monkeypatch):
+    base, out = sweep
+    finished = out / "runs" / "resnet8-none-seed1"
+    summary_time = RunFolder(finished).summary.stat().st_mtime_ns
+    interrupted = RunFolder(out / "runs" / "resnet8-linear-p0.3-seed2")
+    interrupted.summary.unlink()
+    done = run_sweep(base, GRID, out)
+    assert done.pop("resnet8-linear-p0.3-seed2") == "resumed"
+    assert set(done.values()) == {"finished"}
+    assert RunFolder(finished).summary.stat().st_mtime_ns == summary_time
+    assert interrupted.summary.is_file()
+
+
+def _row(report: str, setting: str) -> list[str]:
+    line = next(line for line in report.splitlines() if f"| {setting} |" in line and "s |" not in line)
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def _expected(out: Path, prefix: str, key: str) -> str:
+    values = [json.loads((path / "summary.json").read_text())[key] for path in sorted((out / "runs").glob(prefix))]
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_tables_hold_the_runs_numbers_and_figures_are_images(sweep, tmp_path):
+    _, out = sweep
+    report_path, warnings = write_report([out, tmp_path / "not-a-run"], tmp_path / "report")
+    report = report_path.read_text()
+    assert warnings == [f"{tmp_path / 'not-a-run'}: not a run folder or a folder of runs; skipped"]
+    constant = _row(report, "constant depth")
+    assert constant[3] == "2"
+    assert constant[4] == _expected(out, "resnet8-none-*", "test_error_at_best_val")
+    assert constant[5] == _expected(out, "resnet8-none-*", "final_test_error")
+    stochastic = _row(report, "stochastic (linear, p_L=0.7)")
+    assert stochastic[4] == _expected(out, "resnet8-linear-p0.7-*", "test_error_at_best_val")
+    baseline = float(constant[4].split()[0])
+    improvement = 100 * (baseline - float(stochastic[4].split()[0])) / baseline
+    assert stochastic[6] == f"{improvement:+.1f}%"
+    timing = next(line for line in report.splitlines() if "p_L=0.3" in line and " s |" in line)
+    assert "| 0.533 |" in timing  # mean p_l of resnet8 at p_L = 0.3: (1 - 0.7/3 + 1 - 1.4/3 + 0.3) / 3
+    expected_size = (round(plots.FIGURE_SIZE[0] * plots.DPI), round(plots.FIGURE_SIZE[1] * plots.DPI))
+    images = sorted(path.name for path in (tmp_path / "report").glob("*.png"))
+    assert images == [
+        "curves_fashion-mnist_resnet8.png",
+        "gradients_fashion-mnist_resnet8.png",
+        "survival_profiles.png",
+        "sweep_fashion-mnist.png",
+    ]
+    for name in images:
+        assert _png_size(tmp_path / "report" / name) == expected_size
+        assert f"]({name})" in report
+
+
+def test_running_and_incomplete_runs_are_marked(sweep, tmp_path):
+    _, out = sweep
+    running = RunFolder(out / "runs" / "resnet8-none-seed2")
+    with running.lock():
+        runs, _ = find_runs([out])
+    status = {run.path.name: run.status for run in runs}
+    assert status["resnet8-none-seed2"] == "running"
+    assert status["resnet8-none-seed1"] == "finished"
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        (partial / name).write_text((out / "runs" / "resnet8-none-seed1" / name).read_text())
+    (runs,), _ = find_runs([partial])
+    assert runs.status == "incomplete"
+
+
+def test_reproduce_trains_the_preset_and_its_twin_and_writes_the_report(tmp_path, synthetic_data_dir):
+    argv = [
+        "reproduce",
+        "fashion-mnist-resnet110",
+        "--model",
+        "resnet8",
+        "--epochs",
+        "1",
+        "--seeds",
+        "1",
+        "--train-size",
+        "64",
+        "--eval-size",
+        "32",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(synthetic_data_dir),
+        "--out",
+        str(tmp_path / "repro"),
+    ]
+    assert main(argv) == 0
+    assert {path.name for path in (tmp_path / "repro" / "runs").iterdir()} == {
+        "resnet8-linear-p0.5-seed1",
+        "resnet8-none-seed1",
+    }
+    report = (tmp_path / "repro" / "report" / "report.md").read_text()
+    assert "| constant depth |" in report and "| stochastic (linear, p_L=0.5) |" in report
+    assert (
+        torch.load(tmp_path / "repro" / "runs" / "resnet8-none-seed1" / "checkpoints" / "last.pt", weights_only=True)[
+            "epoch"
+        ]
+        == 1
+    )
+
+
+def test_report_of_nothing_is_an_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    assert "no runs found" in capsys.readouterr().err
