@@ -18,6 +18,7 @@ from stochdepth.depth import (
     survival_schedule,
     survivor_count,
 )
+from tests.helpers import randomise_batchnorm
 
 
 def test_linear_schedule_of_resnet110_is_eq4():
@@ -168,14 +169,7 @@ def test_training_flops_fall_as_the_schedule_says(drop_mode):
 
 
 def test_eval_runs_every_block_and_scales_each_branch_by_its_survival_prob():
-    model = stochdepth.create_model("resnet8", final_survival_prob=0.4).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
+    model = randomise_batchnorm(stochdepth.create_model("resnet8", final_survival_prob=0.4)).eval()
     x = torch.randn(3, 3, 16, 16)
     calls = _record_branch_calls(model)
     with torch.no_grad():

@@ -9,19 +9,12 @@ from torch import nn
 import stochdepth
 from stochdepth.depth import StochasticResidual
 from stochdepth.export import export_model
+from tests.helpers import randomise_batchnorm
 
 
 def _trained_looking(name: str, **kwargs) -> nn.Module:
     """A model whose BatchNorm statistics and affine parameters are not at their initial values."""
-    model = stochdepth.create_model(name, **kwargs)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.3, 0.3)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    return model.eval()
+    return randomise_batchnorm(stochdepth.create_model(name, **kwargs)).eval()
 
 
 @pytest.mark.parametrize("rule", ["linear", "uniform", "none"])

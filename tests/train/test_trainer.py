@@ -112,8 +112,9 @@ def test_resume_with_more_epochs_extends_a_finished_run_and_replans_the_schedule
     assert json.loads(RunFolder(tmp_path / "run").config.read_text())["optim"]["epochs"] == 4
 
 
-def test_bf16_autocast_and_sample_mode_train_on_cpu(tmp_path, tiny_config):
-    summary = train(tiny_config.override(precision="bf16", drop_mode="sample", epochs=1), out=None)
+def test_bf16_autocast_channels_last_and_sample_mode_train_on_cpu(tmp_path, tiny_config):
+    config = tiny_config.override(precision="bf16", channels_last=True, drop_mode="sample", epochs=1)
+    summary = train(config, out=None)
     assert 0 <= summary["final_test_error"] <= 1
     assert not (tmp_path / "run").exists()
 

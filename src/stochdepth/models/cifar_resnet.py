@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from stochdepth.depth import ResidualBlock, stochastic_depth
-from stochdepth.models.layers import ChannelPad, classifier_head, conv3x3, init_weights
+from stochdepth.models.layers import ChannelPad, classifier_head, conv3x3, init_weights, residual_stages
 from stochdepth.models.registry import register_model
 
 STAGE_WIDTHS = (16, 32, 64)
@@ -55,14 +55,7 @@ class CifarResNet(nn.Module):
         self.stem = nn.Sequential(
             conv3x3(in_channels, STAGE_WIDTHS[0]), nn.BatchNorm2d(STAGE_WIDTHS[0]), nn.ReLU(inplace=True)
         )
-        blocks = []
-        channels = STAGE_WIDTHS[0]
-        for stage, width in enumerate(STAGE_WIDTHS):
-            for index in range(blocks_per_stage):
-                stride = 2 if stage > 0 and index == 0 else 1
-                blocks.append(basic_block(channels, width, stride))
-                channels = width
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks, channels = residual_stages(STAGE_WIDTHS[0], STAGE_WIDTHS, (blocks_per_stage,) * 3, 1, basic_block)
         self.head = classifier_head(channels, num_classes)
         init_weights(self)
 

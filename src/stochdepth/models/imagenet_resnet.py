@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from stochdepth.depth import ResidualBlock, stochastic_depth
-from stochdepth.models.layers import classifier_head, conv1x1, conv3x3, init_weights
+from stochdepth.models.layers import classifier_head, conv1x1, conv3x3, init_weights, residual_stages
 from stochdepth.models.registry import register_model
 
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -60,14 +60,7 @@ class ImageNetResNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
-        blocks = []
-        channels = 64
-        for stage, (width, count) in enumerate(zip(STAGE_WIDTHS, stage_blocks, strict=True)):
-            for index in range(count):
-                stride = 2 if stage > 0 and index == 0 else 1
-                blocks.append(bottleneck(channels, width, stride))
-                channels = width * EXPANSION
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks, channels = residual_stages(64, STAGE_WIDTHS, stage_blocks, EXPANSION, bottleneck)
         self.head = classifier_head(channels, num_classes)
         init_weights(self)
 

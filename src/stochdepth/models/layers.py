@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,3 +55,25 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
+
+
+def residual_stages(
+    in_channels: int,
+    stage_widths: tuple[int, ...],
+    stage_depths: tuple[int, ...],
+    expansion: int,
+    make_block: Callable[[int, int, int], nn.Module],
+) -> tuple[nn.Sequential, int]:
+    """The residual blocks of all stages, in forward order, and the channels they end with.
+
+    Stage s has ``stage_depths[s]`` blocks built by ``make_block(in_channels, width, stride)``
+    with ``width = stage_widths[s]`` and ``expansion * width`` output channels; the first
+    block of every stage but the first halves the feature map (stride 2).
+    """
+    blocks = []
+    channels = in_channels
+    for stage, (width, depth) in enumerate(zip(stage_widths, stage_depths, strict=True)):
+        for index in range(depth):
+            blocks.append(make_block(channels, width, 2 if stage > 0 and index == 0 else 1))
+            channels = width * expansion
+    return nn.Sequential(*blocks), channels

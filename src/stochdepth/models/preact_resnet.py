@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from stochdepth.depth import ResidualBlock, stochastic_depth
-from stochdepth.models.layers import bn_relu, classifier_head, conv1x1, conv3x3, init_weights
+from stochdepth.models.layers import bn_relu, classifier_head, conv1x1, conv3x3, init_weights, residual_stages
 from stochdepth.models.registry import register_model
 
 BOTTLENECK_WIDTHS = (16, 32, 64)
@@ -50,14 +50,9 @@ class PreActResNet(nn.Module):
     def __init__(self, blocks_per_stage: int, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         self.stem = nn.Sequential(conv3x3(in_channels, BOTTLENECK_WIDTHS[0]))
-        blocks = []
-        channels = BOTTLENECK_WIDTHS[0]
-        for stage, width in enumerate(BOTTLENECK_WIDTHS):
-            for index in range(blocks_per_stage):
-                stride = 2 if stage > 0 and index == 0 else 1
-                blocks.append(preact_bottleneck(channels, width, stride))
-                channels = width * EXPANSION
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks, channels = residual_stages(
+            BOTTLENECK_WIDTHS[0], BOTTLENECK_WIDTHS, (blocks_per_stage,) * 3, EXPANSION, preact_bottleneck
+        )
         self.final_activation = bn_relu(channels)
         self.head = classifier_head(channels, num_classes)
         init_weights(self)

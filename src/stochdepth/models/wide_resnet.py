@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from stochdepth.depth import ResidualBlock, stochastic_depth
-from stochdepth.models.layers import bn_relu, classifier_head, conv1x1, conv3x3, init_weights
+from stochdepth.models.layers import bn_relu, classifier_head, conv1x1, conv3x3, init_weights, residual_stages
 from stochdepth.models.registry import register_model
 
 BLOCK_TYPES = ((3, 3), (3, 1, 3), (1, 3, 1), (1, 3), (3, 1), (3, 1, 1))
@@ -75,14 +75,13 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(conv3x3(in_channels, STAGE_WIDTHS[0]))
-        blocks = []
-        channels = STAGE_WIDTHS[0]
-        for stage, width in enumerate(STAGE_WIDTHS):
-            for index in range(blocks_per_stage):
-                stride = 2 if stage > 0 and index == 0 else 1
-                blocks.append(wide_block(channels, width * widen_factor, stride, kernel_sizes, dropout_rate))
-                channels = width * widen_factor
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks, channels = residual_stages(
+            STAGE_WIDTHS[0],
+            tuple(width * widen_factor for width in STAGE_WIDTHS),
+            (blocks_per_stage,) * 3,
+            1,
+            lambda channels, width, stride: wide_block(channels, width, stride, kernel_sizes, dropout_rate),
+        )
         self.final_activation = bn_relu(channels)
         self.head = classifier_head(channels, num_classes)
         init_weights(self)
