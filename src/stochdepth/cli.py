@@ -18,11 +18,12 @@ import torch
 from stochdepth.analysis.report import write_report
 from stochdepth.analysis.sweep import SWEEP_OPTIONS, run_sweep
 from stochdepth.config import TrainConfig, option_fields
+from stochdepth.data import build_loaders
 from stochdepth.depth import fold_survival
 from stochdepth.export import EXPORT_FORMATS, export_model
 from stochdepth.models import list_models
 from stochdepth.train.recipes import list_presets, preset
-from stochdepth.train.trainer import TrainingStopped
+from stochdepth.train.trainer import TrainingStopped, error_rate, load_trained_model, resume, train
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, several: Sequence[str] = ()) -> None:
@@ -135,8 +136,6 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from stochdepth.train.trainer import resume, train
-
     options = _options(args)
     if args.resume:
         extra = sorted(set(options) - {"epochs"}) + (["preset"] if args.preset else [])
@@ -159,9 +158,6 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from stochdepth.data import build_loaders
-    from stochdepth.train.trainer import error_rate, load_trained_model
-
     model, values = load_trained_model(args.run, args.checkpoint, args.device)
     config = TrainConfig.from_dict(values)
     device = next(model.parameters()).device
@@ -171,8 +167,6 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from stochdepth.train.trainer import load_trained_model
-
     model, values = load_trained_model(args.run, args.checkpoint, "cpu")
     shape = values["data_shape"]
     example = torch.randn(2, shape["in_channels"], shape["image_size"], shape["image_size"])

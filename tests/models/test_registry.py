@@ -45,3 +45,8 @@ def test_a_name_can_be_registered_once():
         @register_model
         def resnet20():
             raise AssertionError
+
+
+def test_an_option_the_family_does_not_take_is_a_value_error():
+    with pytest.raises(ValueError, match="'resnet8' does not take 'dropout_rate'"):
+        stochdepth.create_model("resnet8", dropout_rate=0.3)

@@ -38,4 +38,10 @@ def create_model(name: str, **kwargs: object) -> nn.Module:
         close = difflib.get_close_matches(name, _BUILDERS, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown model {name!r}{hint}; known models: {', '.join(list_models())}")
-    return _BUILDERS[name](**{key: value for key, value in kwargs.items() if value is not None})
+    options = {key: value for key, value in kwargs.items() if value is not None}
+    try:
+        return _BUILDERS[name](**options)
+    except TypeError as error:
+        if "unexpected keyword argument" not in str(error):
+            raise
+        raise ValueError(f"model {name!r} does not take {str(error).rsplit(' ', 1)[-1]}") from None
