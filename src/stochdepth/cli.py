@@ -37,7 +37,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, several: Sequence[str] = 
         owner = type(getattr(TrainConfig(), section))
         hint = typing.get_type_hints(owner)[option.name]
         flag = "--" + option.name.replace("_", "-")
-        help_text = f"{option.metadata['help']} (default: {option.default})"
+        default = " ".join(map(str, option.default)) if isinstance(option.default, tuple) else option.default
+        help_text = option.metadata["help"] + (f" (default: {default})" if default is not None else "")
         if hint is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(hint) is tuple:
