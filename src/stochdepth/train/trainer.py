@@ -185,6 +185,7 @@ class Trainer:
         self.window = Window.empty(self.device, optim.lr)
         self.skipped_steps = 0
         self.stop_signal: str | None = None
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
         self.last_checkpoint_time = time.monotonic()
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -267,6 +268,7 @@ class Trainer:
             raise CheckpointError(f"{source}: does not fit this run ({first_line})") from None
 
     def save(self, which: str) -> None:
+        self.check_finite()
         if self.folder is not None:
             save_checkpoint(self.state_dict(), self.folder.checkpoint(which))
         if which == "last":
@@ -309,6 +311,7 @@ class Trainer:
             bar.update()
             window = self.window
             if self.progress and window.steps % PROGRESS_EVERY == 0 and window.images:
+                self.check_finite()
                 seconds = window.seconds + time.perf_counter() - start
                 bar.set_postfix(
                     loss=f"{window.loss_sum.item() / window.images:.3f}",
@@ -345,13 +348,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.iteration += 1
-        if not self._finite(loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.config.run.on_nonfinite == "stop":
-                raise self._stopped_by_nonfinite()
-            self.skipped_steps += 1
-            tqdm.write(f"warning: non-finite loss or gradient at iteration {self.iteration}; step skipped")
-            return
+        finite = self._finite(loss)
+        if self.config.run.on_nonfinite == "skip":
+            if not finite.item():
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                tqdm.write(f"warning: non-finite loss or gradient at iteration {self.iteration}; step skipped")
+                return
+        else:
+            self.first_nonfinite.masked_fill_(~finite & (self.first_nonfinite < 0), self.iteration)
         every = self.config.run.record_gradients_every
         if every is not None and self.iteration % every == 0:
             self.record_gradients()
@@ -369,15 +374,25 @@ class Trainer:
         if self.folder is not None:
             self.folder.append(self.folder.gradients, record)
 
-    def _finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss and every gradient are finite (one host synchronisation per step)."""
+    def _finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """Whether the loss and every gradient are finite, as a tensor on the device (no synchronisation)."""
         grads = [param.grad for param in self.model.parameters() if param.grad is not None]
         total_norm = getattr(torch.nn.utils, "get_total_norm", None)
         if total_norm is not None:
             norm = total_norm(grads)
         else:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), math.inf)
-        return bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        return torch.isfinite(loss.detach()) & torch.isfinite(norm)
+
+    def check_finite(self) -> None:
+        """Stop if any step since the start had a non-finite loss or gradient (``on_nonfinite="stop"``).
+
+        Steps only note the first bad iteration on the device; this reads it, so it runs
+        before anything is written (checkpoints, metrics) and never saves a bad state.
+        """
+        bad_iteration = int(self.first_nonfinite.item())
+        if bad_iteration >= 0:
+            raise self._stopped_by_nonfinite(bad_iteration)
 
     def _checkpoint_due(self) -> bool:
         minutes = self.config.run.checkpoint_every_minutes
@@ -396,12 +411,13 @@ class Trainer:
             exit_code=128 + int(signal_number),
         )
 
-    def _stopped_by_nonfinite(self) -> TrainingStopped:
+    def _stopped_by_nonfinite(self, bad_iteration: int) -> TrainingStopped:
         kept = "no checkpoint was written before it"
         if self.folder is not None and self.folder.checkpoint("last").is_file():
             kept = f"the last good checkpoint {self.folder.checkpoint('last')} is kept"
         return TrainingStopped(
-            f"non-finite loss or gradient at iteration {self.iteration} (epoch {self.epoch + 1}); {kept}; "
+            f"non-finite loss or gradient at iteration {bad_iteration} (noticed at iteration {self.iteration}); "
+            f"{kept}; "
             "lower --lr, or pass --on-nonfinite skip to skip such steps",
             exit_code=3,
         )
@@ -416,6 +432,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Validation and test error now; log one metrics record; keep the best by validation."""
+        self.check_finite()
         window = self.window
         channels_last = self.config.run.channels_last
         val_error = error_rate(self.model, self.loaders.val, self.autocast, channels_last)
