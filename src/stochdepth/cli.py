@@ -175,24 +175,26 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {args.format} of the folded network to {path}")
 
 
+def _list(args: argparse.Namespace) -> None:
+    print("models:  " + " ".join(list_models()))
+    print("presets: " + " ".join(list_presets()))
+
+
+COMMANDS = {
+    "list": _list,
+    "train": _train,
+    "sweep": _sweep,
+    "reproduce": _reproduce,
+    "report": _report,
+    "eval": _evaluate,
+    "export": _export,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "list":
-            print("models:  " + " ".join(list_models()))
-            print("presets: " + " ".join(list_presets()))
-        elif args.command == "train":
-            _train(args)
-        elif args.command == "sweep":
-            _sweep(args)
-        elif args.command == "reproduce":
-            _reproduce(args)
-        elif args.command == "report":
-            _report(args)
-        elif args.command == "eval":
-            _evaluate(args)
-        elif args.command == "export":
-            _export(args)
+        COMMANDS[args.command](args)
     except ValueError as error:
         print(f"stochdepth: error: {error}", file=sys.stderr)
         return 2
