@@ -57,9 +57,15 @@ def test_python_dash_m_works_like_the_script():
     assert "resnet1202" in result.stdout
 
 
-def test_train_prints_the_test_error_and_writes_the_run(trained_run, capsys):
-    summary = json.loads(RunFolder(trained_run).summary.read_text())
-    assert summary["epochs"] == 1
+def test_train_prints_the_test_error_it_writes(tmp_path, synthetic_data_dir, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny_flags(synthetic_data_dir, out)) == 0
+    summary = json.loads(RunFolder(out).summary.read_text())
+    printed = capsys.readouterr().out.splitlines()[-1]
+    assert printed == (
+        f"test error at best validation (epoch 1): {summary['test_error_at_best_val']:.4f}; "
+        f"final test error: {summary['final_test_error']:.4f}; run folder: {out}"
+    )
 
 
 def test_eval_reports_the_best_checkpoints_test_error(trained_run, capsys):

@@ -1,5 +1,6 @@
 """The stochastic-depth mechanism: schedules, gates, skipping, eval scaling, optimizer updates."""
 
+import copy
 import itertools
 import math
 
@@ -122,7 +123,7 @@ def test_gate_generator_state_round_trips_and_survives_deepcopy():
     restored.load_state_dict(state)
     assert [restored.block_survives(0.5) for _ in range(50)] == draws
     model = stochdepth.create_model("resnet8", gate_seed=5)
-    copied = __import__("copy").deepcopy(model)
+    copied = copy.deepcopy(model)
     assert all(block.gates is copied.gate_generator for block in stochastic_blocks(copied))
     assert torch.equal(_gate_matrix(model, 20), _gate_matrix(copied, 20))
 

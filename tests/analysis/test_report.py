@@ -65,8 +65,10 @@ def test_a_sweep_started_again_does_only_what_is_left(sweep, monkeypatch):
     assert interrupted.summary.is_file()
 
 
-def _row(report: str, setting: str) -> list[str]:
-    line = next(line for line in report.splitlines() if f"| {setting} |" in line and "s |" not in line)
+def _row(report: str, section: str, setting: str) -> list[str]:
+    """The cells of ``setting``'s row in the table under the heading that starts with ``section``."""
+    table = report.split(f"## {section}")[1].split("\n## ")[0]
+    line = next(line for line in table.splitlines() if f"| {setting} |" in line)
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
@@ -86,17 +88,18 @@ def test_report_tables_hold_the_runs_numbers_and_figures_are_images(sweep, tmp_p
     report_path, warnings = write_report([out, tmp_path / "not-a-run"], tmp_path / "report")
     report = report_path.read_text()
     assert warnings == [f"{tmp_path / 'not-a-run'}: not a run folder or a folder of runs; skipped"]
-    constant = _row(report, "constant depth")
+    constant = _row(report, "Results", "constant depth")
     assert constant[3] == "2"
     assert constant[4] == _expected(out, "resnet8-none-*", "test_error_at_best_val")
     assert constant[5] == _expected(out, "resnet8-none-*", "final_test_error")
-    stochastic = _row(report, "stochastic (linear, p_L=0.7)")
+    stochastic = _row(report, "Results", "stochastic (linear, p_L=0.7)")
     assert stochastic[4] == _expected(out, "resnet8-linear-p0.7-*", "test_error_at_best_val")
     baseline = float(constant[4].split()[0])
     improvement = 100 * (baseline - float(stochastic[4].split()[0])) / baseline
     assert stochastic[6] == f"{improvement:+.1f}%"
-    timing = next(line for line in report.splitlines() if "p_L=0.3" in line and " s |" in line)
-    assert "| 0.533 |" in timing  # mean p_l of resnet8 at p_L = 0.3: (1 - 0.7/3 + 1 - 1.4/3 + 0.3) / 3
+    timing = _row(report, "Training time", "stochastic (linear, p_L=0.3)")
+    assert timing[7] == "0.533"  # mean p_l of resnet8 at p_L = 0.3: (1 - 0.7/3 + 1 - 1.4/3 + 0.3) / 3
+    assert _row(report, "Training time", "constant depth")[6] == "1.000"
     expected_size = (round(plots.FIGURE_SIZE[0] * plots.DPI), round(plots.FIGURE_SIZE[1] * plots.DPI))
     images = sorted(path.name for path in (tmp_path / "report").glob("*.png"))
     assert images == [

@@ -99,3 +99,6 @@ def test_imagenet_folder_layout_holds_out_ten_per_class(tmp_path):
     images, labels = next(iter(loaders.train))
     assert images.shape == (4, 3, 16, 16) and labels.dtype == torch.int64
     assert loaders.num_classes == 3
+    train_set, val_set = loaders.train.dataset, loaders.val.dataset
+    assert not torch.equal(train_set[0][0], train_set[0][0])  # random-resized crop and flip
+    assert torch.equal(val_set[0][0], val_set[0][0])  # resize and centre crop

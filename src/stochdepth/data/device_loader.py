@@ -8,7 +8,7 @@ seeded generator whose state goes into checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +120,7 @@ class EpochOrder:
         self.epoch_start_state: torch.Tensor | None = None
         self.position = 0
 
-    def draw(self, make_order):
+    def draw(self, make_order: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:
         """The epoch's order, drawn from the epoch's starting state."""
         if self.epoch_start_state is None:
             self.epoch_start_state = self.generator.get_state()

@@ -58,6 +58,20 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
+def build_model(config: TrainConfig, num_classes: int, in_channels: int, gate_seed: int = 0) -> nn.Module:
+    """The network ``config.model`` describes, for data of ``num_classes`` and ``in_channels``."""
+    return create_model(
+        config.model.model,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        survival_rule=config.model.survival_rule,
+        final_survival_prob=config.model.final_survival_prob,
+        drop_mode=config.model.drop_mode,
+        dropout_rate=config.model.dropout_rate,
+        gate_seed=gate_seed,
+    )
+
+
 def error_rate(model: nn.Module, loader: Any, autocast: Any, channels_last: bool) -> float:
     """Fraction of misclassified images in ``loader``, in evaluation mode (every block, scaled by p_l)."""
     was_training = model.training
@@ -147,16 +161,8 @@ class Trainer:
         seed = config.run.seed
         torch.manual_seed(seed)
         self.loaders: Loaders = build_loaders(config.data, config.optim.batch_size, self.device, seed)
-        self.model = create_model(
-            config.model.model,
-            num_classes=self.loaders.num_classes,
-            in_channels=self.loaders.in_channels,
-            survival_rule=config.model.survival_rule,
-            final_survival_prob=config.model.final_survival_prob,
-            drop_mode=config.model.drop_mode,
-            dropout_rate=config.model.dropout_rate,
-            gate_seed=seed,
-        ).to(self.device)
+        self.model = build_model(config, self.loaders.num_classes, self.loaders.in_channels, gate_seed=seed)
+        self.model.to(self.device)
         if config.run.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if config.run.compile:
@@ -541,15 +547,7 @@ def load_trained_model(
     shape = values.get("data_shape")
     if not isinstance(shape, dict) or not {"num_classes", "in_channels", "image_size"} <= set(shape):
         raise CheckpointError(f"{folder.config}: has no valid data_shape (num_classes, in_channels, image_size)")
-    model = create_model(
-        config.model.model,
-        num_classes=shape["num_classes"],
-        in_channels=shape["in_channels"],
-        survival_rule=config.model.survival_rule,
-        final_survival_prob=config.model.final_survival_prob,
-        drop_mode=config.model.drop_mode,
-        dropout_rate=config.model.dropout_rate,
-    )
+    model = build_model(config, shape["num_classes"], shape["in_channels"])
     if state.get("model_name") != config.model.model:
         raise CheckpointError(
             f"{path}: checkpoint is for model {state.get('model_name')!r}, not {config.model.model!r}"
