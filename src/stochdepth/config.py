@@ -42,6 +42,7 @@ class DataConfig:
     train_size: int | None = _option(None, "use the first N training images after the split")
     eval_size: int | None = _option(None, "use the first N images of validation and of test")
     split_seed: int = _option(0, "seed of the train/validation split (fixed across runs, as in the paper)")
+    augment: bool = _option(True, "the data set's training augmentation (translation and flips; off: none)")
     image_size: int = _option(224, "ImageNet crop size")
     workers: int = _option(8, "ImageNet decoding processes")
 
