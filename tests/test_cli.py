@@ -11,8 +11,8 @@ import torch
 
 import stochdepth
 from stochdepth.cli import main
+from stochdepth.train import load_trained_model
 from stochdepth.train.run_folder import RunFolder
-from stochdepth.train.trainer import load_trained_model
 
 
 def _tiny_flags(data_dir, out, model="resnet8") -> list[str]:
@@ -68,8 +68,8 @@ def test_train_prints_the_test_error_it_writes(tmp_path, synthetic_data_dir, cap
     )
 
 
-def test_eval_reports_the_best_checkpoints_test_error(trained_run, capsys):
-    assert main(["eval", str(trained_run)]) == 0
+def test_eval_reports_the_best_checkpoints_test_error(trained_run, synthetic_data_dir, capsys):
+    assert main(["eval", str(trained_run), "--data-dir", str(synthetic_data_dir)]) == 0
     summary = json.loads(RunFolder(trained_run).summary.read_text())
     assert f"test error {summary['test_error_at_best_val']:.4f}" in capsys.readouterr().out
 
@@ -80,16 +80,16 @@ def test_export_writes_the_folded_network(trained_run, tmp_path, export_format):
         pytest.skip("the onnx extra is not installed")
     path = tmp_path / f"model.{export_format}"
     assert main(["export", str(trained_run), "--format", export_format, "--out", str(path)]) == 0
-    model, _ = load_trained_model(trained_run)
-    x = torch.randn(3, 1, 28, 28)
+    model, _, spec = load_trained_model(trained_run)
+    x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
-        expected = model(x)
+        expected = model((x - spec.mean[0]) / spec.std[0])
     if export_format == "safetensors":
         from safetensors.torch import load_file
 
         plain = stochdepth.create_model("resnet8", in_channels=1, survival_rule="none").eval()
         plain.load_state_dict(load_file(path))
-        output = plain(x)
+        output = plain((x - spec.mean[0]) / spec.std[0])
     elif export_format == "torchscript":
         output = torch.jit.load(str(path))(x)
     elif export_format == "exported":

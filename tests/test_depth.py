@@ -14,10 +14,10 @@ from stochdepth.depth import (
     GateGenerator,
     ResidualBlock,
     StochasticResidual,
-    fill_missing_grads_with_zeros,
+    decay_dropped_blocks,
     stochastic_blocks,
     survival_schedule,
-    survivor_count,
+    survivor_counts,
 )
 from tests.helpers import randomise_batchnorm
 
@@ -65,9 +65,9 @@ def test_stochastic_depth_cannot_be_applied_twice():
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 8, 128])
 def test_survivor_count_is_unbiased_and_never_one(survival_prob, batch_size):
     grid = (torch.arange(400, dtype=torch.float64) + 0.5) / 400
-    counts = torch.tensor(
-        [[survivor_count(survival_prob, batch_size, rounding, split) for split in (0.25, 0.75)] for rounding in grid]
-    )
+    rounding = grid.repeat_interleave(2)
+    split = torch.tensor([0.25, 0.75], dtype=torch.float64).repeat(400)
+    counts = survivor_counts(torch.full((800,), survival_prob), batch_size, rounding, split)
     assert counts.min() >= 0
     assert counts.max() <= batch_size
     if batch_size >= 2:
@@ -116,12 +116,13 @@ def test_same_seed_same_gates_and_gates_depend_only_on_seed_and_step():
 
 
 def test_gate_generator_state_round_trips_and_survives_deepcopy():
-    gates = GateGenerator(seed=11)
+    probs = [0.9, 0.5, 0.2]
+    gates = GateGenerator(11, probs, "batch")
     state = gates.state_dict()
-    draws = [gates.block_survives(0.5) for _ in range(50)]
-    restored = GateGenerator(seed=0)
+    draws = [gates.draw_step(4, torch.device("cpu")).survives for _ in range(50)]
+    restored = GateGenerator(0, probs, "batch")
     restored.load_state_dict(state)
-    assert [restored.block_survives(0.5) for _ in range(50)] == draws
+    assert [restored.draw_step(4, torch.device("cpu")).survives for _ in range(50)] == draws
     model = stochdepth.create_model("resnet8", gate_seed=5)
     copied = copy.deepcopy(model)
     assert all(block.gates is copied.gate_generator for block in stochastic_blocks(copied))
@@ -184,24 +185,39 @@ def test_eval_runs_every_block_and_scales_each_branch_by_its_survival_prob():
     assert [block.survival_prob for block in model.blocks] == pytest.approx([1 - 0.6 / 3, 1 - 1.2 / 3, 0.4])
 
 
-def _single_block(survival_prob: float, drop_mode: str) -> StochasticResidual:
+def _single_block(survival_prob: float, drop_mode: str, **block_options: object) -> StochasticResidual:
     branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1))
-    block = StochasticResidual(ResidualBlock(branch), survival_prob, drop_mode, GateGenerator(0))
-    return block.train()
+    gates = GateGenerator(0, [survival_prob], drop_mode)
+    return StochasticResidual(ResidualBlock(branch, **block_options), survival_prob, 0, gates).train()
 
 
+@pytest.mark.parametrize("dropped_returns_shortcut", [False, True])
 @pytest.mark.parametrize("survivors", [[], [2], [0, 1, 2, 3, 4, 5], [1, 4]])
-def test_sample_mode_runs_the_branch_on_the_survivors_only(survivors, monkeypatch):
-    block = _single_block(0.5, "sample")
-    monkeypatch.setattr(block.gates, "surviving_samples", lambda prob, batch: torch.tensor(survivors, dtype=torch.long))
-    x = torch.randn(6, 4, 5, 5)
+def test_sample_mode_runs_the_branch_on_the_survivors_only(survivors, dropped_returns_shortcut, monkeypatch):
+    block = _single_block(0.5, "sample", post_activation=nn.ReLU(), dropped_returns_shortcut=dropped_returns_shortcut)
+    rows = None if len(survivors) in (0, 6) else torch.tensor(survivors, dtype=torch.long)
+    monkeypatch.setattr(block.gates, "gate", lambda index, batch, device: (bool(survivors), rows))
+    x = torch.randn(6, 4, 5, 5).relu()
     calls = _record_branch_calls(nn.Sequential(block))
     output = block(x)
     assert calls[0] == ([len(survivors)] if survivors else [])
     expected = x.clone()
     if survivors:
-        expected[survivors] += block.branch(x[survivors])
+        expected[survivors] = torch.relu(x[survivors] + block.branch(x[survivors]))
     torch.testing.assert_close(output, expected)
+
+
+@pytest.mark.parametrize("drop_mode", ["batch", "sample"])
+def test_one_host_draw_per_training_step_for_all_blocks(monkeypatch, drop_mode):
+    model = stochdepth.create_model("resnet110", drop_mode=drop_mode, gate_seed=0).train()
+    gates = model.gate_generator
+    draws = []
+    real_draw = gates.draw_step
+    monkeypatch.setattr(gates, "draw_step", lambda *args: draws.append(args) or real_draw(*args))
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 3, 8, 8))
+    assert len(draws) == 3
 
 
 def test_sample_mode_on_one_by_one_maps_never_leaves_batchnorm_one_sample():
@@ -236,14 +252,15 @@ def test_dropped_blocks_still_get_weight_decay_and_momentum():
     optimizer = torch.optim.SGD(
         model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay, nesterov=True
     )
-    fill_missing_grads_with_zeros(optimizer)
+    assert decay_dropped_blocks(optimizer) is decay_dropped_blocks(optimizer)
+    assert len(optimizer._optimizer_step_pre_hooks) == 1
     calls = _record_branch_calls(model)
     x, target = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
     dropped_weights = None
     for _ in range(10):
         before = [len(record) for record in calls]
         weights = [block.branch[0].weight.detach().clone() for block in model.blocks]
-        optimizer.zero_grad()
+        optimizer.zero_grad(set_to_none=False)
         nn.functional.cross_entropy(model(x), target).backward()
         optimizer.step()
         dropped = [index for index, (record, count) in enumerate(zip(calls, before)) if len(record) == count]
@@ -256,6 +273,11 @@ def test_dropped_blocks_still_get_weight_decay_and_momentum():
     expected = weight - learning_rate * (1 + momentum) * weight_decay * weight
     torch.testing.assert_close(model.blocks[index].branch[0].weight.detach(), expected)
     assert "momentum_buffer" in optimizer.state[model.blocks[index].branch[0].weight]
+    grads = [param.grad for param in model.parameters()]
+    optimizer.zero_grad(set_to_none=False)
+    nn.functional.cross_entropy(model(x), target).backward()
+    optimizer.step()
+    assert all(param.grad is grad for param, grad in zip(model.parameters(), grads)), "gradients re-allocated"
 
 
 def test_without_the_hook_sgd_skips_dropped_blocks():
@@ -266,6 +288,6 @@ def test_without_the_hook_sgd_skips_dropped_blocks():
     block(torch.randn(2, 4, 3, 3, requires_grad=True)).sum().backward()
     optimizer.step()
     assert torch.equal(block.branch[0].weight.detach(), weight)
-    fill_missing_grads_with_zeros(optimizer)
+    decay_dropped_blocks(optimizer)
     optimizer.step()
     assert not torch.equal(block.branch[0].weight.detach(), weight)

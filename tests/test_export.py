@@ -1,65 +1,85 @@
-"""fold_survival: equivalence with eval mode, no stochastic parts, export."""
+"""Export: the folded network with the data's normalisation inside, as a user runs it on raw images."""
 
+import dataclasses
 import importlib.util
 
 import pytest
 import torch
-from torch import nn
 
 import stochdepth
-from stochdepth.depth import StochasticResidual
+from stochdepth.cli import main
+from stochdepth.data import DataSpec, build_loaders
+from stochdepth.data.readers import read_idx_gz
 from stochdepth.export import export_model
+from stochdepth.train import load_trained_model
+from tests.conftest import REAL_FASHION_MNIST
 from tests.helpers import randomise_batchnorm
 
-
-def _trained_looking(name: str, **kwargs) -> nn.Module:
-    """A model whose BatchNorm statistics and affine parameters are not at their initial values."""
-    return randomise_batchnorm(stochdepth.create_model(name, **kwargs)).eval()
-
-
-@pytest.mark.parametrize("rule", ["linear", "uniform", "none"])
-def test_folded_network_equals_eval_mode(rule):
-    model = _trained_looking("resnet20", survival_rule=rule, final_survival_prob=0.3)
-    folded = stochdepth.fold_survival(model)
-    x = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        expected, output = model(x), folded(x)
-    assert ((output - expected).norm() / expected.norm()).item() < 1e-5
-    assert not any(isinstance(module, StochasticResidual) for module in folded.modules())
-    assert not hasattr(folded, "gate_generator")
-    assert not folded.training
-    assert any(isinstance(module, StochasticResidual) for module in model.modules())
+needs_onnx = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs the onnx extra")
 
 
 def test_fold_does_not_change_the_input_model():
-    model = _trained_looking("resnet8")
+    model = randomise_batchnorm(stochdepth.create_model("resnet8")).eval()
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     stochdepth.fold_survival(model)
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
 
 
-def test_folded_network_exports_with_torch_export(tmp_path):
-    folded = stochdepth.fold_survival(_trained_looking("resnet8"))
-    example, other = torch.randn(2, 3, 32, 32), torch.randn(5, 3, 32, 32)
-    path = export_model(folded, example, tmp_path / "model.pt2", "exported")
-    program = torch.export.load(str(path))
+def test_unknown_export_format_is_a_value_error(tmp_path):
+    spec = DataSpec(10, 3, 8, (0.5,) * 3, (0.25,) * 3)
+    with pytest.raises(ValueError, match="safetensors, torchscript, exported, onnx"):
+        export_model(stochdepth.create_model("resnet8").eval(), spec, tmp_path / "m", "pickle")
+
+
+def test_exported_program_normalises_raw_images_itself(tmp_path):
+    spec = DataSpec(10, 3, 16, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    folded = stochdepth.fold_survival(randomise_batchnorm(stochdepth.create_model("resnet8")).eval())
+    (path,) = export_model(folded, spec, tmp_path / "model.pt2", "exported")
+    raw = torch.rand(5, 3, 16, 16)
+    mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(other), folded(other))
+        torch.testing.assert_close(torch.export.load(str(path)).module()(raw), folded((raw - mean) / std))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed")
-def test_onnxruntime_output_matches_pytorch(tmp_path):
+@needs_onnx
+def test_onnx_on_raw_test_images_agrees_with_eval(tmp_path, synthetic_data_dir):
+    """The README's promise: an exported model classifies raw [0, 1] images as ``stochdepth eval`` does."""
     import onnxruntime
 
-    folded = stochdepth.fold_survival(_trained_looking("resnet8", in_channels=1))
-    path = export_model(folded, torch.randn(2, 1, 28, 28), tmp_path / "model.onnx", "onnx")
-    x = torch.randn(3, 1, 28, 28)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(None, {"images": x.numpy()})
+    on_real_data = REAL_FASHION_MNIST.is_dir()
+    data_dir = REAL_FASHION_MNIST.parent if on_real_data else synthetic_data_dir
+    run = tmp_path / "run"
+    flags = ["--model", "resnet8", "--dataset", "fashion-mnist", "--data-dir", str(data_dir), "--device", "cpu"]
+    sizes = ["--train-size", "1024", "--batch-size", "128", "--epochs", "1", "--eval-size", "128"]
+    assert main(["train", *flags, *sizes, "--out", str(run)]) == 0
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "model.onnx")]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.onnx", "run"], "one self-contained file"
+
+    model, config, _ = load_trained_model(run)
+    test = build_loaders(dataclasses.replace(config.data, eval_size=None), 500, torch.device("cpu"), 0).test
     with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(logits), folded(x), rtol=1e-4, atol=1e-5)
+        expected = torch.cat([model(images).argmax(dim=1) for images, _ in test])
+    folder = data_dir / "fashion-mnist" if (data_dir / "fashion-mnist").is_dir() else REAL_FASHION_MNIST
+    raw = read_idx_gz(folder / "t10k-images-idx3-ubyte.gz").unsqueeze(1).float().div(255).numpy()
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    chunks = [session.run(None, {"images": raw[start : start + 1000]})[0] for start in range(0, len(raw), 1000)]
+    predicted = torch.cat([torch.from_numpy(chunk) for chunk in chunks])
+    agreement = (predicted.argmax(dim=1) == expected).double().mean().item()
+    assert len(expected) == (10_000 if on_real_data else 200)
+    assert agreement >= 0.999
 
 
-def test_unknown_export_format_is_a_value_error(tmp_path):
-    with pytest.raises(ValueError, match="safetensors, torchscript, exported, onnx"):
-        export_model(stochdepth.create_model("resnet8").eval(), torch.randn(1, 3, 8, 8), tmp_path / "m", "pickle")
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"mean": [0.5]}, "one number per channel"),
+        ({"std": [0.2, 0.0, 0.2]}, "std positive"),
+        ({"num_classes": "ten"}, "integers"),
+        ({"image_size": 100_000}, "out of range"),
+    ],
+)
+def test_a_damaged_data_spec_is_refused(change, message):
+    values = {"num_classes": 10, "in_channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.2] * 3}
+    assert DataSpec.from_dict(values).std == (0.2, 0.2, 0.2)
+    with pytest.raises(ValueError, match=message):
+        DataSpec.from_dict({**values, **change})

@@ -3,19 +3,33 @@
 Train short, test deep: during training each residual block is skipped (its branch not
 computed) with probability 1 - p_l; at test time the whole network runs with each
 branch scaled by p_l.
+
+The public names are imported on first use, so ``stochdepth --help`` does not pay for
+importing PyTorch.
 """
 
-from stochdepth.depth import fill_missing_grads_with_zeros, fold_survival, survival_probs, survival_schedule
-from stochdepth.models import create_model, list_models
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__",
-    "create_model",
-    "fill_missing_grads_with_zeros",
-    "fold_survival",
-    "list_models",
-    "survival_probs",
-    "survival_schedule",
-]
+_PUBLIC = {
+    "create_model": "stochdepth.models",
+    "list_models": "stochdepth.models",
+    "decay_dropped_blocks": "stochdepth.depth",
+    "fold_survival": "stochdepth.depth",
+    "register_residual_adapter": "stochdepth.depth",
+    "stochastic_depth": "stochdepth.depth",
+    "survival_probs": "stochdepth.depth",
+    "survival_schedule": "stochdepth.depth",
+}
+
+__all__ = ["__version__", *sorted(_PUBLIC)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'stochdepth' has no attribute {name!r}")

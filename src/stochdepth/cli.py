@@ -1,29 +1,31 @@
 """The ``stochdepth`` command line: a thin layer over the library.
 
 Errors a user can cause (bad options, missing data, damaged files) end with one line on
-stderr and exit status 2; anything else is a bug and keeps its traceback.
+stderr and exit status 2; anything else is a bug and keeps its traceback. Each command
+imports the heavy parts (PyTorch, the data readers, matplotlib) only when it runs, so
+``--help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import os
 import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-import torch
+from stochdepth import __version__
+from stochdepth.config import EXPORT_FORMATS, SWEEP_OPTIONS, TrainConfig, option_fields
+from stochdepth.train.recipes import describe_preset, list_presets, preset
 
-from stochdepth.analysis.report import write_report
-from stochdepth.analysis.sweep import SWEEP_OPTIONS, run_sweep
-from stochdepth.config import TrainConfig, option_fields
-from stochdepth.data import build_loaders
-from stochdepth.depth import fold_survival
-from stochdepth.export import EXPORT_FORMATS, export_model
-from stochdepth.models import list_models
-from stochdepth.train.recipes import list_presets, preset
-from stochdepth.train.trainer import TrainingStopped, error_rate, load_trained_model, resume, train
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage dump), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, several: Sequence[str] = ()) -> None:
@@ -50,11 +52,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, several: Sequence[str] = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stochdepth", description="Train very deep residual networks with stochastic depth."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="list models and presets")
+    parser = OneLineParser(prog="stochdepth", description="Train very deep residual networks with stochastic depth.")
+    parser.add_argument("--version", action="version", version=f"stochdepth {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    commands.add_parser("list", help="models (family, depth, parameters) and presets (their recipes)")
 
     train = commands.add_parser("train", help="train a network (a preset, or options)")
     train.add_argument("--preset", help=f"start from a paper recipe: {', '.join(list_presets())}")
@@ -62,10 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     _add_config_flags(train)
 
-    evaluate = commands.add_parser("eval", help="test error of a saved run")
-    evaluate.add_argument("run", help="run folder")
-    evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    evaluate = commands.add_parser("eval", help="test error of a saved run or checkpoint")
+    evaluate.add_argument("source", help="run folder, or a checkpoint file (.pt)")
+    evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best", help="for a run folder")
     evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--data-dir", default=None, help="where the data lives (default: $STOCHDEPTH_DATA, ./data)")
 
     sweep = commands.add_parser("sweep", help="train a grid of runs under one folder (restartable)")
     sweep.add_argument("--preset", help="start every run from this preset")
@@ -83,10 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="folder for report.md and the figures")
 
     export = commands.add_parser("export", help="export a run's folded network (p_l in the weights)")
-    export.add_argument("run", help="run folder")
+    export.add_argument("source", help="run folder, or a checkpoint file (.pt)")
     export.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     export.add_argument("--out", required=True, help="file to write")
-    export.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    export.add_argument("--checkpoint", choices=("best", "last"), default="best", help="for a run folder")
+    export.add_argument("--force", action="store_true", help="replace an existing --out file")
     return parser
 
 
@@ -107,6 +110,8 @@ def _base_config(preset_name: str | None, options: dict[str, object]) -> TrainCo
 
 
 def _sweep(args: argparse.Namespace) -> None:
+    from stochdepth.analysis.sweep import run_sweep
+
     options = _options(args)
     out = options.pop("out", None)
     if out is None:
@@ -117,19 +122,24 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
+    from stochdepth.analysis.report import write_report
+    from stochdepth.analysis.sweep import run_sweep
+    from stochdepth.train.setup import resolve_config
+
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     options = _options(args)
     out = Path(options.pop("out", None) or Path("runs") / f"reproduce-{args.preset}")
     base = _base_config(args.preset, options)
-    rule = base.model.survival_rule or "linear"
-    grid = {"survival_rule": [rule, "none"], "seed": list(range(1, args.seeds + 1))}
+    grid = {"survival_rule": [resolve_config(base).model.survival_rule, "none"], "seed": list(range(1, args.seeds + 1))}
     run_sweep(base, grid, out, progress=args.progress)
     report, _ = write_report([out / "runs"], out / "report")
     print(f"report: {report}")
 
 
 def _report(args: argparse.Namespace) -> None:
+    from stochdepth.analysis.report import write_report
+
     report, warnings = write_report(args.runs, args.out)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -137,6 +147,8 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from stochdepth.train import resume, train
+
     options = _options(args)
     if args.resume:
         extra = sorted(set(options) - {"epochs"}) + (["preset"] if args.preset else [])
@@ -159,25 +171,80 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    model, values = load_trained_model(args.run, args.checkpoint, args.device)
-    config = TrainConfig.from_dict(values)
+    import contextlib
+
+    from stochdepth.data import build_loaders
+    from stochdepth.train import load_trained_model
+    from stochdepth.train.trainer import error_rate
+
+    model, config, spec = load_trained_model(args.source, args.checkpoint, args.device)
+    data = config.override(data_dir=args.data_dir).data
+    data.download = False
+    if args.data_dir is None:
+        data.data_dir = None
     device = next(model.parameters()).device
-    loaders = build_loaders(config.data, config.optim.batch_size, device, config.run.seed)
+    loaders = build_loaders(data, config.optim.batch_size, device, config.run.seed)
+    if (loaders.spec.num_classes, loaders.spec.in_channels) != (spec.num_classes, spec.in_channels):
+        raise ValueError(
+            f"the data found ({loaders.spec.num_classes} classes, {loaders.spec.in_channels} channels) does not "
+            f"fit the network ({spec.num_classes} classes, {spec.in_channels} channels)"
+        )
     test_error = error_rate(model, loaders.test, contextlib.nullcontext, False)
-    print(f"{args.run} ({args.checkpoint} checkpoint): test error {test_error:.4f}")
+    print(f"{args.source}: test error {test_error:.4f} on {config.data.dataset}")
+
+
+def _check_export_target(out: Path, source: Path, force: bool) -> None:
+    """Refuse a symlink, a folder, the source run's own files, and an existing file without ``--force``."""
+    if out.is_symlink():
+        raise ValueError(f"{out} is a symbolic link; give a plain file path")
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give a file path")
+    run_folder = source if source.is_dir() else source.parent.parent
+    protected = {run_folder.resolve() / name for name in ("config.json", "metrics.jsonl", "summary.json")}
+    if out.resolve() in protected or out.resolve().parent == (run_folder / "checkpoints").resolve():
+        raise ValueError(f"{out} is part of the run folder {run_folder}; export somewhere else")
+    if source.is_file() and out.resolve() == source.resolve():
+        raise ValueError(f"{out} is the checkpoint being exported")
+    if out.exists() and not force:
+        raise ValueError(f"{out} exists; pass --force to replace it")
+    if not out.parent.is_dir():
+        raise ValueError(f"cannot write {out}: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"cannot write {out}: folder {out.parent} is not writable")
 
 
 def _export(args: argparse.Namespace) -> None:
-    model, values = load_trained_model(args.run, args.checkpoint, "cpu")
-    shape = values["data_shape"]
-    example = torch.randn(2, shape["in_channels"], shape["image_size"], shape["image_size"])
-    path = export_model(fold_survival(model), example, args.out, args.format)
-    print(f"wrote {args.format} of the folded network to {path}")
+    out = Path(args.out)
+    _check_export_target(out, Path(args.source), args.force)
+    if args.format == "onnx":
+        import importlib.util
+
+        if importlib.util.find_spec("onnxscript") is None or importlib.util.find_spec("onnx") is None:
+            raise ValueError("ONNX export needs the onnx extra: pip install 'stochdepth[onnx]'")
+    from stochdepth.depth import fold_survival
+    from stochdepth.export import export_model
+    from stochdepth.train import load_trained_model
+
+    model, _, spec = load_trained_model(args.source, args.checkpoint, "cpu")
+    written = export_model(fold_survival(model), spec, out, args.format)
+    print(
+        f"wrote the folded network as {args.format}: {', '.join(map(str, written))} "
+        f"(input: images scaled to [0, 1], {spec.in_channels}x{spec.image_size}x{spec.image_size}; "
+        f"output: {spec.num_classes} logits)"
+    )
 
 
 def _list(args: argparse.Namespace) -> None:
-    print("models:  " + " ".join(list_models()))
-    print("presets: " + " ".join(list_presets()))
+    from stochdepth.models import count_parameters, list_models, model_info
+
+    print("models (parameters for 10 classes, 3 input channels):")
+    for name in list_models():
+        info = model_info(name)
+        depth = "" if info.residual else "  (no residual blocks: constant depth only)"
+        print(f"  {name:<20} {info.family:<22} depth {info.depth:<5} {count_parameters(name) / 1e6:6.2f}M{depth}")
+    print("presets:")
+    for name in list_presets():
+        print(f"  {name:<24} {describe_preset(name)}")
 
 
 COMMANDS = {
@@ -193,6 +260,8 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from stochdepth.train.signals import TrainingStopped
+
     try:
         COMMANDS[args.command](args)
     except ValueError as error:
@@ -204,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stochdepth: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0
     return 0
 
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PRECISIONS = ("fp32", "bf16")
+EXPORT_FORMATS = ("safetensors", "torchscript", "exported", "onnx")
+SWEEP_OPTIONS = ("model", "survival_rule", "final_survival_prob", "drop_mode", "seed")
+"""The options a sweep may vary, each given several values (the axes of the paper's Fig. 8)."""
 NONFINITE_ACTIONS = ("stop", "skip")
 
 
@@ -90,20 +93,12 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def check(self) -> None:
-        """Raise ``ValueError`` naming the first option whose value cannot work."""
-        from stochdepth.data import DATASETS
-        from stochdepth.depth import check_depth_options
-        from stochdepth.models import list_models
+        """Raise ``ValueError`` naming the first option whose value cannot work.
 
-        if self.model.model not in list_models():
-            raise ValueError(f"unknown model {self.model.model!r}; known models: {', '.join(list_models())}")
-        if self.data.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.data.dataset!r}; choose one of {', '.join(DATASETS)}")
-        check_depth_options(
-            self.model.survival_rule or "linear",
-            1.0 if self.model.final_survival_prob is None else self.model.final_survival_prob,
-            self.model.drop_mode or "batch",
-        )
+        Only what this module can judge alone (types and ranges); the model's and the data
+        set's names and the stochastic-depth options are checked where their registries
+        live, when the run is resolved (``stochdepth.train.setup.resolve_config``).
+        """
         positive = {
             "epochs": self.optim.epochs,
             "batch_size": self.optim.batch_size,

@@ -1,40 +1,42 @@
 """The stochastic-depth mechanism: survival schedules, gates, skipping and scaling.
 
-Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016, section 3. This is
-the one place where the mechanism lives. Model families only declare
-:class:`ResidualBlock` parts (a shortcut, a branch, an optional pre-activation shared by
-both paths and an optional post-addition activation); :func:`stochastic_depth` then
-turns every such block into a :class:`StochasticResidual` that owns its survival
-probability and gate. Families never see a gate.
+Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016, section 3. This is the one
+place where the mechanism lives. Model families only declare :class:`ResidualBlock` parts
+(a shortcut, a branch, an optional pre-activation shared by both paths and an optional
+post-addition activation); :func:`stochastic_depth` finds the residual blocks of any network
+(through one discovery rule, :func:`register_residual_adapter`) and turns each into a
+stochastic module that owns its survival probability. Families never see a gate.
 
-Training, ``drop_mode="batch"`` (the paper): one Bernoulli draw per block per
-mini-batch. A dropped block returns its shortcut and its branch is *not executed*,
-forward or backward; that is where the paper's training-time saving comes from.
+Training, ``drop_mode="batch"`` (the paper): one Bernoulli draw per residual branch per
+mini-batch. A dropped branch is *not executed*, forward or backward; that is where the
+paper's training-time saving comes from. Where the family declares that its post-addition
+activation leaves the shortcut unchanged (a ReLU after a parameter-free shortcut of a ReLU
+output), a dropped block returns the shortcut itself, H_l = id(H_{l-1}) as in eq. 2 of the
+paper, so it keeps no activation for backward either.
 
-Training, ``drop_mode="sample"``: a random subset of the samples survives and the
-branch runs on those rows only (gathered, then added back with ``index_add``), so
-compute still falls with the survival probability. Subset size rule, with
-``expected = survival_prob * batch_size``: the size is ``floor(expected)`` or
-``floor(expected) + 1`` (stochastic rounding, so its mean is exactly ``expected``); a
-size of one, which would leave BatchNorm a single sample (an error on 1x1 feature maps),
-becomes zero or two with equal probability, which keeps the mean. Every sample is
-therefore in the subset with probability exactly ``survival_prob``.
+Training, ``drop_mode="sample"``: a random subset of the samples survives and the branch runs
+on those rows only (gathered, then added back), so compute and saved activations fall with
+the survival probability. Subset size rule, with ``expected = survival_prob * batch_size``:
+the size is ``floor(expected)`` or ``floor(expected) + 1`` (stochastic rounding, so its mean
+is exactly ``expected``); a size of one, which would leave BatchNorm a single sample, becomes
+zero or two with equal probability, which keeps the mean. Every sample is therefore in the
+subset with probability exactly ``survival_prob``.
 
-Evaluation: every block runs and its branch is multiplied by its survival probability
-(the paper's eq. 5). No rescaling happens during training.
+Evaluation: every branch runs and is multiplied by its survival probability (eq. 5). No
+rescaling happens during training.
 
-Gates come from a :class:`GateGenerator`: a host-side, seeded ``torch.Generator`` owned
-by the model, so drawing a gate never waits for the device and a run is reproducible.
-In batch mode each training forward pass draws exactly one number per stochastic block,
-so the gate sequence depends only on the seed and the step, and every distributed rank
-draws the same gates.
+Gates come from a :class:`GateGenerator`: a host-side, seeded ``torch.Generator`` owned by the
+model that draws the gates of *all* branches of a training step in one call (batch mode:
+one vector of L uniforms; sample mode: the L subset sizes and one L x batch matrix). Drawing
+never waits for the device, the gate sequence is a function of the seed and the step only,
+and every distributed rank draws the same batch-mode gates.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,16 +50,44 @@ DEFAULT_FINAL_SURVIVAL_PROB = 0.5
 DEFAULT_DROP_MODE = "batch"
 
 
-def check_depth_options(survival_rule: str, final_survival_prob: float, drop_mode: str) -> None:
-    """Raise ``ValueError`` naming what is allowed if any stochastic-depth option is bad."""
+@dataclass(frozen=True)
+class DepthOptions:
+    """Resolved stochastic-depth options: no ``None`` left, constant depth has p_L = 1."""
+
+    survival_rule: str
+    final_survival_prob: float
+    drop_mode: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "survival_rule": self.survival_rule,
+            "final_survival_prob": self.final_survival_prob,
+            "drop_mode": self.drop_mode,
+        }
+
+
+def resolve_depth_options(
+    survival_rule: str | None = None, final_survival_prob: float | None = None, drop_mode: str | None = None
+) -> DepthOptions:
+    """The options with this library's defaults filled in, checked; ``ValueError`` names what is allowed.
+
+    Defaults: linear decay (eq. 4) to p_L = 0.5, batch mode. With ``survival_rule="none"``
+    (constant depth) p_L is 1 whatever was given.
+    """
+    survival_rule = DEFAULT_SURVIVAL_RULE if survival_rule is None else survival_rule
+    drop_mode = DEFAULT_DROP_MODE if drop_mode is None else drop_mode
     if survival_rule not in SURVIVAL_RULES:
         raise ValueError(f"unknown survival_rule {survival_rule!r}; choose one of {', '.join(SURVIVAL_RULES)}")
     if drop_mode not in DROP_MODES:
         raise ValueError(f"unknown drop_mode {drop_mode!r}; choose one of {', '.join(DROP_MODES)}")
+    if survival_rule == "none":
+        return DepthOptions("none", 1.0, drop_mode)
+    final_survival_prob = DEFAULT_FINAL_SURVIVAL_PROB if final_survival_prob is None else final_survival_prob
     if isinstance(final_survival_prob, bool) or not isinstance(final_survival_prob, (int, float)):
         raise ValueError(f"final_survival_prob must be a number in (0, 1], got {final_survival_prob!r}")
     if not 0.0 < final_survival_prob <= 1.0:
         raise ValueError(f"final_survival_prob must be in (0, 1], got {final_survival_prob}")
+    return DepthOptions(survival_rule, float(final_survival_prob), drop_mode)
 
 
 def survival_schedule(
@@ -71,61 +101,103 @@ def survival_schedule(
     too and block L survives with p_L). ``"uniform"``: p_l = p_L. ``"none"``: p_l = 1,
     the constant-depth baseline.
     """
-    check_depth_options(survival_rule, final_survival_prob, DEFAULT_DROP_MODE)
-    if survival_rule == "none":
+    options = resolve_depth_options(survival_rule, final_survival_prob)
+    if options.survival_rule == "none":
         return [1.0] * num_blocks
-    if survival_rule == "uniform":
-        return [float(final_survival_prob)] * num_blocks
-    return [1.0 - (block / num_blocks) * (1.0 - final_survival_prob) for block in range(1, num_blocks + 1)]
+    if options.survival_rule == "uniform":
+        return [options.final_survival_prob] * num_blocks
+    return [1.0 - (block / num_blocks) * (1.0 - options.final_survival_prob) for block in range(1, num_blocks + 1)]
 
 
-def survivor_count(survival_prob: float, batch_size: int, rounding_draw: float, split_draw: float) -> int:
-    """How many samples run the branch in sample mode (module docstring for the rule).
+def survivor_counts(
+    survival_probs: torch.Tensor, batch_size: int, rounding_draws: torch.Tensor, split_draws: torch.Tensor
+) -> torch.Tensor:
+    """How many samples run each branch in sample mode (module docstring for the rule).
 
-    ``rounding_draw`` and ``split_draw`` are uniform numbers in [0, 1): the first rounds
-    ``survival_prob * batch_size`` stochastically, the second turns a count of one into
-    zero or two. The expected count is exactly ``survival_prob * batch_size``.
+    ``rounding_draws`` and ``split_draws`` are uniform numbers in [0, 1), one per branch: the
+    first rounds ``survival_prob * batch_size`` stochastically, the second turns a count of
+    one into zero or two. The expected count is exactly ``survival_prob * batch_size``.
     """
-    expected = survival_prob * batch_size
-    count = math.floor(expected) + int(rounding_draw < expected - math.floor(expected))
-    count = min(count, batch_size)
-    if count == 1 and batch_size >= 2:
-        count = 2 if split_draw < 0.5 else 0
-    return count
+    expected = survival_probs.double() * batch_size
+    counts = expected.floor() + (rounding_draws.double() < expected - expected.floor()).double()
+    counts = counts.clamp(max=batch_size).long()
+    if batch_size >= 2:
+        counts = torch.where(counts == 1, torch.where(split_draws < 0.5, 2, 0), counts)
+    return counts
+
+
+@dataclass
+class StepGates:
+    """The gates of one training step: per branch, whether (batch) or on which rows (sample) it runs."""
+
+    survives: list[bool]
+    rows: list[torch.Tensor | None]
+    batch_size: int
+    used: list[bool]
 
 
 class GateGenerator:
     """The model's host-side source of gates: a seeded CPU ``torch.Generator``.
 
-    Drawing on the host means no device-to-host synchronisation per block. Its state
-    (:meth:`state_dict`) belongs in every checkpoint so that a resumed run draws the gates
-    an uninterrupted run would have drawn.
+    It knows every branch's survival probability and the drop mode, and draws a whole step's
+    gates at once, the first time a branch asks for its gate in a step (a branch asking a
+    second time starts the next step). Its state (:meth:`state_dict`) belongs in every
+    checkpoint so that a resumed run draws the gates an uninterrupted run would have drawn.
 
     ``branches_run`` counts the residual branches that ran in training forward passes (a
     sample-mode branch counts the fraction of the batch it ran on): the realised depth,
     which a trainer reads and resets with :meth:`take_branches_run`.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, survival_probs: list[float] | None = None, drop_mode: str = "batch") -> None:
         self.seed = seed
+        self.survival_probs = torch.tensor(survival_probs or [], dtype=torch.float64)
+        self.drop_mode = drop_mode
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
         self.branches_run = 0.0
+        self.step: StepGates | None = None
 
     def take_branches_run(self) -> float:
         """The branches run since the last call, and reset the count."""
         count, self.branches_run = self.branches_run, 0.0
         return count
 
-    def block_survives(self, survival_prob: float) -> bool:
-        """One Bernoulli(survival_prob) draw: does the block run on this mini-batch?"""
-        return torch.rand((), generator=self.generator).item() < survival_prob
+    def draw_step(self, batch_size: int, device: torch.device) -> StepGates:
+        """Draw every branch's gate for one training step (one host call per kind of draw)."""
+        probs = self.survival_probs
+        count = len(probs)
+        if self.drop_mode == "batch":
+            survives = (torch.rand(count, generator=self.generator, dtype=torch.float64) < probs).tolist()
+            rows: list[torch.Tensor | None] = [None] * count
+            self.branches_run += float(sum(survives))
+        else:
+            draws = torch.rand(2, count, generator=self.generator, dtype=torch.float64)
+            counts = survivor_counts(probs, batch_size, draws[0], draws[1])
+            order = torch.rand(count, batch_size, generator=self.generator).argsort(dim=1)
+            keep = torch.zeros(count, batch_size, dtype=torch.bool)
+            keep.scatter_(1, order, torch.arange(batch_size).expand(count, -1) < counts[:, None])
+            flat = keep.nonzero()[:, 1]
+            if device.type == "cuda":
+                flat = flat.pin_memory()
+            flat = flat.to(device, non_blocking=True)
+            sizes = counts.tolist()
+            ends = counts.cumsum(0).tolist()
+            survives = [size > 0 for size in sizes]
+            rows = [
+                None if size in (0, batch_size) else flat[end - size : end] for size, end in zip(sizes, ends)
+            ]
+            self.branches_run += sum(sizes) / batch_size
+        self.step = StepGates(survives, rows, batch_size, [False] * count)
+        return self.step
 
-    def surviving_samples(self, survival_prob: float, batch_size: int) -> torch.Tensor:
-        """Sorted indices (CPU, int64) of the samples whose branch runs in sample mode."""
-        rounding_draw, split_draw = torch.rand(2, generator=self.generator).tolist()
-        count = survivor_count(survival_prob, batch_size, rounding_draw, split_draw)
-        return torch.randperm(batch_size, generator=self.generator)[:count].sort().values
+    def gate(self, index: int, batch_size: int, device: torch.device) -> tuple[bool, torch.Tensor | None]:
+        """Branch ``index``'s gate in this step: (runs at all, rows it runs on or ``None`` for all)."""
+        step = self.step
+        if step is None or step.used[index] or step.batch_size != batch_size:
+            step = self.draw_step(batch_size, device)
+        step.used[index] = True
+        return step.survives[index], step.rows[index]
 
     def state_dict(self) -> dict[str, object]:
         return {"seed": self.seed, "state": self.generator.get_state()}
@@ -133,13 +205,40 @@ class GateGenerator:
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.seed = int(state["seed"])
         self.generator.set_state(state["state"])
+        self.step = None
 
     def __getstate__(self) -> dict[str, object]:
-        return self.state_dict()
+        return {**self.state_dict(), "survival_probs": self.survival_probs.tolist(), "drop_mode": self.drop_mode}
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__(int(state["seed"]))
+        self.__init__(int(state["seed"]), state["survival_probs"], state["drop_mode"])
         self.load_state_dict(state)
+
+
+def gated_residual(
+    shortcut: torch.Tensor,
+    branch_input: torch.Tensor,
+    branch: Callable[[torch.Tensor], torch.Tensor],
+    gate: tuple[bool, torch.Tensor | None],
+    post_activation: Callable[[torch.Tensor], torch.Tensor],
+    dropped_returns_shortcut: bool,
+) -> torch.Tensor:
+    """``post_activation(shortcut + branch(branch_input))`` where the gate lets the branch run.
+
+    ``gate`` is :meth:`GateGenerator.gate`'s answer. A dropped branch is not called. In
+    sample mode the branch runs on the surviving rows only and its output is added back into
+    those rows; with ``dropped_returns_shortcut`` the post-activation runs on those rows only
+    (the others are the shortcut, unchanged by it), so nothing full-sized is kept for backward.
+    """
+    runs, rows = gate
+    if not runs:
+        return shortcut if dropped_returns_shortcut else post_activation(shortcut)
+    if rows is None:
+        return post_activation(shortcut + branch(branch_input))
+    added = branch(branch_input.index_select(0, rows)).to(shortcut.dtype)
+    if dropped_returns_shortcut:
+        return shortcut.index_copy(0, rows, post_activation(shortcut.index_select(0, rows) + added))
+    return post_activation(shortcut.index_add(0, rows, added))
 
 
 class ResidualBlock(nn.Module):
@@ -151,6 +250,10 @@ class ResidualBlock(nn.Module):
     branch instead. The branch must end with its last affine layer (a BatchNorm or a
     convolution, possibly followed by layers that are identities in evaluation), which is
     where :func:`fold_survival` puts the survival probability.
+
+    ``dropped_returns_shortcut`` declares that ``post_activation(shortcut(y)) == shortcut(y)``
+    for every input the block sees (a ReLU after an identity or option-A shortcut of a ReLU
+    output): the paper's eq. 2 then gives a dropped block's output as the shortcut itself.
     """
 
     def __init__(
@@ -159,29 +262,44 @@ class ResidualBlock(nn.Module):
         shortcut: nn.Module | None = None,
         pre_activation: nn.Module | None = None,
         post_activation: nn.Module | None = None,
+        dropped_returns_shortcut: bool = False,
     ) -> None:
         super().__init__()
         self.pre_activation = pre_activation if pre_activation is not None else nn.Identity()
         self.shortcut = shortcut if shortcut is not None else nn.Identity()
         self.branch = branch
         self.post_activation = post_activation if post_activation is not None else nn.Identity()
+        self.dropped_returns_shortcut = dropped_returns_shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre_activation(x)
         return self.post_activation(self.shortcut(x) + self.branch(x))
 
 
-class StochasticResidual(ResidualBlock):
-    """A residual block with stochastic depth (module docstring for the behaviour)."""
+class StochasticModule(nn.Module):
+    """What every stochastic residual module provides: its branches' p_l and a plain folded copy."""
 
-    def __init__(self, block: ResidualBlock, survival_prob: float, drop_mode: str, gates: GateGenerator) -> None:
-        super().__init__(block.branch, block.shortcut, block.pre_activation, block.post_activation)
+    survival_probs: tuple[float, ...]
+
+    def folded(self) -> nn.Module:
+        """A plain module with each p_l multiplied into its branch (eq. 5 baked into the weights)."""
+        raise NotImplementedError
+
+
+class StochasticResidual(ResidualBlock, StochasticModule):
+    """A :class:`ResidualBlock` with stochastic depth (module docstring for the behaviour)."""
+
+    def __init__(self, block: ResidualBlock, survival_prob: float, index: int, gates: GateGenerator) -> None:
+        super().__init__(
+            block.branch, block.shortcut, block.pre_activation, block.post_activation, block.dropped_returns_shortcut
+        )
         self.survival_prob = survival_prob
-        self.drop_mode = drop_mode
+        self.survival_probs = (survival_prob,)
+        self.index = index
         self.gates = gates
 
     def extra_repr(self) -> str:
-        return f"survival_prob={self.survival_prob:.4f}, drop_mode={self.drop_mode}"
+        return f"survival_prob={self.survival_prob:.4f}, drop_mode={self.gates.drop_mode}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre_activation(x)
@@ -191,85 +309,131 @@ class StochasticResidual(ResidualBlock):
             if self.survival_prob < 1.0:
                 branch = branch * self.survival_prob
             return self.post_activation(shortcut + branch)
-        if self.survival_prob >= 1.0 or (self.drop_mode == "batch" and self.gates.block_survives(self.survival_prob)):
-            self.gates.branches_run += 1.0
-            return self.post_activation(shortcut + self.branch(x))
-        if self.drop_mode == "batch":
-            return self.post_activation(shortcut)
-        batch_size = x.shape[0]
-        survivors = self.gates.surviving_samples(self.survival_prob, batch_size)
-        self.gates.branches_run += len(survivors) / batch_size
-        if len(survivors) == 0:
-            return self.post_activation(shortcut)
-        if len(survivors) == batch_size:
-            return self.post_activation(shortcut + self.branch(x))
-        survivors = survivors.to(x.device, non_blocking=True)
-        branch = self.branch(x.index_select(0, survivors))
-        return self.post_activation(shortcut.index_add(0, survivors, branch.to(shortcut.dtype)))
+        gate = self.gates.gate(self.index, x.shape[0], x.device)
+        return gated_residual(shortcut, x, self.branch, gate, self.post_activation, self.dropped_returns_shortcut)
+
+    def folded(self) -> ResidualBlock:
+        if self.survival_prob < 1.0:
+            scale_last_affine_layer(self.branch, self.survival_prob)
+        return ResidualBlock(
+            self.branch, self.shortcut, self.pre_activation, self.post_activation, self.dropped_returns_shortcut
+        )
 
 
-def replace_blocks(model: nn.Module, block_type: type[nn.Module], make: Callable[[int, nn.Module], nn.Module]) -> int:
-    """Replace every submodule of ``block_type`` (in forward order) by ``make(index, block)``."""
-    found = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if isinstance(child, block_type)
+@dataclass(frozen=True)
+class ResidualAdapter:
+    """How the mechanism recognises one module type as residual branches and makes it stochastic.
+
+    ``num_branches(module)`` is how many residual branches the module holds (a transformer
+    block holds two); ``make_stochastic(module, survival_probs, first_index, gates)`` returns
+    the stochastic replacement, whose branches take gates ``first_index``, ``first_index + 1``...
+    """
+
+    num_branches: Callable[[nn.Module], int]
+    make_stochastic: Callable[[nn.Module, list[float], int, GateGenerator], StochasticModule]
+
+
+_ADAPTERS: dict[type[nn.Module], ResidualAdapter] = {}
+
+
+def register_residual_adapter(module_type: type[nn.Module], adapter: ResidualAdapter) -> None:
+    """Teach the discovery rule a module type (and its subclasses); a type is registered once."""
+    if module_type in _ADAPTERS:
+        raise ValueError(f"a residual adapter for {module_type.__name__} is already registered")
+    _ADAPTERS[module_type] = adapter
+
+
+register_residual_adapter(
+    ResidualBlock,
+    ResidualAdapter(
+        num_branches=lambda block: 1,
+        make_stochastic=lambda block, probs, index, gates: StochasticResidual(block, probs[0], index, gates),
+    ),
+)
+
+
+def _adapter(module: nn.Module) -> ResidualAdapter | None:
+    return next((_ADAPTERS[kind] for kind in type(module).__mro__ if kind in _ADAPTERS), None)
+
+
+def _children_in_order(
+    model: nn.Module, stop: Callable[[nn.Module], bool]
+) -> Iterator[tuple[nn.Module, str, nn.Module]]:
+    """(parent, name, child) in registration order, not descending into children where ``stop`` holds."""
+    for name, child in model.named_children():
+        yield model, name, child
+        if not stop(child):
+            yield from _children_in_order(child, stop)
+
+
+def find_residual_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, ResidualAdapter]]:
+    """The residual blocks of ``model`` (declared :class:`ResidualBlock`\\ s and registered adapter types).
+
+    Registration order, which every family in this library makes the forward order.
+    """
+
+    def recognised(module: nn.Module) -> bool:
+        return isinstance(module, StochasticModule) or _adapter(module) is not None
+
+    return [
+        (parent, name, child, _adapter(child))
+        for parent, name, child in _children_in_order(model, recognised)
+        if _adapter(child) is not None and not isinstance(child, StochasticModule)
     ]
-    for index, (parent, name, child) in enumerate(found):
-        setattr(parent, name, make(index, child))
-    return len(found)
 
 
 def stochastic_depth(
     model: nn.Module,
-    survival_rule: str = DEFAULT_SURVIVAL_RULE,
-    final_survival_prob: float = DEFAULT_FINAL_SURVIVAL_PROB,
-    drop_mode: str = DEFAULT_DROP_MODE,
+    survival_rule: str | None = None,
+    final_survival_prob: float | None = None,
+    drop_mode: str | None = None,
     gate_seed: int = 0,
 ) -> nn.Module:
-    """Give every :class:`ResidualBlock` of ``model`` its survival probability and gate.
+    """Give every residual branch of ``model`` its survival probability and gate.
 
-    Blocks are numbered l = 1..L in the order the model registers them, which every
-    family in this library makes the forward order. The model gets a ``gate_generator``
-    attribute (a :class:`GateGenerator` seeded with ``gate_seed``) shared by its blocks,
-    and a ``depth_options`` dict of the options it was built with.
-    Returns ``model``, changed in place.
+    Branches are numbered l = 1..L in the order the model registers its blocks. The model
+    gets a ``gate_generator`` attribute (a :class:`GateGenerator` seeded with ``gate_seed``)
+    shared by its blocks, and a ``depth_options`` dict of the resolved options. A model in
+    which no residual block is recognised is a ``ValueError`` unless ``survival_rule`` is
+    ``"none"``. Returns ``model``, changed in place.
     """
-    check_depth_options(survival_rule, final_survival_prob, drop_mode)
+    options = resolve_depth_options(survival_rule, final_survival_prob, drop_mode)
     if any(True for _ in stochastic_blocks(model)):
         raise ValueError("stochastic depth is already applied to this model")
-    num_blocks = sum(1 for module in model.modules() if isinstance(module, ResidualBlock))
-    probs = survival_schedule(num_blocks, survival_rule, final_survival_prob)
-    gates = GateGenerator(gate_seed)
-
-    def make_stochastic(index: int, block: ResidualBlock) -> StochasticResidual:
-        return StochasticResidual(block, probs[index], drop_mode, gates)
-
-    replace_blocks(model, ResidualBlock, make_stochastic)
+    found = find_residual_blocks(model)
+    if not found and options.survival_rule != "none":
+        raise ValueError(
+            f"no residual block found in {type(model).__name__}: stochastic depth needs residual blocks "
+            "(this library's ResidualBlock, or a type registered with register_residual_adapter); "
+            "use survival_rule='none' for constant depth"
+        )
+    sizes = [adapter.num_branches(child) for _, _, child, adapter in found]
+    probs = survival_schedule(sum(sizes), options.survival_rule, options.final_survival_prob)
+    gates = GateGenerator(gate_seed, probs, options.drop_mode)
+    first = 0
+    for (parent, name, child, adapter), size in zip(found, sizes):
+        setattr(parent, name, adapter.make_stochastic(child, probs[first : first + size], first, gates))
+        first += size
     model.gate_generator = gates
-    model.depth_options = {
-        "survival_rule": survival_rule,
-        "final_survival_prob": final_survival_prob,
-        "drop_mode": drop_mode,
-    }
+    model.depth_options = options.as_dict()
     return model
 
 
-def stochastic_blocks(model: nn.Module) -> Iterator[StochasticResidual]:
-    """The model's stochastic residual blocks, l = 1..L."""
-    return (module for module in model.modules() if isinstance(module, StochasticResidual))
+def stochastic_blocks(model: nn.Module) -> Iterator[StochasticModule]:
+    """The model's stochastic residual modules, in order."""
+    return (module for module in model.modules() if isinstance(module, StochasticModule))
 
 
 def survival_probs(model: nn.Module) -> list[float]:
-    """p_l of every residual block of ``model``, in order ([] for a family without any)."""
-    return [block.survival_prob for block in stochastic_blocks(model)]
+    """p_l of every residual branch of ``model``, in order ([] for a network without any)."""
+    return [prob for block in stochastic_blocks(model) for prob in block.survival_probs]
 
 
-AFFINE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.conv._ConvNd, nn.Linear)
+AFFINE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.conv._ConvNd, nn.Linear, nn.LayerNorm)
 
 
-def _scale_last_affine_layer(branch: nn.Module, scale: float) -> None:
+def scale_last_affine_layer(branch: nn.Module, scale: float) -> None:
+    """Multiply the weight and bias of ``branch``'s last affine layer by ``scale`` (in place)."""
     affine = [module for module in branch.modules() if isinstance(module, AFFINE_LAYERS)]
     if not affine:
         raise ValueError(f"branch has no affine layer to fold a survival probability into: {branch}")
@@ -288,18 +452,19 @@ def fold_survival(model: nn.Module) -> nn.Module:
     The weight and bias of each branch's last affine layer (a BatchNorm in post-activation
     families, the last convolution in pre-activation ones) are multiplied by p_l, which
     scales the branch's output by p_l exactly as eq. 5 of the paper does at test time,
-    and each block becomes a plain :class:`ResidualBlock`. The result has no stochastic
+    and each stochastic module becomes its plain counterpart. The result has no stochastic
     parts, costs what a plain network costs, and exports with ``torch.export``. The input
     model is not changed.
     """
     folded = copy.deepcopy(model).eval()
-
-    def fold(_: int, block: StochasticResidual) -> ResidualBlock:
-        if block.survival_prob < 1.0:
-            _scale_last_affine_layer(block.branch, block.survival_prob)
-        return ResidualBlock(block.branch, block.shortcut, block.pre_activation, block.post_activation)
-
-    replace_blocks(folded, StochasticResidual, fold)
+    stochastic = [
+        (parent, name, child)
+        for parent in folded.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, StochasticModule)
+    ]
+    for parent, name, child in stochastic:
+        setattr(parent, name, child.folded())
     folded.__dict__.pop("gate_generator", None)
     folded.__dict__.pop("depth_options", None)
     return folded
@@ -313,16 +478,20 @@ def gate_generator(model: nn.Module) -> GateGenerator:
     return gates
 
 
-def fill_missing_grads_with_zeros(optimizer: torch.optim.Optimizer) -> RemovableHandle:
-    """Make ``optimizer`` update dropped blocks as the paper's code did.
+def decay_dropped_blocks(optimizer: torch.optim.Optimizer) -> RemovableHandle:
+    """Make ``optimizer`` apply weight decay and momentum to dropped blocks, as the paper's code did.
 
-    A dropped block's branch does not run, so its parameters get no gradient, and with
-    PyTorch's default ``zero_grad(set_to_none=True)`` their ``.grad`` is ``None``, which
-    makes SGD skip them: no weight decay, no momentum. The paper's Torch code updated
-    them with a zero gradient. This registers a step pre-hook that gives every trainable
-    parameter whose gradient is ``None`` a zero gradient just before each step, so weight
-    decay and momentum apply every step. Returns the hook's handle.
+    A dropped block's branch does not run, so its parameters get no gradient; a ``None``
+    gradient makes PyTorch's SGD skip the parameter (no weight decay, no momentum). Call this
+    once, after building the optimizer, and clear gradients with
+    ``optimizer.zero_grad(set_to_none=False)``: a step pre-hook gives a zero gradient to every
+    trainable parameter whose gradient is ``None`` (the first step, or after a
+    ``set_to_none=True``), after which gradients stay allocated and are only zeroed.
+    Calling it again on the same optimizer returns the first handle (no second hook).
     """
+    existing = getattr(optimizer, "_stochdepth_decay_hook", None)
+    if existing is not None:
+        return existing
 
     def give_zero_grads(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
         for group in opt.param_groups:
@@ -330,4 +499,7 @@ def fill_missing_grads_with_zeros(optimizer: torch.optim.Optimizer) -> Removable
                 if param.grad is None and param.requires_grad:
                     param.grad = torch.zeros_like(param)
 
-    return optimizer.register_step_pre_hook(give_zero_grads)
+    handle = optimizer.register_step_pre_hook(give_zero_grads)
+    optimizer._stochdepth_decay_hook = handle
+    return handle
+

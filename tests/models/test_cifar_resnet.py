@@ -38,7 +38,7 @@ def test_depth_is_6n_plus_2(name, blocks):
 
 
 def test_any_depth_of_the_form_6n_plus_2_and_nothing_else():
-    assert len(stochdepth.survival_probs(cifar_resnet(depth=14))) == 6
+    assert len(stochdepth.survival_probs(stochdepth.stochastic_depth(cifar_resnet(depth=14)))) == 6
     for depth in (7, 9, 2, 111, 20.0):
         with pytest.raises(ValueError, match="6n \\+ 2"):
             cifar_resnet(depth=depth)
@@ -67,7 +67,12 @@ def test_transition_shortcut_is_subsampling_plus_zero_channels():
     assert not list(transition.shortcut.parameters())
 
 
-def test_with_all_gates_open_every_parameter_gets_a_gradient():
-    model = stochdepth.create_model("resnet20", survival_rule="none")
-    model(torch.randn(2, 3, 16, 16)).sum().backward()
-    assert all(param.grad is not None and param.grad.abs().sum() > 0 for param in model.parameters())
+def test_a_dropped_block_returns_its_shortcut_which_its_relu_would_not_change():
+    """Eq. 2: H_l = id(H_{l-1}) for a dropped block; the ReLU is skipped because it is the identity there."""
+    model = stochdepth.create_model("resnet8", survival_rule="none").eval()
+    x = model.stem(torch.randn(3, 3, 16, 16))
+    for block in model.blocks:
+        assert block.dropped_returns_shortcut
+        shortcut = block.shortcut(block.pre_activation(x))
+        torch.testing.assert_close(block.post_activation(shortcut), shortcut, rtol=0, atol=0)
+        x = block(x)

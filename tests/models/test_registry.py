@@ -36,13 +36,14 @@ def test_unknown_model_lists_the_known_ones():
 def test_arguments_left_as_none_take_the_family_defaults():
     model = stochdepth.create_model("resnet8", survival_rule=None, final_survival_prob=None, drop_mode=None)
     assert stochdepth.survival_probs(model)[-1] == pytest.approx(0.5)
-    assert all(block.drop_mode == "batch" for block in model.blocks)
+    assert model.gate_generator.drop_mode == "batch"
+    assert model.depth_options == {"survival_rule": "linear", "final_survival_prob": 0.5, "drop_mode": "batch"}
 
 
 def test_a_name_can_be_registered_once():
     with pytest.raises(ValueError, match="already registered"):
 
-        @register_model
+        @register_model(family="CIFAR ResNet", depth=20)
         def resnet20():
             raise AssertionError
 

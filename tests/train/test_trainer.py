@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from stochdepth.train import resume, train
 from stochdepth.train.run_folder import METRIC_KEYS, RunFolder
-from stochdepth.train.trainer import resume, train
 from tests.conftest import REAL_FASHION_MNIST
 
 TIMING_KEYS = {"epoch_seconds", "images_per_second"}
@@ -43,7 +43,15 @@ def test_run_folder_holds_the_contract(tmp_path, tiny_config):
     config = json.loads(folder.config.read_text())
     assert config["model"]["survival_rule"] == "linear" and config["model"]["drop_mode"] == "batch"
     assert config["environment"]["torch"] == torch.__version__
-    assert config["data_shape"] == {"num_classes": 10, "in_channels": 1, "image_size": 28}
+    spec = config["data_spec"]
+    assert {key: spec[key] for key in ("num_classes", "in_channels", "image_size")} == {
+        "num_classes": 10,
+        "in_channels": 1,
+        "image_size": 28,
+    }
+    state = torch.load(folder.checkpoint("last"), weights_only=True)
+    assert state["data_spec"] == spec and state["config"]["model"] == config["model"]
+    assert config["model"]["final_survival_prob"] == 0.5
     assert folder.checkpoint("last").is_file() and folder.checkpoint("best").is_file()
     expected_blocks = records[0]["expected_active_blocks"]
     assert expected_blocks == pytest.approx(1 - 0.5 / 3 + 1 - 1 / 3 + 0.5)

@@ -34,11 +34,12 @@ class Run:
 
     @property
     def survival_rule(self) -> str:
-        return self.config["model"].get("survival_rule") or "linear"
+        """As the run resolved it (``config.json`` holds resolved options, never a default to re-derive)."""
+        return self.config["model"]["survival_rule"]
 
     @property
     def final_survival_prob(self) -> float:
-        return 1.0 if self.survival_rule == "none" else float(self.config["model"].get("final_survival_prob") or 0.5)
+        return float(self.config["model"]["final_survival_prob"])
 
     @property
     def survival_probs(self) -> list[float]:

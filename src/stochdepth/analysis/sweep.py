@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stochdepth.config import TrainConfig
+from stochdepth.config import SWEEP_OPTIONS, TrainConfig
+from stochdepth.train import resume, train
 from stochdepth.train.run_folder import RunFolder
-from stochdepth.train.trainer import resume, train
-
-SWEEP_OPTIONS = ("model", "survival_rule", "final_survival_prob", "drop_mode", "seed")
+from stochdepth.train.setup import resolve_config
 
 
 @dataclass
@@ -32,30 +31,30 @@ class SweepPoint:
 
 
 def run_name(config: TrainConfig) -> str:
-    """A readable, stable folder name: model, rule, p_L (unless constant depth), mode (if sample), seed."""
-    rule = config.model.survival_rule or "linear"
-    parts = [config.model.model, rule]
-    if rule != "none":
-        final = 0.5 if config.model.final_survival_prob is None else config.model.final_survival_prob
-        parts.append(f"p{final:g}")
-    if config.model.drop_mode == "sample":
+    """A readable, stable folder name from a resolved config: model, rule, p_L (unless constant), mode, seed."""
+    model = config.model
+    parts = [model.model, model.survival_rule]
+    if model.survival_rule != "none":
+        parts.append(f"p{model.final_survival_prob:g}")
+    if model.drop_mode == "sample":
         parts.append("sample")
     parts.append(f"seed{config.run.seed}")
     return "-".join(parts)
 
 
 def sweep_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[SweepPoint]:
-    """Every combination of ``grid``'s values applied to ``base``; constant-depth points appear once."""
+    """Every combination of ``grid``'s values applied to ``base``, resolved; identical runs appear once.
+
+    Constant-depth points (and every point of a network without residual blocks) resolve to
+    p_L = 1, so they appear once whatever p_L values the grid lists.
+    """
     unknown = sorted(set(grid) - set(SWEEP_OPTIONS))
     if unknown:
         raise ValueError(f"cannot sweep {', '.join(unknown)}; sweepable options: {', '.join(SWEEP_OPTIONS)}")
     names = [name for name in SWEEP_OPTIONS if grid.get(name)]
     points: dict[str, SweepPoint] = {}
     for values in itertools.product(*(grid[name] for name in names)):
-        config = base.override(**dict(zip(names, values, strict=True)))
-        if (config.model.survival_rule or "linear") == "none":
-            config = config.override(final_survival_prob=1.0)
-        config.check()
+        config = resolve_config(base.override(**dict(zip(names, values, strict=True))))
         points.setdefault(run_name(config), SweepPoint(run_name(config), config))
     return list(points.values())
 

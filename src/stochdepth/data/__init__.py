@@ -5,31 +5,79 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from stochdepth.config import DataConfig
 from stochdepth.data.device_loader import DeviceLoader, channel_stats
-from stochdepth.data.imagenet import imagenet_loaders
+from stochdepth.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_loaders
 from stochdepth.data.readers import DataError
 from stochdepth.data.small_images import SMALL_IMAGE_DATASETS, data_root
 
 DATASETS = (*SMALL_IMAGE_DATASETS, "imagenet")
 
-__all__ = ["DATASETS", "DataError", "Loaders", "build_loaders"]
+__all__ = ["DATASETS", "DataError", "DataSpec", "Loaders", "build_loaders"]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a network trained on a data set expects: the shape, the classes and the normalisation.
+
+    ``mean`` and ``std`` are per channel on the [0, 1] scale (computed from the training
+    split for the small-image sets, torchvision's fixed constants for ImageNet): an input
+    image scaled to [0, 1] is normalised as ``(image - mean) / std``. Saved in ``config.json``
+    and in every checkpoint, and built into exported networks.
+    """
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, values: object) -> DataSpec:
+        """Rebuild (and check) a spec read from a file; ``ValueError`` says what is wrong."""
+        if not isinstance(values, dict):
+            raise ValueError("data_spec must be an object")
+        try:
+            counts = [values[key] for key in ("num_classes", "in_channels", "image_size")]
+            mean, std = values["mean"], values["std"]
+        except KeyError as error:
+            raise ValueError(f"data_spec lacks {error.args[0]!r}") from None
+        if any(isinstance(value, bool) or not isinstance(value, int) for value in counts):
+            raise ValueError("data_spec's num_classes, in_channels and image_size must be integers")
+        num_classes, in_channels, image_size = counts
+        if not (2 <= num_classes <= 100_000 and 1 <= in_channels <= 64 and 1 <= image_size <= 4096):
+            raise ValueError(f"data_spec out of range: {num_classes} classes, {in_channels} channels, {image_size} px")
+        numbers = (list, tuple)
+        if not (isinstance(mean, numbers) and isinstance(std, numbers) and len(mean) == len(std) == in_channels):
+            raise ValueError("data_spec's mean and std must list one number per channel")
+        values_ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (*mean, *std))
+        if not values_ok or not all(math.isfinite(v) for v in mean) or not all(v > 0 for v in std):
+            raise ValueError("data_spec's mean must be finite numbers and std positive numbers")
+        return cls(num_classes, in_channels, image_size, tuple(map(float, mean)), tuple(map(float, std)))
 
 
 @dataclass
 class Loaders:
-    """Training, validation and test batches, and the shape of the data they hold."""
+    """Training, validation and test batches, and the spec of the data they hold."""
 
     train: object
     val: object
     test: object
-    num_classes: int
-    in_channels: int
-    image_size: int
+    spec: DataSpec
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.train.state_dict()
@@ -54,12 +102,17 @@ def build_loaders(config: DataConfig, batch_size: int, device: torch.device, see
             config.workers,
             config.train_size,
             config.eval_size,
+            config.augment,
         )
-        return Loaders(train, val, test, num_classes, 3, config.image_size)
+        spec = DataSpec(num_classes, 3, config.image_size, IMAGENET_MEAN, IMAGENET_STD)
+        return Loaders(train, val, test, spec)
     splits = SMALL_IMAGE_DATASETS[config.dataset](root, config.download, config.split_seed)
     train_images = splits.train_images[: config.train_size]
     train_labels = splits.train_labels[: config.train_size]
     mean, std = channel_stats(train_images)
+    spec = DataSpec(
+        splits.num_classes, train_images.shape[1], train_images.shape[-1], tuple(mean.tolist()), tuple(std.tolist())
+    )
 
     def loader(images: torch.Tensor, labels: torch.Tensor, **training: object) -> DeviceLoader:
         return DeviceLoader(images, labels, batch_size, mean, std, device, seed=seed, **training)
@@ -75,7 +128,5 @@ def build_loaders(config: DataConfig, batch_size: int, device: torch.device, see
         ),
         val=loader(splits.val_images[:eval_size], splits.val_labels[:eval_size]),
         test=loader(splits.test_images[:eval_size], splits.test_labels[:eval_size]),
-        num_classes=splits.num_classes,
-        in_channels=train_images.shape[1],
-        image_size=train_images.shape[-1],
+        spec=spec,
     )

@@ -4,10 +4,12 @@ Expected layout: ``<data dir>/imagenet/train/<class>/*.JPEG`` and
 ``<data dir>/imagenet/val/<class>/*.JPEG`` (the official validation set sorted into class
 folders). ImageNet has no labelled test set, so, as in the paper, 10 training images
 per class (10,000) are held out for model selection and the official validation set is
-reported as the test error. Training: random-resized crop and horizontal flip;
-evaluation: resize to 8/7 of the crop size, centre crop. The normalisation constants
-are estimated from a seeded sample of training images (``STATS_SAMPLE`` of them, centre
-crops), not typed in.
+reported as the test error. Training, as fb.resnet.torch (the code the paper's ImageNet
+runs build on): random-resized crop, colour jitter (brightness, contrast and saturation,
+0.4 each), AlexNet-style lighting noise (PCA of ImageNet's RGB values, standard deviation
+0.1) and horizontal flip. Evaluation: resize to 8/7 of the crop size, centre crop. The
+normalisation constants are the standard ImageNet ones that torchvision's pretrained
+networks use, so those networks' weights and ours see the same inputs.
 """
 
 from __future__ import annotations
@@ -24,15 +26,63 @@ from stochdepth.data.device_loader import EpochOrder
 from stochdepth.data.readers import DataError
 from stochdepth.data.splits import per_class_holdout
 
-STATS_SAMPLE = 2000
 VALIDATION_PER_CLASS = 10
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LIGHTING_STD = 0.1
+LIGHTING_EIGENVALUES = (0.2175, 0.0188, 0.0045)
+LIGHTING_EIGENVECTORS = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
 
 
-def _eval_transform(image_size: int, mean: list[float] | None = None, std: list[float] | None = None):
-    steps = [transforms.Resize(round(image_size * 8 / 7)), transforms.CenterCrop(image_size), transforms.ToTensor()]
-    if mean is not None:
-        steps.append(transforms.Normalize(mean, std))
-    return transforms.Compose(steps)
+class Lighting:
+    """AlexNet's lighting noise: add ``eigenvectors @ (alpha * eigenvalues)``, alpha ~ N(0, std), to every pixel.
+
+    Krizhevsky et al. 2012, section 4.1, with fb.resnet.torch's ImageNet eigen-decomposition;
+    works on a (3, H, W) tensor in [0, 1].
+    """
+
+    def __init__(self, std: float = LIGHTING_STD) -> None:
+        self.std = std
+        self.eigenvalues = torch.tensor(LIGHTING_EIGENVALUES)
+        self.eigenvectors = torch.tensor(LIGHTING_EIGENVECTORS)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        alpha = torch.randn(3) * self.std
+        return image + (self.eigenvectors @ (alpha * self.eigenvalues)).view(3, 1, 1)
+
+    def __repr__(self) -> str:
+        return f"Lighting(std={self.std})"
+
+
+def train_transform(image_size: int, augment: bool) -> transforms.Compose:
+    """fb.resnet.torch's training augmentation (module docstring), or the evaluation transform without it."""
+    if not augment:
+        return _eval_transform(image_size)
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(image_size),
+            transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+            transforms.ToTensor(),
+            Lighting(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            transforms.RandomHorizontalFlip(),
+        ]
+    )
+
+
+def _eval_transform(image_size: int) -> transforms.Compose:
+    return transforms.Compose(
+        [
+            transforms.Resize(round(image_size * 8 / 7)),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def _folder(root: Path, part: str, transform: transforms.Compose) -> datasets.ImageFolder:
@@ -111,27 +161,15 @@ def imagenet_loaders(
     workers: int,
     train_size: int | None,
     eval_size: int | None,
+    augment: bool = True,
 ) -> tuple[ImageFolderLoader, ImageFolderLoader, ImageFolderLoader, int]:
     """Training, validation (held out from train) and test (official val) loaders, and the class count."""
-    plain_train = _folder(root, "train", _eval_transform(image_size))
-    targets = torch.tensor(plain_train.targets)
+    eval_transform = _eval_transform(image_size)
+    validation = _folder(root, "train", eval_transform)
+    targets = torch.tensor(validation.targets)
     train_indices, val_indices = per_class_holdout(targets, VALIDATION_PER_CLASS, split_seed)
     train_indices, val_indices = train_indices[:train_size], val_indices[:eval_size]
-    sample = train_indices[torch.randperm(len(train_indices), generator=torch.Generator().manual_seed(seed))]
-    pixels = torch.stack([plain_train[index][0] for index in sample[:STATS_SAMPLE].tolist()])
-    mean = pixels.mean(dim=(0, 2, 3)).tolist()
-    std = pixels.std(dim=(0, 2, 3)).tolist()
-    train_transform = transforms.Compose(
-        [
-            transforms.RandomResizedCrop(image_size),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
-    eval_transform = _eval_transform(image_size, mean, std)
-    train = _with_transform(plain_train, train_transform)
-    validation = _with_transform(plain_train, eval_transform)
+    train = _with_transform(validation, train_transform(image_size, augment))
     test = _folder(root, "val", eval_transform)
     if test.classes != train.classes:
         raise DataError(f"{root / 'imagenet' / 'val'}: its class folders differ from train/'s")

@@ -4,21 +4,33 @@ from stochdepth.models.cifar_resnet import CifarResNet, cifar_resnet
 from stochdepth.models.densenet import DenseNetBC, densenet_bc
 from stochdepth.models.imagenet_resnet import ImageNetResNet, imagenet_resnet
 from stochdepth.models.preact_resnet import PreActResNet, preact_resnet
-from stochdepth.models.registry import create_model, list_models, register_model
+from stochdepth.models.registry import (
+    ModelInfo,
+    count_parameters,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+    resolve_model_depth_options,
+)
 from stochdepth.models.wide_resnet import WideResNet, wide_resnet
 
 __all__ = [
     "CifarResNet",
     "DenseNetBC",
     "ImageNetResNet",
+    "ModelInfo",
     "PreActResNet",
     "WideResNet",
     "cifar_resnet",
+    "count_parameters",
     "create_model",
     "densenet_bc",
     "imagenet_resnet",
     "list_models",
+    "model_info",
     "preact_resnet",
     "register_model",
+    "resolve_model_depth_options",
     "wide_resnet",
 ]

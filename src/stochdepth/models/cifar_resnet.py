@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stochdepth.depth import ResidualBlock, stochastic_depth
+from stochdepth.depth import ResidualBlock
 from stochdepth.models.layers import ChannelPad, classifier_head, conv3x3, init_weights, residual_stages
 from stochdepth.models.registry import register_model
 
@@ -32,7 +32,11 @@ STAGE_WIDTHS = (16, 32, 64)
 
 
 def basic_block(in_channels: int, out_channels: int, stride: int) -> ResidualBlock:
-    """Conv-BN-ReLU-Conv-BN branch, identity or option-A shortcut, ReLU after the addition."""
+    """Conv-BN-ReLU-Conv-BN branch, identity or option-A shortcut, ReLU after the addition.
+
+    The block's input is a ReLU output and both shortcuts keep it non-negative, so the ReLU
+    leaves a dropped block's shortcut unchanged (``dropped_returns_shortcut``, eq. 2).
+    """
     branch = nn.Sequential(
         conv3x3(in_channels, out_channels, stride),
         nn.BatchNorm2d(out_channels),
@@ -44,7 +48,7 @@ def basic_block(in_channels: int, out_channels: int, stride: int) -> ResidualBlo
         shortcut = None
     else:
         shortcut = nn.Sequential(nn.AvgPool2d(kernel_size=1, stride=stride), ChannelPad(out_channels - in_channels))
-    return ResidualBlock(branch, shortcut, post_activation=nn.ReLU())
+    return ResidualBlock(branch, shortcut, post_activation=nn.ReLU(), dropped_returns_shortcut=True)
 
 
 class CifarResNet(nn.Module):
@@ -63,15 +67,11 @@ class CifarResNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-def cifar_resnet(depth: int, *, num_classes: int = 10, in_channels: int = 3, **depth_options: object) -> nn.Module:
-    """A CIFAR ResNet of ``depth`` = 6n + 2 layers (n >= 1) with stochastic depth.
-
-    ``depth_options`` are :func:`stochdepth.depth.stochastic_depth`'s: ``survival_rule``,
-    ``final_survival_prob``, ``drop_mode`` and ``gate_seed``.
-    """
+def cifar_resnet(depth: int, *, num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    """A plain CIFAR ResNet of ``depth`` = 6n + 2 layers (n >= 1); ``create_model`` adds stochastic depth."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 56, 110, ...), got {depth!r}")
-    return stochastic_depth(CifarResNet((depth - 2) // 6, num_classes, in_channels), **depth_options)
+    return CifarResNet((depth - 2) // 6, num_classes, in_channels)
 
 
 def _register_depth(depth: int) -> None:
@@ -79,8 +79,8 @@ def _register_depth(depth: int) -> None:
         return cifar_resnet(depth, **kwargs)
 
     builder.__name__ = f"resnet{depth}"
-    builder.__doc__ = f"CIFAR ResNet-{depth} (n = {(depth - 2) // 6}) with stochastic depth."
-    register_model(builder)
+    builder.__doc__ = f"CIFAR ResNet-{depth} (n = {(depth - 2) // 6})."
+    register_model(family="CIFAR ResNet", depth=depth)(builder)
 
 
 for _depth in (8, 20, 32, 44, 56, 110, 152, 1202):

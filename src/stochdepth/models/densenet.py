@@ -5,8 +5,9 @@ The CIFAR network: a 3x3 stem with 2k filters, 3 dense blocks of n bottleneck la
 growth rate) joined by transitions (BN-ReLU-1x1 halving the channels, 2x2 average pooling),
 then BN-ReLU, global average pooling and a linear classifier; depth L = 6n + 4.
 
-Dense blocks have no residual branches, so stochastic depth does not apply: the family's
-survival rule is "none", ``survival_probs`` is empty, and asking for another rule is an error.
+Dense blocks have no residual branches, so stochastic depth does not apply: the registry
+marks the family ``residual=False``, its survival rule is always "none", ``survival_probs``
+is empty, and asking for another rule is an error.
 
 ==================== ====== ===========
 name                 k      parameters
@@ -22,7 +23,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stochdepth.depth import stochastic_depth
 from stochdepth.models.layers import bn_relu, classifier_head, conv1x1, conv3x3, init_weights
 from stochdepth.models.registry import register_model
 
@@ -82,34 +82,26 @@ def densenet_bc(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    survival_rule: str = "none",
-    **depth_options: object,
-) -> nn.Module:
+) -> DenseNetBC:
     """DenseNet-BC-``depth`` with growth rate ``growth_rate``; depth = 6n + 4."""
-    if survival_rule != "none":
-        raise ValueError(
-            f"stochastic depth does not apply to DenseNet (no residual blocks): survival_rule must be 'none', "
-            f"got {survival_rule!r}"
-        )
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
         raise ValueError(f"DenseNet-BC depth must be 6n + 4 with n >= 1 (100, 190, 250, ...), got {depth!r}")
-    network = DenseNetBC((depth - 4) // 6, growth_rate, num_classes, in_channels)
-    return stochastic_depth(network, survival_rule="none", **depth_options)
+    return DenseNetBC((depth - 4) // 6, growth_rate, num_classes, in_channels)
 
 
-@register_model
+@register_model(family="DenseNet-BC", depth=100, residual=False)
 def densenet_bc_100_12(**kwargs: object) -> nn.Module:
     """DenseNet-BC-100, k = 12, 0.8M parameters."""
     return densenet_bc(100, 12, **kwargs)
 
 
-@register_model
+@register_model(family="DenseNet-BC", depth=250, residual=False)
 def densenet_bc_250_24(**kwargs: object) -> nn.Module:
     """DenseNet-BC-250, k = 24, 15.3M parameters."""
     return densenet_bc(250, 24, **kwargs)
 
 
-@register_model
+@register_model(family="DenseNet-BC", depth=190, residual=False)
 def densenet_bc_190_40(**kwargs: object) -> nn.Module:
     """DenseNet-BC-190, k = 40, 25.6M parameters."""
     return densenet_bc(190, 40, **kwargs)

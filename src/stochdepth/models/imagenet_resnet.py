@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stochdepth.depth import ResidualBlock, stochastic_depth
+from stochdepth.depth import ResidualBlock
 from stochdepth.models.layers import classifier_head, conv1x1, conv3x3, init_weights, residual_stages
 from stochdepth.models.registry import register_model
 
@@ -43,10 +43,10 @@ def bottleneck(in_channels: int, width: int, stride: int) -> ResidualBlock:
         conv1x1(width, out_channels),
         nn.BatchNorm2d(out_channels),
     )
-    shortcut = None
     if stride != 1 or in_channels != out_channels:
         shortcut = nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
-    return ResidualBlock(branch, shortcut, post_activation=nn.ReLU())
+        return ResidualBlock(branch, shortcut, post_activation=nn.ReLU())
+    return ResidualBlock(branch, post_activation=nn.ReLU(), dropped_returns_shortcut=True)
 
 
 class ImageNetResNet(nn.Module):
@@ -68,26 +68,26 @@ class ImageNetResNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-def imagenet_resnet(depth: int, *, num_classes: int = 1000, in_channels: int = 3, **depth_options: object) -> nn.Module:
-    """ImageNet ResNet-50, -101 or -152 with stochastic depth."""
+def imagenet_resnet(depth: int, *, num_classes: int = 1000, in_channels: int = 3) -> ImageNetResNet:
+    """A plain ImageNet ResNet-50, -101 or -152."""
     if depth not in STAGE_BLOCKS:
         raise ValueError(f"ImageNet ResNet depth must be one of {', '.join(map(str, STAGE_BLOCKS))}, got {depth!r}")
-    return stochastic_depth(ImageNetResNet(STAGE_BLOCKS[depth], num_classes, in_channels), **depth_options)
+    return ImageNetResNet(STAGE_BLOCKS[depth], num_classes, in_channels)
 
 
-@register_model
+@register_model(family="ImageNet ResNet", depth=50, min_image_size=32)
 def imagenet_resnet50(**kwargs: object) -> nn.Module:
     """ImageNet ResNet-50, 25.6M parameters."""
     return imagenet_resnet(50, **kwargs)
 
 
-@register_model
+@register_model(family="ImageNet ResNet", depth=101, min_image_size=32)
 def imagenet_resnet101(**kwargs: object) -> nn.Module:
     """ImageNet ResNet-101, 44.5M parameters."""
     return imagenet_resnet(101, **kwargs)
 
 
-@register_model
+@register_model(family="ImageNet ResNet", depth=152, min_image_size=32)
 def imagenet_resnet152(**kwargs: object) -> nn.Module:
     """ImageNet ResNet-152, 60.2M parameters, 11.5G multiply-adds per 224x224 image."""
     return imagenet_resnet(152, **kwargs)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stochdepth.depth import ResidualBlock, stochastic_depth
+from stochdepth.depth import ResidualBlock
 from stochdepth.models.layers import bn_relu, classifier_head, conv1x1, conv3x3, init_weights, residual_stages
 from stochdepth.models.registry import register_model
 
@@ -61,20 +61,21 @@ class PreActResNet(nn.Module):
         return self.head(self.final_activation(self.blocks(self.stem(x))))
 
 
-def preact_resnet(depth: int, *, num_classes: int = 10, in_channels: int = 3, **depth_options: object) -> nn.Module:
-    """A pre-activation bottleneck ResNet of ``depth`` = 9n + 2 layers (n >= 1) with stochastic depth."""
+def preact_resnet(depth: int, *, num_classes: int = 10, in_channels: int = 3) -> PreActResNet:
+    """A plain pre-activation bottleneck ResNet of ``depth`` = 9n + 2 layers (n >= 1)."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 11 or (depth - 2) % 9:
         raise ValueError(f"pre-activation ResNet depth must be 9n + 2 with n >= 1 (11, 164, 1001, ...), got {depth!r}")
-    return stochastic_depth(PreActResNet((depth - 2) // 9, num_classes, in_channels), **depth_options)
+    return PreActResNet((depth - 2) // 9, num_classes, in_channels)
 
 
-@register_model
+@register_model(family="pre-activation ResNet", depth=164)
 def preact_resnet164(**kwargs: object) -> nn.Module:
     """Pre-activation ResNet-164 (n = 18), 1.7M parameters."""
     return preact_resnet(164, **kwargs)
 
 
-@register_model
+@register_model(family="pre-activation ResNet", depth=1001)
 def preact_resnet1001(**kwargs: object) -> nn.Module:
     """Pre-activation ResNet-1001 (n = 111), 10.2M parameters."""
     return preact_resnet(1001, **kwargs)
+

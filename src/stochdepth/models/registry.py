@@ -1,47 +1,141 @@
-"""The model registry: ``@register_model`` builders, ``create_model`` and ``list_models``."""
+"""The model registry: ``@register_model`` builders, ``create_model`` (the one build path) and ``list_models``.
+
+A family's builder returns a *plain* network that declares its residual blocks; it never
+applies stochastic depth. :func:`create_model` builds it and then applies the mechanism
+(:func:`stochdepth.depth.stochastic_depth`) with the resolved options, so every network, of
+every family, goes through the same door (timm's ``build_model_with_cfg`` pattern).
+"""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import torch
 from torch import nn
+
+from stochdepth.depth import DepthOptions, resolve_depth_options, stochastic_depth
 
 ModelBuilder = Callable[..., nn.Module]
 
-_BUILDERS: dict[str, ModelBuilder] = {}
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a model without building it."""
+
+    name: str
+    family: str
+    depth: int
+    residual: bool
+    """Whether the network has residual blocks (stochastic depth applies)."""
+    min_image_size: int
+    """The smallest input side the network takes (its downsampling must leave at least 1 pixel)."""
 
 
-def register_model(builder: ModelBuilder) -> ModelBuilder:
-    """Register ``builder`` under its function name; a name can be registered once."""
-    name = builder.__name__
-    if name in _BUILDERS:
-        raise ValueError(f"model {name!r} is already registered")
-    _BUILDERS[name] = builder
-    return builder
+@dataclass(frozen=True)
+class _Entry:
+    builder: ModelBuilder
+    info: ModelInfo
+
+
+_ENTRIES: dict[str, _Entry] = {}
+
+
+def register_model(
+    *, family: str, depth: int, residual: bool = True, min_image_size: int = 4
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """A decorator registering a builder (keyword arguments ``num_classes``, ``in_channels``, family options).
+
+    The name is the builder's ``__name__``; a name can be registered once.
+    """
+
+    def register(builder: ModelBuilder) -> ModelBuilder:
+        name = builder.__name__
+        if name in _ENTRIES:
+            raise ValueError(f"model {name!r} is already registered")
+        _ENTRIES[name] = _Entry(builder, ModelInfo(name, family, depth, residual, min_image_size))
+        return builder
+
+    return register
 
 
 def list_models() -> list[str]:
     """Every registered model name, sorted."""
-    return sorted(_BUILDERS)
+    return sorted(_ENTRIES)
 
 
-def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Build the registered model ``name``.
-
-    Keyword arguments that are ``None`` are left out, so the family's own defaults stay in
-    force (``survival_rule="linear"``, ``final_survival_prob=0.5``, ``drop_mode="batch"``
-    for residual families). Common arguments: ``num_classes``, ``in_channels``,
-    ``survival_rule``, ``final_survival_prob``, ``drop_mode``, ``gate_seed``.
-    """
-    if name not in _BUILDERS:
-        close = difflib.get_close_matches(name, _BUILDERS, n=3)
+def model_info(name: str) -> ModelInfo:
+    """The registry's description of model ``name``; ``ValueError`` (with suggestions) if unknown."""
+    if name not in _ENTRIES:
+        close = difflib.get_close_matches(name, _ENTRIES, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown model {name!r}{hint}; known models: {', '.join(list_models())}")
-    options = {key: value for key, value in kwargs.items() if value is not None}
+    return _ENTRIES[name].info
+
+
+def resolve_model_depth_options(
+    name: str,
+    survival_rule: str | None = None,
+    final_survival_prob: float | None = None,
+    drop_mode: str | None = None,
+) -> DepthOptions:
+    """The stochastic-depth options model ``name`` is built with: the defaults filled in, checked.
+
+    A network without residual blocks (DenseNet) is always constant depth; asking it for
+    another rule is a ``ValueError``.
+    """
+    info = model_info(name)
+    if not info.residual:
+        if survival_rule not in (None, "none"):
+            raise ValueError(
+                f"stochastic depth does not apply to {name} (no residual blocks): survival_rule must be 'none', "
+                f"got {survival_rule!r}"
+            )
+        survival_rule = "none"
+    return resolve_depth_options(survival_rule, final_survival_prob, drop_mode)
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    survival_rule: str | None = None,
+    final_survival_prob: float | None = None,
+    drop_mode: str | None = None,
+    gate_seed: int = 0,
+    **family_options: object,
+) -> nn.Module:
+    """Build the registered model ``name`` with stochastic depth: the one place networks are made.
+
+    ``survival_rule`` (default ``"linear"``, eq. 4), ``final_survival_prob`` (p_L, default
+    0.5) and ``drop_mode`` (default ``"batch"``) are resolved by
+    :func:`resolve_model_depth_options`. ``family_options`` go to the family's builder
+    (``dropout_rate`` for Wide ResNets, for example). Arguments that are ``None`` are left
+    out, so the family's own defaults stay in force (1000 classes for the ImageNet family,
+    10 elsewhere; 3 input channels); an option the family does not take is a ``ValueError``.
+    """
+    options = resolve_model_depth_options(name, survival_rule, final_survival_prob, drop_mode)
+    for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    given = {
+        key: value
+        for key, value in {"num_classes": num_classes, "in_channels": in_channels, **family_options}.items()
+        if value is not None
+    }
     try:
-        return _BUILDERS[name](**options)
+        network = _ENTRIES[name].builder(**given)
     except TypeError as error:
         if "unexpected keyword argument" not in str(error):
             raise
         raise ValueError(f"model {name!r} does not take {str(error).rsplit(' ', 1)[-1]}") from None
+    return stochastic_depth(network, gate_seed=gate_seed, **options.as_dict())
+
+
+def count_parameters(name: str) -> int:
+    """Parameters of model ``name`` (10 classes, 3 channels), counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        network = _ENTRIES[name].builder(num_classes=10, in_channels=3)
+    return sum(parameter.numel() for parameter in network.parameters())

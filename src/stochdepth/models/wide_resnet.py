@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stochdepth.depth import ResidualBlock, stochastic_depth
+from stochdepth.depth import ResidualBlock
 from stochdepth.models.layers import bn_relu, classifier_head, conv1x1, conv3x3, init_weights, residual_stages
 from stochdepth.models.registry import register_model
 
@@ -99,12 +99,8 @@ def wide_resnet(
     dropout_rate: float = 0.0,
     num_classes: int = 10,
     in_channels: int = 3,
-    **depth_options: object,
-) -> nn.Module:
-    """WRN-``depth``-``widen_factor`` with block type B(``block_type``) or l = ``deepening_factor``.
-
-    ``depth_options`` are :func:`stochdepth.depth.stochastic_depth`'s.
-    """
+) -> WideResNet:
+    """A plain WRN-``depth``-``widen_factor`` with block type B(``block_type``) or l = ``deepening_factor``."""
     block_type = tuple(block_type)
     if deepening_factor is not None:
         if block_type != (3, 3):
@@ -128,25 +124,22 @@ def wide_resnet(
         raise ValueError(f"widen_factor must be a positive integer, got {widen_factor!r}")
     if not 0 <= dropout_rate < 1:
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-    network = WideResNet(
-        (depth - 4) // (3 * per_block), widen_factor, block_type, dropout_rate, num_classes, in_channels
-    )
-    return stochastic_depth(network, **depth_options)
+    return WideResNet((depth - 4) // (3 * per_block), widen_factor, block_type, dropout_rate, num_classes, in_channels)
 
 
-@register_model
+@register_model(family="Wide ResNet", depth=16)
 def wrn_16_8(**kwargs: object) -> nn.Module:
     """WRN-16-8, 11.0M parameters."""
     return wide_resnet(16, 8, **kwargs)
 
 
-@register_model
+@register_model(family="Wide ResNet", depth=28)
 def wrn_28_10(**kwargs: object) -> nn.Module:
     """WRN-28-10, 36.5M parameters."""
     return wide_resnet(28, 10, **kwargs)
 
 
-@register_model
+@register_model(family="Wide ResNet", depth=40)
 def wrn_40_4(**kwargs: object) -> nn.Module:
     """WRN-40-4, 8.9M parameters."""
     return wide_resnet(40, 4, **kwargs)

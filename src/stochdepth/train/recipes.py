@@ -63,6 +63,19 @@ def list_presets() -> list[str]:
     return sorted(PRESETS)
 
 
+def describe_preset(name: str) -> str:
+    """One line of the preset's recipe: model, data, depth schedule, epochs and learning-rate plan."""
+    config = PRESETS[name]
+    optim = config.optim
+    drops = ", ".join(f"{round(fraction * optim.epochs)}" for fraction in optim.lr_milestones)
+    warmup = f"{optim.warmup_lr:g} for {optim.warmup_epochs} epochs, then " if optim.warmup_epochs else ""
+    return (
+        f"{config.model.model} on {config.data.dataset}, {config.model.survival_rule} to p_L = "
+        f"{config.model.final_survival_prob:g}, {optim.epochs} epochs, lr {warmup}{optim.lr:g} x{optim.lr_decay:g} "
+        f"at {drops}, batch {optim.batch_size}, weight decay {optim.weight_decay:g}"
+    )
+
+
 def preset(name: str) -> TrainConfig:
     """A fresh copy of the preset ``name``."""
     if name not in PRESETS:

@@ -1,7 +1,8 @@
 """The run folder: the files that the report, the sweeps and users' own scripts read.
 
 ``config.json``     the resolved configuration, the library and torch versions, the device,
-                    the data's shape and every block's survival probability
+                    every block's survival probability and the data spec (classes, channels,
+                    size, normalisation mean and std)
 ``metrics.jsonl``   one JSON object per evaluation (errors are fractions)
 ``gradients.jsonl`` (with ``--record-gradients-every``) one object per recording step
 ``summary.json``    best_epoch, best_val_error, test_error_at_best_val, final_test_error, train_seconds
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stochdepth.config import TrainConfig
+from stochdepth.train.setup import resolve_config
 
 METRIC_KEYS = (
     "epoch",
@@ -77,8 +79,7 @@ class RunFolder:
             raise RunFolderError(f"{self.path} is not a run folder (no config.json)")
         try:
             values = json.loads(self.config.read_text())
-            config = TrainConfig.from_dict(values)
-            config.check()
+            config = resolve_config(TrainConfig.from_dict(values))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as error:
             raise RunFolderError(f"{self.config}: not a valid run configuration ({error})") from None
         return config, values

@@ -2,10 +2,10 @@
 
 Every N iterations the trainer records the mean absolute gradient of the stem
 convolution's weights (the paper plots the first convolutional layer) and of each residual
-block's first convolution, before the optimizer step. A block dropped at that step has no
-gradient and is recorded as ``null``: a zero that is not a measurement, left out of any
-average. Between recording steps this costs nothing; a recording step reads all values in
-one host synchronisation.
+block's first convolution, before the optimizer step. A block whose branch did not run in
+that step (its gradient is an allocated zero, not a measurement) is recorded as ``null``
+and left out of any average. Between recording steps this costs nothing; a recording step
+reads all values in one host synchronisation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stochdepth.depth import stochastic_blocks
+from stochdepth.depth import GateGenerator, stochastic_blocks
 
 
 def first_convolution(module: nn.Module) -> nn.Conv2d:
@@ -30,12 +30,15 @@ def first_convolution(module: nn.Module) -> nn.Conv2d:
 class GradientRecorder:
     """Reads the stem's and each block's first-convolution mean absolute gradient."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, gates: GateGenerator) -> None:
         self.stem = first_convolution(model)
-        self.block_convolutions = [first_convolution(block.branch) for block in stochastic_blocks(model)]
+        blocks = list(stochastic_blocks(model))
+        self.block_convolutions = [first_convolution(block.branch) for block in blocks]
+        self.block_indices = [block.index for block in blocks]
+        self.gates = gates
 
     def measure(self) -> dict[str, Any]:
-        """``{"stem": value, "blocks": [value or None per block]}`` for the gradients now in ``.grad``."""
+        """``{"stem": value, "blocks": [value or None per block]}`` for the gradients of the last step."""
         layers = [self.stem, *self.block_convolutions]
         device = self.stem.weight.device
         values = torch.stack(
@@ -46,5 +49,7 @@ class GradientRecorder:
                 for layer in layers
             ]
         ).tolist()
-        values = [None if math.isnan(value) else value for value in values]
-        return {"stem": values[0], "blocks": values[1:]}
+        step = self.gates.step
+        ran = [step is None or step.survives[index] for index in self.block_indices]
+        blocks = [value if block_ran else None for value, block_ran in zip(values[1:], ran)]
+        return {"stem": None if math.isnan(values[0]) else values[0], "blocks": blocks}

@@ -1,0 +1,122 @@
+"""The public face of training: start a run, resume one, load a trained network.
+
+``stochdepth train`` and ``stochdepth.train.train`` are the same thing; so are
+``--resume`` and :func:`resume`, and ``eval``/``export`` and :func:`load_trained_model`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import stochdepth
+from stochdepth.config import TrainConfig
+from stochdepth.data import DataSpec
+from stochdepth.depth import survival_probs
+from stochdepth.train.checkpoint import CheckpointError, load_checkpoint
+from stochdepth.train.run_folder import RunFolder
+from stochdepth.train.setup import build_model, resolve_config, resolve_device
+from stochdepth.train.signals import stop_on_signals
+from stochdepth.train.trainer import Trainer
+
+
+def _progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def run_description(trainer: Trainer) -> dict[str, Any]:
+    """``config.json``: the resolved configuration, the versions, the device, every p_l and the data spec."""
+    values: dict[str, Any] = trainer.config.to_dict()
+    values["run"]["device"] = str(trainer.device)
+    values["environment"] = {
+        "stochdepth": stochdepth.__version__,
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+    }
+    values["survival_probs"] = survival_probs(trainer.model)
+    values["data_spec"] = trainer.loaders.spec.as_dict()
+    return values
+
+
+def train(config: TrainConfig, out: str | Path | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Train from ``config`` and return the summary (the Python API behind ``stochdepth train``).
+
+    ``out`` (default ``config.run.out``) is the run folder; it must not exist or be empty.
+    Without one, nothing is written.
+    """
+    out = out if out is not None else config.run.out
+    config = resolve_config(config)
+    if out is None:
+        trainer = Trainer(config, None, _progress(progress))
+        with stop_on_signals(trainer):
+            return trainer.run()
+    folder = RunFolder(out)
+    folder.create()
+    with folder.lock():
+        trainer = Trainer(config.override(out=str(folder.path)), folder, _progress(progress))
+        folder.write_json(folder.config, run_description(trainer))
+        with stop_on_signals(trainer):
+            return trainer.run()
+
+
+def resume(run_dir: str | Path, epochs: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its last checkpoint; ``epochs`` extends (re-plans) it.
+
+    With ``epochs`` the schedule's milestones are re-planned for the new length, from the
+    epoch the run has reached; the new length is written to ``config.json``.
+    """
+    folder = RunFolder(run_dir)
+    config, values = folder.read_config()
+    with folder.lock():
+        state = load_checkpoint(folder.checkpoint("last"))
+        if epochs is not None:
+            config = config.override(epochs=epochs)
+        trainer = Trainer(resolve_config(config), folder, _progress(progress))
+        trainer.load_state_dict(state, folder.checkpoint("last"))
+        folder.keep_records(trainer.evaluations, trainer.iteration)
+        if epochs is not None or "data_spec" not in values:
+            folder.write_json(folder.config, run_description(trainer))
+        with stop_on_signals(trainer):
+            return trainer.run()
+
+
+def checkpoint_path(source: str | Path, checkpoint: str = "best") -> Path:
+    """The checkpoint ``source`` names: a ``.pt`` file itself, or a run folder's ``checkpoints/<checkpoint>.pt``."""
+    source = Path(source)
+    return source if source.is_file() else RunFolder(source).checkpoint(checkpoint)
+
+
+def load_trained_model(
+    source: str | Path, checkpoint: str = "best", device: str | None = "cpu"
+) -> tuple[nn.Module, TrainConfig, DataSpec]:
+    """The network saved in ``source`` (a run folder or a checkpoint file), its configuration and data spec.
+
+    A checkpoint carries its run's resolved configuration and data spec, so the file alone
+    rebuilds its network; nothing else is read. The network is in evaluation mode.
+    """
+    path = checkpoint_path(source, checkpoint)
+    state = load_checkpoint(path)
+    try:
+        config = resolve_config(TrainConfig.from_dict(state["config"]))
+        spec = DataSpec.from_dict(state["data_spec"])
+    except KeyError as error:
+        raise CheckpointError(
+            f"{path}: has no {error.args[0]!r}; it was written by an older stochdepth (resume the run once to "
+            "rewrite its checkpoints)"
+        ) from None
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: does not describe a usable run ({error})") from None
+    expected = RunFolder(source).read_config()[0].model.model if Path(source).is_dir() else config.model.model
+    if state.get("model_name") != expected or config.model.model != expected:
+        raise CheckpointError(f"{path}: checkpoint is for model {state.get('model_name')!r}, not {expected!r}")
+    model = build_model(config, spec)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path}: weights do not fit {config.model.model} ({type(error).__name__})") from None
+    return model.to(resolve_device(device)).eval(), config, spec

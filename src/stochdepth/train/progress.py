@@ -1,0 +1,59 @@
+"""What a run prints while it trains: a progress bar on a terminal, a line a minute elsewhere.
+
+With output redirected (a log file, a job scheduler) a bar would write control characters
+into the log, and an epoch can take many minutes; a plain progress line at a fixed interval
+tells the reader the run is alive without flooding the file.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+LINE_EVERY_SECONDS = 60.0
+
+
+class Progress:
+    """One epoch's progress: ``update()`` after each step, ``show(**values)`` when values are at hand."""
+
+    def __init__(self, total: int, done: int, label: str, bar: bool, line_every: float = LINE_EVERY_SECONDS) -> None:
+        self.total = total
+        self.done = done
+        self.label = label
+        self.line_every = line_every
+        self.next_line = time.monotonic() + line_every
+        self.bar = None
+        if bar:
+            self.bar = tqdm(total=total, initial=done, desc=label, unit="batch", leave=False, dynamic_ncols=True)
+
+    def wants_values(self, steps: int, every: int) -> bool:
+        """Whether the caller should compute the running values now (they cost a host synchronisation)."""
+        if self.bar is not None:
+            return steps % every == 0
+        return time.monotonic() >= self.next_line
+
+    def update(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+
+    def show(self, **values: Any) -> None:
+        text = {key: f"{value:.3f}" if isinstance(value, float) else str(value) for key, value in values.items()}
+        if self.bar is not None:
+            self.bar.set_postfix(text)
+            return
+        details = "  ".join(f"{key} {value}" for key, value in text.items())
+        print(f"{self.label}: batch {self.done}/{self.total}  {details}", file=sys.stderr, flush=True)
+        self.next_line = time.monotonic() + self.line_every
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def write_line(text: str) -> None:
+    """A result line on standard output that does not tear a progress bar."""
+    tqdm.write(text, file=sys.stdout)
