@@ -9,9 +9,10 @@ Variants, all built from the same model name and trained on the same random batc
 
 The variants take turns step by step (round robin), so a slow patch of a noisy machine
 hits them all alike; each variant's time is the median over its measured steps. Printed:
-the step time, its ratio to constant depth, the activation memory saved for backward
-(bytes of the tensors autograd keeps, counted with saved-tensor hooks, averaged over
-steps) and, on CUDA, the peak allocated memory.
+the step time, its ratio to constant depth, the activation memory autograd keeps for backward
+(saved-tensor hooks; each storage counted once however many tensors view it, parameters
+left out; averaged over steps), its ratio to constant depth and, on CUDA, the peak allocated
+memory.
 
     python benchmarks/step_time.py --model resnet110 --batch-size 128 --steps 10
 """
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 import stochdepth
-from stochdepth.depth import ResidualBlock, StochasticResidual, replace_blocks
+from stochdepth.depth import ResidualBlock, StochasticResidual
 
 
 class MaskMultiplyResidual(ResidualBlock):
@@ -55,7 +56,10 @@ def build_variants(model_name: str, final_survival_prob: float, in_channels: int
 
     stochastic = {"final_survival_prob": final_survival_prob, "survival_rule": "linear"}
     mask_multiply = make(**stochastic)
-    replace_blocks(mask_multiply, StochasticResidual, lambda _, block: MaskMultiplyResidual(block, block.survival_prob))
+    for parent in list(mask_multiply.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, StochasticResidual):
+                setattr(parent, name, MaskMultiplyResidual(child, child.survival_prob))
     return {
         "constant": make(survival_rule="none"),
         "batch": make(drop_mode="batch", **stochastic),
@@ -64,18 +68,46 @@ def build_variants(model_name: str, final_survival_prob: float, in_channels: int
     }
 
 
-def saved_activation_bytes(step: callable) -> int:
-    """Bytes of the tensors autograd saves for backward during ``step()``."""
-    total = 0
+def saved_activation_bytes(model: nn.Module, step: callable) -> tuple[int, list[int]]:
+    """Bytes of the storages autograd keeps for backward during ``step()``, each once, parameters left out.
+
+    Also returns, per residual block, the bytes first kept while that block ran.
+    """
+    parameters = {param.untyped_storage().data_ptr() for param in model.parameters()}
+    storages: dict[int, tuple[int, int | None]] = {}
+    blocks = [module for module in model.modules() if isinstance(module, ResidualBlock)]
+    running: list[int | None] = [None]
+
+    def leave(module: nn.Module, args: object, output: object) -> None:
+        running.pop()
+
+    hooks = [block.register_forward_hook(leave) for block in blocks] + [
+        block.register_forward_pre_hook(lambda module, args, index=index: running.append(index))
+        for index, block in enumerate(blocks)
+    ]
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters and storage.data_ptr() not in storages:
+            storages[storage.data_ptr()] = (storage.nbytes(), running[-1])
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         step()
-    return total
+    for hook in hooks:
+        hook.remove()
+    per_block = [0] * len(blocks)
+    for size, block in storages.values():
+        if block is not None:
+            per_block[block] += size
+    return sum(size for size, _ in storages.values()), per_block
+
+
+def memory_floor(constant_total: int, constant_per_block: list[int], probs: list[float]) -> float:
+    """The saved-activation share if each dropped block kept nothing and each running one what it keeps at
+    constant depth: (everything outside the blocks + sum of p_l * block l's bytes) / constant total."""
+    outside = constant_total - sum(constant_per_block)
+    return (outside + sum(prob * size for prob, size in zip(probs, constant_per_block))) / constant_total
 
 
 def main() -> None:
@@ -101,10 +133,10 @@ def main() -> None:
     optimizers = {}
     for name, model in variants.items():
         optimizers[name] = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-        stochdepth.fill_missing_grads_with_zeros(optimizers[name])
+        stochdepth.decay_dropped_blocks(optimizers[name])
 
     def train_step(name: str) -> None:
-        optimizers[name].zero_grad()
+        optimizers[name].zero_grad(set_to_none=False)
         nn.functional.cross_entropy(variants[name](images), labels).backward()
         optimizers[name].step()
 
@@ -125,9 +157,13 @@ def main() -> None:
         for name in variants:
             times[name].append(timed_step(name))
     saved = {
-        name: statistics.mean(saved_activation_bytes(lambda n=name: train_step(n)) for _ in range(5))
+        name: statistics.mean(
+            saved_activation_bytes(variants[name], lambda n=name: train_step(n))[0] for _ in range(20)
+        )
         for name in variants
     }
+    constant_total, constant_per_block = saved_activation_bytes(variants["constant"], lambda: train_step("constant"))
+    floor = memory_floor(constant_total, constant_per_block, stochdepth.survival_probs(variants["batch"]))
     peak = {}
     if device.type == "cuda":
         for name in variants:
@@ -139,9 +175,13 @@ def main() -> None:
         f"model={args.model} batch={args.batch_size} image={args.image_size} p_L={args.final_survival_prob} "
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} steps={args.steps}"
     )
+    print(
+        f"memory floor (each dropped block keeping nothing): {floor:.3f} of constant depth; "
+        f"compute share (mean p_l): {statistics.mean(stochdepth.survival_probs(variants['batch'])):.3f}"
+    )
     baseline = statistics.median(times["constant"])
-    header = "| variant | median step (ms) | ratio to constant | saved activations (MiB) |"
-    rule = "|---|---|---|---|"
+    header = "| variant | median step (ms) | ratio to constant | saved activations (MiB) | ratio to constant |"
+    rule = "|---|---|---|---|---|"
     if peak:
         header += " peak CUDA memory (MiB) |"
         rule += "---|"
@@ -149,7 +189,8 @@ def main() -> None:
     print(rule)
     for name in variants:
         median = statistics.median(times[name])
-        row = f"| {name} | {median * 1e3:.1f} | {median / baseline:.3f} | {saved[name] / 2**20:.1f} |"
+        memory = f"{saved[name] / 2**20:.1f} | {saved[name] / saved['constant']:.3f}"
+        row = f"| {name} | {median * 1e3:.1f} | {median / baseline:.3f} | {memory} |"
         if peak:
             row += f" {peak[name] / 2**20:.0f} |"
         print(row)

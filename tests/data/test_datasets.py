@@ -1,5 +1,6 @@
 """The data sets through build_loaders: splits, augmentation settings, missing-data errors."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 from stochdepth.config import DataConfig
 from stochdepth.data import DataError, build_loaders
+from stochdepth.data.imagenet import LIGHTING_EIGENVALUES, LIGHTING_EIGENVECTORS, Lighting
 from stochdepth.data.small_images import load_cifar10, load_fashion_mnist, load_svhn
 from tests.data.fixtures import write_cifar10, write_fashion_mnist, write_svhn_mat
 
@@ -24,10 +26,23 @@ def test_cifar10_split_is_45k_5k_style_and_augmented(tmp_path):
         DataConfig(dataset="cifar10", data_dir=str(tmp_path), train_size=200, eval_size=100), 64, CPU, seed=0
     )
     assert len(loaders.train.labels) == 200 and len(loaders.val.labels) == 100 and len(loaders.test.labels) == 100
-    assert (loaders.num_classes, loaders.in_channels, loaders.image_size) == (10, 3, 32)
-    torch.testing.assert_close(
-        loaders.train.mean.flatten() / 255, (splits.train_images[:200].double() / 255).mean(dim=(0, 2, 3)).float()
-    )
+    spec = loaders.spec
+    assert (spec.num_classes, spec.in_channels, spec.image_size) == (10, 3, 32)
+    pixels = splits.train_images[:200].double() / 255
+    torch.testing.assert_close(torch.tensor(spec.mean), pixels.mean(dim=(0, 2, 3)).float())
+    torch.testing.assert_close(torch.tensor(spec.std), pixels.transpose(0, 1).reshape(3, -1).std(dim=1).float())
+    torch.testing.assert_close(loaders.train.mean.flatten() / 255, torch.tensor(spec.mean))
+
+
+def test_no_augment_trains_on_the_plain_normalised_images(tmp_path):
+    write_cifar10(tmp_path, per_batch=1010, test=10)
+    config = DataConfig(dataset="cifar10", data_dir=str(tmp_path), train_size=64, augment=False)
+    loaders = build_loaders(config, 64, CPU, seed=0)
+    first, second = ([images for images, _ in loaders.train][0] for _ in range(2))
+    assert torch.equal(first.sort(dim=0).values, second.sort(dim=0).values), "same images, only the order differs"
+    augmented = build_loaders(dataclasses.replace(config, augment=True), 64, CPU, seed=0)
+    shifted = [images for images, _ in augmented.train][0]
+    assert not torch.equal(shifted.sort(dim=0).values, first.sort(dim=0).values)
 
 
 def test_svhn_holds_out_400_per_class_of_train_and_200_of_extra_without_augmentation(tmp_path):
@@ -98,7 +113,21 @@ def test_imagenet_folder_layout_holds_out_ten_per_class(tmp_path):
     assert len(loaders.test.dataset) == 6
     images, labels = next(iter(loaders.train))
     assert images.shape == (4, 3, 16, 16) and labels.dtype == torch.int64
-    assert loaders.num_classes == 3
+    assert loaders.spec.num_classes == 3
+    assert (loaders.spec.mean, loaders.spec.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     train_set, val_set = loaders.train.dataset, loaders.val.dataset
-    assert not torch.equal(train_set[0][0], train_set[0][0])  # random-resized crop and flip
+    assert not torch.equal(train_set[0][0], train_set[0][0])  # random-resized crop, jitter, lighting, flip
     assert torch.equal(val_set[0][0], val_set[0][0])  # resize and centre crop
+    steps = [type(step).__name__ for step in train_set.dataset.transform.transforms]
+    assert steps == ["RandomResizedCrop", "ColorJitter", "ToTensor", "Lighting", "Normalize", "RandomHorizontalFlip"]
+
+
+def test_lighting_noise_shifts_every_pixel_by_one_colour_along_the_pca_axes():
+    torch.manual_seed(0)
+    image = torch.rand(3, 5, 6)
+    shifts = torch.stack([(Lighting()(image) - image)[:, 0, 0] for _ in range(2000)])
+    shifted = Lighting()(image) - image
+    torch.testing.assert_close(shifted, shifted[:, :1, :1].expand_as(shifted))
+    eigenvectors, eigenvalues = torch.tensor(LIGHTING_EIGENVECTORS), torch.tensor(LIGHTING_EIGENVALUES)
+    alphas = torch.linalg.solve(eigenvectors, shifts.T).T / eigenvalues
+    assert alphas.std(dim=0).tolist() == pytest.approx([0.1] * 3, rel=0.1)

@@ -4,9 +4,9 @@ The network the stochastic-depth paper trains on CIFAR and SVHN: a 3x3 stem with
 filters, 3 stages of n basic blocks with 16, 32 and 64 filters (the first block of the
 second and third stages halves the feature map), global average pooling and a linear
 classifier; depth 6n + 2. Basic block: Conv-BN-ReLU-Conv-BN, add, ReLU. Transition
-shortcuts are "option A": subsampling by a 1x1 average pooling of stride 2 (as in the
-paper's code, so odd sizes such as 7x7 match the strided convolution) plus zero
-channel padding, so the network has no projection parameters.
+shortcuts are "option A": subsampling with stride 2 (as the paper's code, so odd sizes such
+as 7x7 match the strided convolution) plus zero channel padding, so the network has no
+projection parameters.
 
 =========== === ============ ===================================
 name        n   parameters   multiply-adds (32x32, 10 classes)
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from stochdepth.depth import ResidualBlock
-from stochdepth.models.layers import ChannelPad, classifier_head, conv3x3, init_weights, residual_stages
+from stochdepth.models.layers import OptionAShortcut, classifier_head, conv3x3, init_weights, residual_stages
 from stochdepth.models.registry import register_model
 
 STAGE_WIDTHS = (16, 32, 64)
@@ -47,7 +47,7 @@ def basic_block(in_channels: int, out_channels: int, stride: int) -> ResidualBlo
     if stride == 1 and in_channels == out_channels:
         shortcut = None
     else:
-        shortcut = nn.Sequential(nn.AvgPool2d(kernel_size=1, stride=stride), ChannelPad(out_channels - in_channels))
+        shortcut = OptionAShortcut(stride, out_channels - in_channels)
     return ResidualBlock(branch, shortcut, post_activation=nn.ReLU(), dropped_returns_shortcut=True)
 
 

@@ -24,18 +24,25 @@ def bn_relu(channels: int) -> nn.Sequential:
     return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
 
 
-class ChannelPad(nn.Module):
-    """Append ``extra_channels`` channels of zeros (the "option A" shortcut of He et al. 2015)."""
+class OptionAShortcut(nn.Module):
+    """He et al. 2015's "option A" shortcut: subsample by ``stride`` and append zero channels.
 
-    def __init__(self, extra_channels: int) -> None:
+    Subsampling is a strided slice (what the paper's code does with a 1x1 average pooling of
+    stride 2, so odd sizes such as 7x7 match the strided convolution); a slice keeps nothing
+    for backward, unlike a pooling layer, which matters when this shortcut is all a dropped
+    block computes.
+    """
+
+    def __init__(self, stride: int, extra_channels: int) -> None:
         super().__init__()
+        self.stride = stride
         self.extra_channels = extra_channels
 
     def extra_repr(self) -> str:
-        return f"extra_channels={self.extra_channels}"
+        return f"stride={self.stride}, extra_channels={self.extra_channels}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+        return F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra_channels))
 
 
 def classifier_head(in_features: int, num_classes: int) -> nn.Sequential:
