@@ -227,10 +227,13 @@ def _export(args: argparse.Namespace) -> None:
 
     model, _, spec = load_trained_model(args.source, args.checkpoint, "cpu")
     written = export_model(fold_survival(model), spec, out, args.format)
+    files = ", ".join(map(str, written))
+    if args.format == "safetensors":
+        print(f"wrote the folded network's weights as safetensors: {files} (data spec in its metadata)")
+        return
     print(
-        f"wrote the folded network as {args.format}: {', '.join(map(str, written))} "
-        f"(input: images scaled to [0, 1], {spec.in_channels}x{spec.image_size}x{spec.image_size}; "
-        f"output: {spec.num_classes} logits)"
+        f"wrote the folded network as {args.format}: {files} (input: images scaled to [0, 1], "
+        f"{spec.in_channels}x{spec.image_size}x{spec.image_size}; output: {spec.num_classes} logits)"
     )
 
 

@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import io
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -44,7 +45,11 @@ def _quiet() -> contextlib.AbstractContextManager:
     """Keep the exporters' own warnings and progress prints out of the user's terminal."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        yield
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 def export_model(folded: nn.Module, spec: DataSpec, path: str | Path, export_format: str) -> list[Path]:

@@ -217,15 +217,21 @@ def test_a_config_json_edited_into_nonsense_is_one_line_naming_it(tmp_path, edit
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
 
 
-def test_a_checkpoint_of_format_1_still_loads_and_resumes(tmp_path, synthetic_data_dir, monkeypatch):
+def test_a_checkpoint_of_format_1_still_loads_and_resumes(tmp_path, synthetic_data_dir, monkeypatch, capsys):
     """The fixture was written by checkpoint format 1 (a one-epoch resnet8 run on the synthetic data)."""
     monkeypatch.setenv("STOCHDEPTH_DATA", str(synthetic_data_dir))
     run = tmp_path / "run"
     shutil.copytree(FIXTURES / "format1_run", run)
     assert load_checkpoint(RunFolder(run).checkpoint("last"))["format_version"] == 1
+    assert "data_spec" not in json.loads(RunFolder(run).config.read_text())
+    assert main(["eval", str(run), "--checkpoint", "last"]) == 2
+    assert "written by an older stochdepth" in capsys.readouterr().err
     summary = resume(run, epochs=2)
     assert summary["epochs"] == 2
     assert [record["epoch"] for record in RunFolder(run).read_metrics()] == [1.0, 2.0]
+    state = load_checkpoint(RunFolder(run).checkpoint("last"))
+    assert state["format_version"] == 2 and state["data_spec"]["num_classes"] == 10
+    assert json.loads(RunFolder(run).config.read_text())["data_spec"] == state["data_spec"]
 
 
 def test_an_unknown_checkpoint_format_is_a_clear_error(tmp_path):

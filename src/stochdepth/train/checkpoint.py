@@ -18,8 +18,13 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 1
-KNOWN_FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = 2
+"""Format 2 draws a whole step's gates in one call (another gate sequence for the same seed than
+format 1's draw per block) and carries the run's resolved configuration and data spec, so a
+checkpoint alone rebuilds its network. A format-1 checkpoint resumes, with gates drawn the
+format-2 way from then on: the run continues correctly but not bit-identically to one that was
+never interrupted."""
+KNOWN_FORMAT_VERSIONS = (1, 2)
 
 
 class CheckpointError(ValueError):
