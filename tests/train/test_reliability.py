@@ -85,15 +85,33 @@ def reference_run(tmp_path_factory, synthetic_data_dir) -> Path:
     return out
 
 
+STEPS_PER_EPOCH = 512 // 32
+
+
+def _wait_for_mid_epoch_checkpoint(folder: RunFolder, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``last.pt`` (written every step here) holds a position well inside epoch 2."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            state = load_checkpoint(folder.checkpoint("last"))
+        except CheckpointError:
+            continue
+        if state["epoch"] == 1 and 2 <= state["random_states"]["data_position"] <= STEPS_PER_EPOCH // 2:
+            return
+        time.sleep(0.01)
+    raise AssertionError("training did not reach the middle of epoch 2 in time")
+
+
 def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, synthetic_data_dir, reference_run):
     out = tmp_path / "killed"
     process = _start(_flags(synthetic_data_dir, out, "--checkpoint-every-minutes", "0"))
-    _wait_for_metrics(out, 1, process)
-    time.sleep(0.15)
+    _wait_for_mid_epoch_checkpoint(RunFolder(out), process)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    assert process.returncode == -signal.SIGKILL
     state = load_checkpoint(RunFolder(out).checkpoint("last"))
-    assert state["iteration"] < 36
+    assert state["epoch"] == 1 and 0 < state["random_states"]["data_position"] < STEPS_PER_EPOCH, "killed mid-epoch"
     assert main(["train", "--resume", str(out)]) == 0
     _same_run(reference_run, out)
 
