@@ -302,3 +302,49 @@ def test_without_the_hook_sgd_skips_dropped_blocks():
     decay_dropped_blocks(optimizer)
     optimizer.step()
     assert not torch.equal(block.branch[0].weight.detach(), weight)
+
+
+class _TwoLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def test_a_network_without_residual_blocks_is_refused_by_name_unless_constant_depth():
+    with pytest.raises(ValueError, match="no residual block found in _TwoLayer"):
+        stochdepth.stochastic_depth(_TwoLayer(), survival_rule="linear")
+    constant = stochdepth.stochastic_depth(_TwoLayer(), survival_rule="none")
+    assert stochdepth.survival_probs(constant) == [] and constant.depth_options["final_survival_prob"] == 1.0
+
+
+class _UserBlock(nn.Module):
+    """A block type this library does not know, taught to the discovery rule through an adapter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def test_registered_adapters_are_found_by_module_type_in_forward_order(monkeypatch):
+    from stochdepth import depth
+
+    monkeypatch.setattr(depth, "_ADAPTERS", dict(depth._ADAPTERS))
+    made = []
+
+    def make(block, probs, index, gates):
+        made.append((index, probs))
+        return StochasticResidual(ResidualBlock(block.body), probs[0], index, gates)
+
+    stochdepth.register_residual_adapter(_UserBlock, depth.ResidualAdapter(lambda block: 1, make))
+    network = nn.Sequential(nn.Conv2d(3, 4, 1), _UserBlock(), ResidualBlock(nn.Conv2d(4, 4, 1)), _UserBlock())
+    stochdepth.stochastic_depth(network, survival_rule="linear", final_survival_prob=0.4)
+    assert [index for index, _ in made] == [0, 2]
+    assert stochdepth.survival_probs(network) == pytest.approx([0.8, 0.6, 0.4])
+    with pytest.raises(ValueError, match="already registered"):
+        stochdepth.register_residual_adapter(_UserBlock, depth.ResidualAdapter(lambda block: 1, make))

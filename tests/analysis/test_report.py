@@ -52,6 +52,14 @@ def test_sweep_names_runs_readably_and_gives_constant_depth_once(sweep):
     assert {path.name for path in (out / "runs").iterdir()} == NAMES
 
 
+def test_a_densenet_sweep_is_named_constant_depth_and_refuses_a_rule(sweep):
+    base, _ = sweep
+    points = sweep_grid(base.override(model="densenet_bc_100_12"), {"final_survival_prob": [0.3, 0.7], "seed": [1]})
+    assert [point.name for point in points] == ["densenet_bc_100_12-none-seed1"]
+    with pytest.raises(ValueError, match="does not apply"):
+        sweep_grid(base.override(model="densenet_bc_100_12"), {"survival_rule": ["linear"]})
+
+
 def test_a_sweep_started_again_does_only_what_is_left(sweep, monkeypatch):
     base, out = sweep
     finished = out / "runs" / "resnet8-none-seed1"

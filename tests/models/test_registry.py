@@ -51,3 +51,16 @@ def test_a_name_can_be_registered_once():
 def test_an_option_the_family_does_not_take_is_a_value_error():
     with pytest.raises(ValueError, match="'resnet8' does not take 'dropout_rate'"):
         stochdepth.create_model("resnet8", dropout_rate=0.3)
+
+
+def test_resolved_options_are_computed_once_and_densenet_is_always_constant_depth():
+    from stochdepth.config import TrainConfig
+    from stochdepth.models import resolve_model_depth_options
+    from stochdepth.train.setup import resolve_config
+
+    assert resolve_model_depth_options("densenet_bc_100_12").survival_rule == "none"
+    assert resolve_model_depth_options("resnet8", "none", 0.3).final_survival_prob == 1.0
+    resolved = resolve_config(TrainConfig().override(model="densenet_bc_100_12"))
+    assert (resolved.model.survival_rule, resolved.model.final_survival_prob) == ("none", 1.0)
+    with pytest.raises(ValueError, match="does not apply to densenet_bc_100_12"):
+        resolve_config(TrainConfig().override(model="densenet_bc_100_12", survival_rule="linear"))

@@ -137,3 +137,11 @@ def test_a_non_empty_run_folder_is_refused(tmp_path, tiny_config):
     with pytest.raises(ValueError, match="not empty; use --resume"):
         train(tiny_config, out=tmp_path / "run")
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_without_a_terminal_progress_is_a_plain_line_at_an_interval(tmp_path, tiny_config, monkeypatch, capsys):
+    monkeypatch.setattr("stochdepth.train.progress.Progress.__init__.__defaults__", (0.0,))
+    train(tiny_config.override(epochs=1), out=tmp_path / "run", progress=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch 1/1: batch")]
+    assert [line.split()[3] for line in lines] == [f"{step}/8" for step in range(1, 9)]
+    assert all("loss" in line and "\r" not in line and "\x1b" not in line for line in lines)
