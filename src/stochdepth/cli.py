@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a network (a preset, or options)")
     train.add_argument("--preset", help=f"start from a paper recipe: {', '.join(list_presets())}")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (with --epochs N: extend it)")
+    train.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="resume --out if it already holds a run, else start it (one command line for every restart)",
+    )
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     _add_config_flags(train)
 
@@ -150,6 +155,8 @@ def _train(args: argparse.Namespace) -> None:
     from stochdepth.train import resume, train
 
     options = _options(args)
+    if args.resume and args.auto_resume:
+        raise ValueError("give --resume DIR or --auto-resume with --out DIR, not both")
     if args.resume:
         extra = sorted(set(options) - {"epochs"}) + (["preset"] if args.preset else [])
         if extra:
@@ -162,7 +169,7 @@ def _train(args: argparse.Namespace) -> None:
             config = config.override(
                 out=str(Path("runs") / f"{args.preset or config.model.model}-{config.data.dataset}")
             )
-        summary = train(config, progress=args.progress)
+        summary = train(config, progress=args.progress, resume_existing=args.auto_resume)
         out = config.run.out
     print(
         f"test error at best validation (epoch {summary['best_epoch']:g}): {summary['test_error_at_best_val']:.4f}; "

@@ -124,7 +124,7 @@ def test_report_tables_hold_the_runs_numbers_and_figures_are_images(sweep, tmp_p
 def test_running_and_incomplete_runs_are_marked(sweep, tmp_path):
     _, out = sweep
     running = RunFolder(out / "runs" / "resnet8-none-seed2")
-    with running.lock():
+    with running.claim():
         runs, _ = find_runs([out])
     status = {run.path.name: run.status for run in runs}
     assert status["resnet8-none-seed2"] == "running"

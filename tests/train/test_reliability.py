@@ -195,7 +195,7 @@ def test_a_second_process_is_refused_and_a_killed_holder_leaves_no_stale_lock(tm
             sys.executable,
             "-c",
             "import sys, time; from stochdepth.train.run_folder import RunFolder\n"
-            "with RunFolder(sys.argv[1]).lock():\n    print('held', flush=True); time.sleep(60)",
+            "with RunFolder(sys.argv[1]).claim():\n    print('held', flush=True); time.sleep(60)",
             str(tmp_path / "run"),
         ],
         stdout=subprocess.PIPE,

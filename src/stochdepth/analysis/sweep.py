@@ -9,16 +9,16 @@ left and several processes can share one sweep.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stochdepth.config import SWEEP_OPTIONS, TrainConfig
-from stochdepth.train import resume, train
-from stochdepth.train.run_folder import RunFolder
+from stochdepth.train import train
+from stochdepth.train.run_folder import RunFolder, RunFolderBusy
 from stochdepth.train.setup import resolve_config
 
 
@@ -77,17 +77,18 @@ def run_sweep(
 
 
 def _advance(point: SweepPoint, folder: RunFolder, progress: bool | None) -> str:
-    """Bring one run to its end: 'finished' (already), 'running elsewhere', 'resumed' or 'trained'."""
-    if folder.path.exists() and folder.config.is_file() and folder.is_locked():
+    """Bring one run to its end: 'finished' (already), 'running elsewhere', 'resumed' or 'trained'.
+
+    The folder's lock is taken before anything in it is created or changed, so several
+    processes can share a sweep.
+    """
+    if folder.summary.is_file() and not folder.is_locked():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if json.loads(folder.summary.read_text()).get("epochs") == point.config.optim.epochs:
+                return "finished"
+    existed = folder.config.is_file()
+    try:
+        train(point.config, out=folder.path, progress=progress, resume_existing=True)
+    except RunFolderBusy:
         return "running elsewhere"
-    if folder.summary.is_file():
-        summary = json.loads(folder.summary.read_text())
-        if summary.get("epochs") == point.config.optim.epochs:
-            return "finished"
-    if folder.checkpoint("last").is_file():
-        resume(folder.path, epochs=point.config.optim.epochs, progress=progress)
-        return "resumed"
-    if folder.path.exists():
-        shutil.rmtree(folder.path)
-    train(point.config, out=folder.path, progress=progress)
-    return "trained"
+    return "resumed" if existed else "trained"

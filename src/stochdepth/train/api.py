@@ -18,7 +18,7 @@ from stochdepth.config import TrainConfig
 from stochdepth.data import DataSpec
 from stochdepth.depth import survival_probs
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint
-from stochdepth.train.run_folder import RunFolder
+from stochdepth.train.run_folder import RunFolder, RunFolderError
 from stochdepth.train.setup import build_model, resolve_config, resolve_device
 from stochdepth.train.signals import stop_on_signals
 from stochdepth.train.trainer import Trainer
@@ -43,11 +43,15 @@ def run_description(trainer: Trainer) -> dict[str, Any]:
     return values
 
 
-def train(config: TrainConfig, out: str | Path | None = None, progress: bool | None = None) -> dict[str, Any]:
+def train(
+    config: TrainConfig, out: str | Path | None = None, progress: bool | None = None, resume_existing: bool = False
+) -> dict[str, Any]:
     """Train from ``config`` and return the summary (the Python API behind ``stochdepth train``).
 
-    ``out`` (default ``config.run.out``) is the run folder; it must not exist or be empty.
-    Without one, nothing is written.
+    ``out`` (default ``config.run.out``) is the run folder; it must not hold a run, unless
+    ``resume_existing`` (``--auto-resume``): then a folder that already holds this run is
+    resumed, to ``config``'s epochs. Options, model and data are checked before anything is
+    written; a failed start leaves no folder behind. Without ``out``, nothing is written.
     """
     out = out if out is not None else config.run.out
     config = resolve_config(config)
@@ -56,33 +60,55 @@ def train(config: TrainConfig, out: str | Path | None = None, progress: bool | N
         with stop_on_signals(trainer):
             return trainer.run()
     folder = RunFolder(out)
-    folder.create()
-    with folder.lock():
-        trainer = Trainer(config.override(out=str(folder.path)), folder, _progress(progress))
-        folder.write_json(folder.config, run_description(trainer))
-        with stop_on_signals(trainer):
-            return trainer.run()
+    config = config.override(out=str(folder.path))
+    with folder.claim():
+        if folder.config.exists() and resume_existing:
+            return _resume_claimed(folder, config.optim.epochs, progress)
+        folder.prepare_new_run()
+        return _start_claimed(folder, config, progress)
+
+
+def _start_claimed(folder: RunFolder, config: TrainConfig, progress: bool | None) -> dict[str, Any]:
+    trainer = Trainer(config, folder, _progress(progress))
+    folder.write_json(folder.config, run_description(trainer))
+    with stop_on_signals(trainer):
+        return trainer.run()
 
 
 def resume(run_dir: str | Path, epochs: int | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its last checkpoint; ``epochs`` extends (re-plans) it.
 
     With ``epochs`` the schedule's milestones are re-planned for the new length, from the
-    epoch the run has reached; the new length is written to ``config.json``.
+    epoch the run has reached; the new length is written to ``config.json``. Fewer epochs
+    than the run has done is refused. A run killed before its first checkpoint starts again
+    from the beginning (``config.json`` is all it needs), dropping records no checkpoint covers.
     """
     folder = RunFolder(run_dir)
+    folder.read_config()
+    with folder.claim():
+        return _resume_claimed(folder, epochs, progress)
+
+
+def _resume_claimed(folder: RunFolder, epochs: int | None, progress: bool | None) -> dict[str, Any]:
     config, values = folder.read_config()
-    with folder.lock():
-        state = load_checkpoint(folder.checkpoint("last"))
-        if epochs is not None:
-            config = config.override(epochs=epochs)
-        trainer = Trainer(resolve_config(config), folder, _progress(progress))
-        trainer.load_state_dict(state, folder.checkpoint("last"))
-        folder.keep_records(trainer.evaluations, trainer.iteration)
-        if epochs is not None or "data_spec" not in values:
-            folder.write_json(folder.config, run_description(trainer))
-        with stop_on_signals(trainer):
-            return trainer.run()
+    if epochs is not None:
+        config = resolve_config(config.override(epochs=epochs))
+    last = folder.checkpoint("last")
+    if not last.is_file():
+        folder.keep_records(0, 0)
+        folder.checkpoints.mkdir(exist_ok=True)
+        return _start_claimed(folder, config, progress)
+    state = load_checkpoint(last)
+    trainer = Trainer(config, folder, _progress(progress))
+    done = state.get("epoch")
+    if epochs is not None and isinstance(done, int) and epochs < done:
+        raise RunFolderError(f"{folder.path} has done {done} epochs; --epochs must be at least {done}, got {epochs}")
+    trainer.load_state_dict(state, last)
+    folder.keep_records(trainer.evaluations, trainer.iteration)
+    if epochs is not None or "data_spec" not in values:
+        folder.write_json(folder.config, run_description(trainer))
+    with stop_on_signals(trainer):
+        return trainer.run()
 
 
 def checkpoint_path(source: str | Path, checkpoint: str = "best") -> Path:

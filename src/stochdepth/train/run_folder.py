@@ -7,13 +7,22 @@
 ``gradients.jsonl`` (with ``--record-gradients-every``) one object per recording step
 ``summary.json``    best_epoch, best_val_error, test_error_at_best_val, final_test_error, train_seconds
 ``checkpoints/last.pt`` and ``checkpoints/best.pt`` (best by validation error, never by test)
+``run.lock``        held (``flock``) by the process training into the folder
+
+Rules: a process takes the lock before it creates, deletes or writes anything in the folder;
+a folder without ``config.json`` that holds only what a failed start leaves (``run.lock``, an
+empty ``checkpoints/``, temporary files) counts as empty; temporary files of a killed writer
+are removed by the next process that takes the lock. Files are opened without following
+symbolic links, so a folder received from someone else cannot redirect a write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +47,23 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used as asked; the message says why."""
 
 
+class RunFolderBusy(RunFolderError):
+    """Another live process holds the folder's lock."""
+
+
+LEFTOVERS = ("run.lock", "checkpoints")
+
+
+def _write_text(path: Path, text: str, append: bool = False) -> None:
+    """Write (or append) ``text`` to ``path``, refusing to follow a symbolic link, flushed to disk."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+    descriptor = os.open(path, flags, 0o644)
+    with os.fdopen(descriptor, "a" if append else "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+
+
 class RunFolder:
     """Paths and reads/writes of one run folder."""
 
@@ -55,22 +81,63 @@ class RunFolder:
             raise ValueError(f"checkpoint must be 'last' or 'best', got {which!r}")
         return self.checkpoints / f"{which}.pt"
 
-    def create(self) -> None:
-        """Make the folder for a new run; refuse a non-empty one (resume it instead)."""
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            raise RunFolderError(f"{self.path} exists and is not empty; use --resume {self.path} or another --out")
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[bool]:
+        """Create the folder if needed and hold its lock; yields whether the folder was created here.
+
+        Nothing in the folder is created, deleted or written before the lock is held. Under the
+        lock, temporary files left by a killed writer are removed. If the folder was created
+        here and the block fails before ``config.json`` exists, the folder is removed again.
+        """
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
+            raise RunFolderError(f"{self.path} exists and is not a folder")
+        created = not self.path.exists()
         try:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise RunFolderError(f"cannot create run folder {self.path}: {error.strerror or error}") from None
+        try:
+            with RunLock(self.path / "run.lock"):
+                self._remove_temporaries()
+                yield created
+        except BaseException:
+            if created and not self.config.exists():
+                self._remove_leftovers()
+            raise
+
+    def _remove_temporaries(self) -> None:
+        for folder in (self.path, self.checkpoints):
+            if folder.is_dir() and not folder.is_symlink():
+                for leftover in folder.glob(".*.tmp"):
+                    if leftover.is_file() or leftover.is_symlink():
+                        leftover.unlink()
+
+    def _remove_leftovers(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.checkpoints.is_dir() and not self.checkpoints.is_symlink():
+                self.checkpoints.rmdir()
+            (self.path / "run.lock").unlink(missing_ok=True)
+            self.path.rmdir()
+
+    def prepare_new_run(self) -> None:
+        """Under the lock: check the folder holds no run and nothing of the user's, and make ``checkpoints/``."""
+        others = sorted(path.name for path in self.path.iterdir() if path.name not in LEFTOVERS)
+        stray_checkpoints = self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
+        if others or stray_checkpoints or self.checkpoints.is_symlink():
+            raise RunFolderError(f"{self.path} exists and is not empty; use --resume {self.path} or another --out")
+        try:
+            self.checkpoints.mkdir(exist_ok=True)
+        except OSError as error:
+            raise RunFolderError(f"cannot create {self.checkpoints}: {error.strerror or error}") from None
 
     def write_json(self, path: Path, values: dict[str, Any]) -> None:
         temporary = path.with_name(f".{path.name}.tmp")
         try:
-            temporary.write_text(json.dumps(values, indent=2) + "\n")
+            _write_text(temporary, json.dumps(values, indent=2) + "\n")
             os.replace(temporary, path)
         except OSError as error:
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
             raise RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
 
     def read_config(self) -> tuple[TrainConfig, dict[str, Any]]:
@@ -80,42 +147,54 @@ class RunFolder:
         try:
             values = json.loads(self.config.read_text())
             config = resolve_config(TrainConfig.from_dict(values))
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, RecursionError) as error:
             raise RunFolderError(f"{self.config}: not a valid run configuration ({error})") from None
         return config, values
 
-    def lock(self) -> RunLock:
-        """Hold the folder for this process (:class:`RunLock`)."""
-        return RunLock(self.path / "run.lock")
-
     def is_locked(self) -> bool:
-        """Whether a live process is training into this folder now."""
+        """Whether a live process holds this folder now (reads only: creates and writes nothing)."""
         try:
-            with RunLock(self.path / "run.lock"):
-                return False
-        except RunFolderError:
+            descriptor = os.open(self.path / "run.lock", os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
             return True
+        finally:
+            os.close(descriptor)
+        return False
 
     def append(self, path: Path, record: dict[str, Any]) -> None:
         """Append one JSON line to ``path`` (``metrics`` or ``gradients``) and flush it to disk."""
         try:
-            with open(path, "a") as file:
-                file.write(json.dumps(record) + "\n")
-                file.flush()
-                os.fsync(file.fileno())
+            _write_text(path, json.dumps(record) + "\n", append=True)
         except OSError as error:
             raise RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
 
     def read_records(self, path: Path) -> list[dict[str, Any]]:
-        """Every complete line of a JSON-lines file (a torn last line, from a crash mid-write, is left out)."""
+        """Every line of a JSON-lines file; a torn last line (a crash mid-write) is left out.
+
+        A damaged line followed by valid ones is not a torn write: it is refused, naming the
+        file and the line, rather than silently dropping what follows it.
+        """
         if not path.is_file():
             return []
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise RunFolderError(f"{path}: unreadable ({error})") from None
         records = []
-        for line in path.read_text().splitlines():
+        for number, line in enumerate(lines, 1):
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                record = None
+            if not isinstance(record, dict):
+                if number == len(lines):
+                    break
+                raise RunFolderError(f"{path}: line {number} is damaged, and lines after it would be lost")
+            records.append(record)
         return records
 
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -126,14 +205,19 @@ class RunFolder:
         kept = {
             self.metrics: self.read_records(self.metrics)[:evaluations],
             self.gradients: [
-                record for record in self.read_records(self.gradients) if record["iteration"] <= iteration
+                record
+                for record in self.read_records(self.gradients)
+                if isinstance(record.get("iteration"), int) and record["iteration"] <= iteration
             ],
         }
         for path, records in kept.items():
             if path.is_file():
                 temporary = path.with_name(f".{path.name}.tmp")
-                temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
-                os.replace(temporary, path)
+                try:
+                    _write_text(temporary, "".join(json.dumps(record) + "\n" for record in records))
+                    os.replace(temporary, path)
+                except OSError as error:
+                    raise RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 class RunLock:
@@ -141,7 +225,7 @@ class RunLock:
 
     The kernel releases the lock when the holding process ends, however it ends (SIGKILL
     included), so a crashed run never leaves its folder stuck. The file keeps the holder's
-    process id for the error message.
+    process id for the error message; it is never opened through a symbolic link.
     """
 
     def __init__(self, path: Path) -> None:
@@ -149,13 +233,16 @@ class RunLock:
         self.descriptor: int | None = None
 
     def __enter__(self) -> RunLock:
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            raise RunFolderError(f"cannot lock {self.path}: {error.strerror or error}") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(descriptor, 32).decode(errors="replace").strip() or "another process"
             os.close(descriptor)
-            raise RunFolderError(
+            raise RunFolderBusy(
                 f"{self.path.parent} is in use by process {holder}; wait for it to finish or use another --out"
             ) from None
         os.ftruncate(descriptor, 0)
