@@ -10,6 +10,7 @@ model family's or the library's defaults.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,39 @@ EXPORT_FORMATS = ("safetensors", "torchscript", "exported", "onnx")
 SWEEP_OPTIONS = ("model", "survival_rule", "final_survival_prob", "drop_mode", "seed")
 """The options a sweep may vary, each given several values (the axes of the paper's Fig. 8)."""
 NONFINITE_ACTIONS = ("stop", "skip")
+
+
+MIN_POSITIVE = 1e-12
+MAX_LEARNING_RATE = 10.0
+"""No SGD recipe in this field goes near it; a larger value is a typo (1e300 once overflowed)."""
+
+
+def _text(name: str, value: Any, optional: bool = False) -> None:
+    if (value is None and optional) or isinstance(value, str):
+        return
+    raise ValueError(f"{name} must be text, got {value!r}")
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def _integer(name: str, value: Any, low: int, high: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _number(name: str, value: Any, low: float, high: float, optional: bool = False) -> None:
+    """A finite number in [low, high] (NaN and infinities refused)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in [{low:g}, {high:g}], got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
 
 
 def _option(default: Any, help: str, **extra: Any) -> Any:
@@ -99,38 +133,47 @@ class TrainConfig:
         set's names and the stochastic-depth options are checked where their registries
         live, when the run is resolved (``stochdepth.train.setup.resolve_config``).
         """
-        positive = {
-            "epochs": self.optim.epochs,
-            "batch_size": self.optim.batch_size,
-            "lr": self.optim.lr,
-            "image_size": self.data.image_size,
-        }
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        counts = {
-            "train_size": self.data.train_size,
-            "eval_size": self.data.eval_size,
-            "eval_every_iters": self.run.eval_every_iters,
-            "record_gradients_every": self.run.record_gradients_every,
-        }
-        for name, value in counts.items():
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        numbers = (self.optim.momentum, self.optim.weight_decay, self.optim.lr_decay, self.optim.warmup_lr)
-        if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in numbers):
-            raise ValueError("momentum, weight_decay, lr_decay and warmup_lr must be numbers")
-        if not 0 <= self.optim.momentum < 1 or self.optim.weight_decay < 0:
-            raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
-        if self.run.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.run.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if self.run.on_nonfinite not in NONFINITE_ACTIONS:
-            raise ValueError(
-                f"unknown on_nonfinite {self.run.on_nonfinite!r}; choose one of {', '.join(NONFINITE_ACTIONS)}"
-            )
-        minutes = self.run.checkpoint_every_minutes
-        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes < 0):
-            raise ValueError(f"checkpoint_every_minutes must be a number >= 0, got {minutes!r}")
+        model, data, optim, run = self.model, self.data, self.optim, self.run
+        _text("model", model.model)
+        _text("dataset", data.dataset)
+        for name, value in (("survival_rule", model.survival_rule), ("drop_mode", model.drop_mode)):
+            _text(name, value, optional=True)
+        for name, value in (("data_dir", data.data_dir), ("out", run.out), ("device", run.device)):
+            _text(name, value, optional=True)
+        for name, value in (("download", data.download), ("augment", data.augment)):
+            _flag(name, value)
+        _flag("channels_last", run.channels_last)
+        _flag("compile", run.compile)
+        _integer("epochs", optim.epochs, 1, 1_000_000)
+        _integer("batch_size", optim.batch_size, 1, 1_000_000)
+        _integer("image_size", data.image_size, 1, 4096)
+        _integer("workers", data.workers, 0, 1024)
+        _integer("seed", run.seed, 0, 2**63 - 1)
+        _integer("split_seed", data.split_seed, 0, 2**63 - 1)
+        _integer("warmup_epochs", optim.warmup_epochs, 0, 1_000_000)
+        for name, value in (
+            ("train_size", data.train_size),
+            ("eval_size", data.eval_size),
+            ("eval_every_iters", run.eval_every_iters),
+            ("record_gradients_every", run.record_gradients_every),
+        ):
+            _integer(name, value, 1, 10**12, optional=True)
+        _number("final_survival_prob", model.final_survival_prob, 0.0, 1.0, optional=True)
+        _number("dropout_rate", model.dropout_rate, 0.0, 0.999, optional=True)
+        _number("lr", optim.lr, MIN_POSITIVE, MAX_LEARNING_RATE)
+        _number("warmup_lr", optim.warmup_lr, MIN_POSITIVE, MAX_LEARNING_RATE)
+        _number("lr_decay", optim.lr_decay, MIN_POSITIVE, 1.0)
+        _number("momentum", optim.momentum, 0.0, 0.999)
+        _number("weight_decay", optim.weight_decay, 0.0, 1.0)
+        _number("checkpoint_every_minutes", run.checkpoint_every_minutes, 0.0, 10**6, optional=True)
+        if not isinstance(optim.lr_milestones, tuple) or len(optim.lr_milestones) > 100:
+            raise ValueError(f"lr_milestones must be a list of fractions of the epochs, got {optim.lr_milestones!r}")
+        for fraction in optim.lr_milestones:
+            _number("each of lr_milestones (a fraction of the epochs)", fraction, 0.0, 1.0)
+        if run.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {run.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if run.on_nonfinite not in NONFINITE_ACTIONS:
+            raise ValueError(f"unknown on_nonfinite {run.on_nonfinite!r}; choose one of {', '.join(NONFINITE_ACTIONS)}")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

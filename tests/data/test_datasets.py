@@ -1,7 +1,6 @@
 """The data sets through build_loaders: splits, augmentation settings, missing-data errors."""
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,6 +72,7 @@ def test_fashion_mnist_split_and_single_channel(tmp_path):
     [("cifar10", "data_batch_1"), ("cifar100", "train"), ("svhn", "train_32x32.mat"), ("imagenet", "imagenet")],
 )
 def test_a_missing_data_set_names_its_files_and_how_to_get_it(tmp_path, dataset, named):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as error:
         build_loaders(DataConfig(dataset=dataset, data_dir=str(tmp_path / "empty")), 32, CPU, seed=0)
     message = str(error.value)
@@ -80,9 +80,35 @@ def test_a_missing_data_set_names_its_files_and_how_to_get_it(tmp_path, dataset,
     assert "--download" in message or "image-net.org" in message
 
 
-def test_missing_fashion_mnist_says_how_to_install_it(tmp_path, monkeypatch):
-    monkeypatch.setattr("stochdepth.data.small_images.DEBIAN_FASHION_MNIST", Path(tmp_path / "nowhere"))
+def test_missing_fashion_mnist_says_how_to_install_it(tmp_path):
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path, download=False, split_seed=0)
+
+
+def test_a_named_data_dir_is_used_alone_or_refused(tmp_path, monkeypatch):
+    """Naming a folder never falls back to the system's copy; a file or a missing folder is refused."""
+    monkeypatch.setattr("stochdepth.data.small_images.SYSTEM_DATA", tmp_path / "system")
+    write_fashion_mnist(tmp_path / "system" / "fashion-mnist", train=5100, test=10)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DataError, match="Fashion-MNIST not found"):
+        build_loaders(DataConfig(data_dir=str(tmp_path / "mine")), 16, CPU, seed=0)
+    (tmp_path / "passwd").write_text("root:x:0:0")
+    for bad in ("passwd", "missing"):
+        with pytest.raises(DataError, match="is not a folder"):
+            build_loaders(DataConfig(data_dir=str(tmp_path / bad)), 16, CPU, seed=0)
+    monkeypatch.setenv("STOCHDEPTH_DATA", str(tmp_path / "mine"))
+    assert len(build_loaders(DataConfig(), 16, CPU, seed=0).test.labels) == 10
+
+
+def test_labels_outside_the_classes_are_a_data_error_naming_the_file(tmp_path):
+    import numpy as np
+
+    from tests.data.fixtures import write_idx_gz
+
+    folder = tmp_path / "fashion-mnist"
+    write_fashion_mnist(folder, train=5100, test=10)
+    write_idx_gz(folder / "t10k-labels-idx1-ubyte.gz", np.array([3] * 9 + [12]))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: labels outside 0..9"):
         load_fashion_mnist(tmp_path, download=False, split_seed=0)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stochdepth.train.run_folder import RunFolder
+from stochdepth.train.run_folder import METRIC_KEYS, RunFolder
 
 MAX_SEARCH_DEPTH = 3
 
@@ -77,20 +77,41 @@ class Run:
         return sum(record["epoch_seconds"] for record in self.metrics)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_records(folder: RunFolder, metrics: list[dict[str, Any]], gradients: list[dict[str, Any]]) -> None:
+    """Refuse records a report cannot use (a run folder from elsewhere is untrusted input)."""
+    for number, record in enumerate(metrics, 1):
+        if not all(_number(record.get(key)) for key in METRIC_KEYS):
+            raise ValueError(f"{folder.metrics}: line {number} lacks numbers for {', '.join(METRIC_KEYS)}")
+    for number, record in enumerate(gradients, 1):
+        blocks = record.get("blocks")
+        values = [record.get("stem"), *(blocks if isinstance(blocks, list) else [""])]
+        if not _number(record.get("iteration")) or not all(v is None or _number(v) for v in values):
+            raise ValueError(f"{folder.gradients}: line {number} is not a gradient record")
+
+
 def _read_run(path: Path) -> Run:
     folder = RunFolder(path)
-    config = json.loads(folder.config.read_text())
-    if not isinstance(config, dict) or not {"model", "data", "optim"} <= set(config):
-        raise ValueError("config.json lacks the model, data or optim section")
+    _, config = folder.read_config()
+    probs = config.get("survival_probs", [])
+    if not isinstance(probs, list) or not all(_number(prob) and 0 <= prob <= 1 for prob in probs):
+        raise ValueError(f"{folder.config}: survival_probs must be a list of probabilities")
     summary = json.loads(folder.summary.read_text()) if folder.summary.is_file() else None
+    if summary is not None and not isinstance(summary, dict):
+        raise ValueError(f"{folder.summary}: not an object")
     metrics = folder.read_metrics()
+    gradients = folder.read_records(folder.gradients)
+    _check_records(folder, metrics, gradients)
     if folder.is_locked():
         status = "running"
     elif summary is not None and summary.get("epochs") == config["optim"]["epochs"]:
         status = "finished"
     else:
         status = "incomplete"
-    return Run(path, config, metrics, folder.read_records(folder.gradients), summary, status)
+    return Run(path, config, metrics, gradients, summary, status)
 
 
 def find_runs(paths: list[str | Path]) -> tuple[list[Run], list[str]]:
@@ -113,6 +134,6 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Run], list[str]]:
         for candidate in candidates:
             try:
                 runs.append(_read_run(candidate))
-            except (OSError, ValueError, KeyError, TypeError) as error:
+            except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
                 warnings.append(f"{candidate}: unreadable run ({error}); skipped")
     return runs, warnings

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -14,7 +15,7 @@ from stochdepth.config import DataConfig
 from stochdepth.data.device_loader import DeviceLoader, channel_stats
 from stochdepth.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_loaders
 from stochdepth.data.readers import DataError
-from stochdepth.data.small_images import SMALL_IMAGE_DATASETS, data_root
+from stochdepth.data.small_images import SMALL_IMAGE_DATASETS, DataMissing, ImageSplits, data_roots
 
 DATASETS = (*SMALL_IMAGE_DATASETS, "imagenet")
 
@@ -86,12 +87,23 @@ class Loaders:
         self.train.load_state_dict(state)
 
 
+def _first_found(config: DataConfig, roots: list[Path]) -> ImageSplits:
+    """The data set from the first root that holds it (downloading only into the first, when asked)."""
+    for root in roots[1:]:
+        try:
+            return SMALL_IMAGE_DATASETS[config.dataset](root, False, config.split_seed)
+        except DataMissing:
+            continue
+    return SMALL_IMAGE_DATASETS[config.dataset](roots[0], config.download, config.split_seed)
+
+
 def build_loaders(config: DataConfig, batch_size: int, device: torch.device, seed: int) -> Loaders:
     """Loaders for ``config.dataset`` with the paper's split; raises :class:`DataError` if data is missing."""
     if config.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
-    root = data_root(config.data_dir)
+    roots = data_roots(config.data_dir)
     if config.dataset == "imagenet":
+        root = roots[0]
         train, val, test, num_classes = imagenet_loaders(
             root,
             batch_size,
@@ -106,7 +118,7 @@ def build_loaders(config: DataConfig, batch_size: int, device: torch.device, see
         )
         spec = DataSpec(num_classes, 3, config.image_size, IMAGENET_MEAN, IMAGENET_STD)
         return Loaders(train, val, test, spec)
-    splits = SMALL_IMAGE_DATASETS[config.dataset](root, config.download, config.split_seed)
+    splits = _first_found(config, roots)
     train_images = splits.train_images[: config.train_size]
     train_labels = splits.train_labels[: config.train_size]
     mean, std = channel_stats(train_images)

@@ -33,7 +33,8 @@ from torchvision.datasets.utils import download_and_extract_archive, download_ur
 from stochdepth.data.readers import DataError, read_cifar_batch, read_idx_gz, read_svhn_mat
 from stochdepth.data.splits import holdout_split, per_class_holdout
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+SYSTEM_DATA = Path("/usr/share/datasets")
+"""Where Debian's data set packages (dataset-fashion-mnist) install, searched after the default data dir."""
 
 
 @dataclass
@@ -51,9 +52,22 @@ class ImageSplits:
     horizontal_flip: bool
 
 
-def data_root(data_dir: str | os.PathLike | None) -> Path:
-    """Where data lives: ``data_dir``, else ``$STOCHDEPTH_DATA``, else ``./data``."""
-    return Path(data_dir or os.environ.get("STOCHDEPTH_DATA") or "data").expanduser()
+def data_roots(data_dir: str | os.PathLike | None) -> list[Path]:
+    """Where to look for data, in order: ``data_dir`` alone when the user names one, else
+    ``$STOCHDEPTH_DATA`` (or ``./data``) and then the system's data packages."""
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            raise DataError(f"data dir {root} is not a folder")
+        return [root]
+    return [Path(os.environ.get("STOCHDEPTH_DATA") or "data").expanduser(), SYSTEM_DATA]
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, source: Path) -> torch.Tensor:
+    """``labels`` if every one is a class index in [0, num_classes), else a :class:`DataError` naming ``source``."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{source}: labels outside 0..{num_classes - 1} (damaged or not this data set)")
+    return labels
 
 
 def _split(
@@ -63,14 +77,18 @@ def _split(
     return images[train], labels[train], images[val], labels[val]
 
 
-def _missing_error(name: str, missing: list[Path], how: str) -> DataError:
+class DataMissing(DataError):
+    """A data set's files are not where they were looked for."""
+
+
+def _missing_error(name: str, missing: list[Path], how: str) -> DataMissing:
     shown = ", ".join(str(path) for path in missing[:4]) + (" ..." if len(missing) > 4 else "")
-    return DataError(f"{name} not found: missing {shown}; {how}")
+    return DataMissing(f"{name} not found: missing {shown}; {how}")
 
 
 def load_fashion_mnist(root: Path, download: bool, split_seed: int) -> ImageSplits:
     names = [name for name, _ in FashionMNIST.resources]
-    candidates = [root / "fashion-mnist", root / "FashionMNIST" / "raw", root, DEBIAN_FASHION_MNIST]
+    candidates = [root / "fashion-mnist", root / "FashionMNIST" / "raw", root]
     folder = next((path for path in candidates if all((path / name).is_file() for name in names)), None)
     if folder is None and download:
         folder = root / "fashion-mnist"
@@ -84,7 +102,8 @@ def load_fashion_mnist(root: Path, download: bool, split_seed: int) -> ImageSpli
         )
     train_images, train_labels, test_images, test_labels = (read_idx_gz(folder / name) for name in names)
     train_images, test_images = train_images.unsqueeze(1), test_images.unsqueeze(1)
-    train_labels, test_labels = train_labels.long(), test_labels.long()
+    train_labels = check_labels(train_labels.long(), 10, folder / names[1])
+    test_labels = check_labels(test_labels.long(), 10, folder / names[3])
     return ImageSplits(
         *_split(train_images, train_labels, 5000, split_seed),
         test_images,
@@ -108,9 +127,12 @@ def _load_cifar(dataset: type[CIFAR10], label_key: str, num_classes: int, root: 
             f"run with --download, or fetch {dataset.url} and extract it into {root}",
         )
     batches = [read_cifar_batch(folder / name, label_key) for name, _ in dataset.train_list]
+    for (name, _), (_, labels) in zip(dataset.train_list, batches):
+        check_labels(labels, num_classes, folder / name)
     train_images = torch.cat([images for images, _ in batches])
     train_labels = torch.cat([labels for _, labels in batches])
     test_images, test_labels = read_cifar_batch(folder / dataset.test_list[0][0], label_key)
+    check_labels(test_labels, num_classes, folder / dataset.test_list[0][0])
     return ImageSplits(
         *_split(train_images, train_labels, 5000, split_seed),
         test_images,
@@ -141,6 +163,8 @@ def load_svhn(root: Path, download: bool, split_seed: int) -> ImageSplits:
     train_images, train_labels = read_svhn_mat(parts["train"])
     extra_images, extra_labels = read_svhn_mat(parts["extra"])
     test_images, test_labels = read_svhn_mat(parts["test"])
+    for labels, part in ((train_labels, "train"), (extra_labels, "extra"), (test_labels, "test")):
+        check_labels(labels, 10, parts[part])
     train_kept, train_val = per_class_holdout(train_labels, 400, split_seed)
     extra_kept, extra_val = per_class_holdout(extra_labels, 200, split_seed + 1)
     mixed = torch.randperm(len(train_kept) + len(extra_kept), generator=torch.Generator().manual_seed(split_seed))

@@ -4,12 +4,15 @@ A checkpoint is a dict of tensors and plain values only, so it loads with
 ``torch.load(weights_only=True)``: a pickle payload hidden in a file cannot run code. It
 is written to a temporary file in the same folder, flushed to disk (fsync) and renamed
 over the old one, so a crash or a full disk never leaves a half-written checkpoint
-behind; the previous one stays intact until the new one is complete.
+behind; the previous one stays intact until the new one is complete. Every checkpoint
+carries a digest of its content (every tensor's bytes, every plain value), checked on load: a
+flipped bit anywhere (a weight, a momentum buffer) is refused, not silently used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import zipfile
@@ -31,13 +34,39 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
 
 
+def content_digest(value: Any) -> str:
+    """A BLAKE2 digest of ``value``: dicts (by sorted key), lists, tensors (dtype, shape, bytes), plain values."""
+    digest = hashlib.blake2b(digest_size=32)
+
+    def feed(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            flat = item.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"tensor:{item.dtype}:{tuple(item.shape)}:".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        elif isinstance(item, dict):
+            digest.update(f"dict:{len(item)}:".encode())
+            for key in sorted(item, key=repr):
+                feed(key)
+                feed(item[key])
+        elif isinstance(item, (list, tuple)):
+            digest.update(f"{type(item).__name__}:{len(item)}:".encode())
+            for element in item:
+                feed(element)
+        else:
+            digest.update(f"{type(item).__name__}:{item!r};".encode())
+
+    feed(value)
+    return digest.hexdigest()
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` (plus the format version) to ``path`` atomically; returns the path."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "wb") as file:
-            torch.save({"format_version": FORMAT_VERSION, **state}, file)
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb") as file:
+            content = {"format_version": FORMAT_VERSION, **state}
+            torch.save({**content, "checksum": content_digest(content)}, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -46,11 +75,15 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             os.fsync(directory)
         finally:
             os.close(directory)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:
+        # torch.save reports a failed write (a full disk) as a RuntimeError from its zip writer.
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
+        if isinstance(error, RuntimeError) and "write" not in str(error).lower():
+            raise
         kept = "the previous checkpoint is intact" if path.is_file() else "no earlier checkpoint exists"
-        raise CheckpointError(f"cannot write {path}: {error.strerror or error}; {kept}") from None
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        raise CheckpointError(f"cannot write {path}: {reason}; {kept}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
@@ -77,4 +110,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: checkpoint format {state['format_version']} is not known to this version of stochdepth "
             f"(it reads {', '.join(map(str, KNOWN_FORMAT_VERSIONS))}); upgrade stochdepth"
         )
+    if state["format_version"] >= 2:
+        content = {key: value for key, value in state.items() if key != "checksum"}
+        if state.get("checksum") != content_digest(content):
+            raise CheckpointError(f"{path}: content does not match its checksum (damaged on disk or edited)")
     return state
