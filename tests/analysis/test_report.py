@@ -1,6 +1,7 @@
 """Sweeps and the report, on run folders made by short real training runs."""
 
 import json
+import shutil
 import statistics
 import struct
 from pathlib import Path
@@ -97,28 +98,76 @@ def test_report_tables_hold_the_runs_numbers_and_figures_are_images(sweep, tmp_p
     report = report_path.read_text()
     assert warnings == [f"{tmp_path / 'not-a-run'}: not a run folder or a folder of runs; skipped"]
     constant = _row(report, "Results", "constant depth")
-    assert constant[3] == "2"
-    assert constant[4] == _expected(out, "resnet8-none-*", "test_error_at_best_val")
-    assert constant[5] == _expected(out, "resnet8-none-*", "final_test_error")
+    assert constant[0] == "fashion-mnist / resnet8" and constant[2] == "2"
+    assert constant[3] == _expected(out, "resnet8-none-*", "test_error_at_best_val")
+    assert constant[4] == _expected(out, "resnet8-none-*", "final_test_error")
     stochastic = _row(report, "Results", "stochastic (linear, p_L=0.7)")
-    assert stochastic[4] == _expected(out, "resnet8-linear-p0.7-*", "test_error_at_best_val")
-    baseline = float(constant[4].split()[0])
-    improvement = 100 * (baseline - float(stochastic[4].split()[0])) / baseline
-    assert stochastic[6] == f"{improvement:+.1f}%"
+    assert stochastic[3] == _expected(out, "resnet8-linear-p0.7-*", "test_error_at_best_val")
+    baseline = float(constant[3].split()[0])
+    improvement = 100 * (baseline - float(stochastic[3].split()[0])) / baseline
+    assert stochastic[5] == f"{improvement:+.1f}%"
     timing = _row(report, "Training time", "stochastic (linear, p_L=0.3)")
-    assert timing[7] == "0.533"  # mean p_l of resnet8 at p_L = 0.3: (1 - 0.7/3 + 1 - 1.4/3 + 0.3) / 3
-    assert _row(report, "Training time", "constant depth")[6] == "1.000"
+    assert timing[6] == "0.533"  # mean p_l of resnet8 at p_L = 0.3: (1 - 0.7/3 + 1 - 1.4/3 + 0.3) / 3
+    assert _row(report, "Training time", "constant depth")[5] == "1.000"
     expected_size = (round(plots.FIGURE_SIZE[0] * plots.DPI), round(plots.FIGURE_SIZE[1] * plots.DPI))
     images = sorted(path.name for path in (tmp_path / "report").glob("*.png"))
     assert images == [
-        "curves_fashion-mnist_resnet8.png",
-        "gradients_fashion-mnist_resnet8.png",
+        "curves_1_fashion-mnist_resnet8.png",
+        "gradients_1_fashion-mnist_resnet8.png",
         "survival_profiles.png",
-        "sweep_fashion-mnist.png",
+        "sweep_1_fashion-mnist_resnet8.png",
     ]
     for name in images:
         assert _png_size(tmp_path / "report" / name) == expected_size
         assert f"]({name})" in report
+
+
+def _copy_run(source: Path, target: Path, edit=None) -> None:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoints", "run.lock"))
+    if edit is not None:
+        config = json.loads((target / "config.json").read_text())
+        edit(config)
+        (target / "config.json").write_text(json.dumps(config))
+
+
+def test_runs_of_other_setups_form_their_own_labelled_groups_and_repeated_seeds_are_set_aside(sweep, tmp_path):
+    _, out = sweep
+    runs = tmp_path / "runs"
+    source = out / "runs" / "resnet8-none-seed1"
+    _copy_run(source, runs / "a")
+    _copy_run(source, runs / "a-again")
+    _copy_run(source, runs / "bigger", lambda config: config["data"].update(train_size=256))
+    _copy_run(source, runs / "longer", lambda config: config["optim"].update(epochs=3))
+    _, warnings = write_report([runs], tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    table = report.split("## Results")[1].split("\n## ")[0]
+    labels = [line.split("|")[1].strip() for line in table.splitlines() if "| constant depth |" in line]
+    assert labels == [
+        "fashion-mnist / resnet8 (train_size=128, epochs=2)",
+        "fashion-mnist / resnet8 (train_size=128, epochs=3)",
+        "fashion-mnist / resnet8 (train_size=256, epochs=2)",
+    ]
+    assert [warning.split(":")[0] for warning in warnings] == [str(runs / "a-again")]
+    assert "repeats seed 1" in warnings[0]
+
+
+def test_text_from_run_folders_cannot_break_the_report_or_choose_file_names(sweep, tmp_path):
+    _, out = sweep
+    runs = tmp_path / "runs"
+    _copy_run(out / "runs" / "resnet8-none-seed1", runs / "x|<img src=y>")
+    _copy_run(
+        out / "runs" / "resnet8-none-seed1",
+        runs / "evil",
+        lambda config: config["model"].update(survival_rule="x/../../EVIL"),
+    )
+    _, warnings = write_report([runs], tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "<img" not in report and "x\\|&lt;img src=y&gt;" in report
+    assert any("evil" in warning and "survival_rule" in warning for warning in warnings)
+    assert all(path.parent == tmp_path / "report" for path in (tmp_path / "report").rglob("*"))
+    assert not list(tmp_path.glob("**/EVIL*"))
+    with pytest.raises(ValueError, match="inside the run folder"):
+        write_report([runs], runs / "x|<img src=y>" / "report")
 
 
 def test_running_and_incomplete_runs_are_marked(sweep, tmp_path):

@@ -8,6 +8,7 @@ heat map (Fig. 8), and the survival-probability profile of each model.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from stochdepth.analysis.runs import Run
 
@@ -45,10 +47,15 @@ def _mean_curve(runs: list[Run], key: str) -> tuple[list[float], list[float]]:
     return epochs, values
 
 
+def _integer_ticks(axis: plt.Axes) -> None:
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def error_curves(runs: list[Run], title: str, path: Path) -> Path:
     """Test error and training loss against epochs, one line per setting (mean over seeds).
 
-    Each run's best-validation evaluation is marked on its setting's colour.
+    Each line is marked where its mean validation error is lowest (the model the paper's
+    selection would keep), at the line's own test error there.
     """
     figure, (error_axis, loss_axis) = plt.subplots(1, 2, figsize=FIGURE_SIZE)
     for setting, members in _by_setting(runs).items():
@@ -57,15 +64,17 @@ def error_curves(runs: list[Run], title: str, path: Path) -> Path:
             continue
         epochs, errors = _mean_curve(members, "test_error")
         (line,) = error_axis.plot(epochs, [PERCENT * value for value in errors], label=setting)
-        for run in members:
-            best = run.best()
-            error_axis.plot(best["epoch"], PERCENT * best["test_error"], "o", color=line.get_color(), markersize=6)
+        _, validation = _mean_curve(members, "val_error")
+        best = min(range(len(validation)), key=lambda index: (math.isnan(validation[index]), validation[index]))
+        error_axis.plot(epochs[best], PERCENT * errors[best], "o", color=line.get_color(), markersize=7)
         epochs, losses = _mean_curve(members, "train_loss")
         loss_axis.plot(epochs, losses, label=setting, color=line.get_color())
-    error_axis.plot([], [], "o", color="grey", label="best validation")
-    error_axis.set(xlabel="epoch", ylabel="test error (%)", title=f"{title}: test error")
-    loss_axis.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title=f"{title}: training loss")
+    error_axis.plot([], [], "o", color="grey", label="lowest mean validation error")
+    error_axis.set(xlabel="epoch", ylabel="test error (%)", title="test error")
+    loss_axis.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
+    figure.suptitle(title)
     for axis in (error_axis, loss_axis):
+        _integer_ticks(axis)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     return _save(figure, path)
@@ -98,6 +107,7 @@ def gradient_magnitudes(runs: list[Run], title: str, path: Path) -> Path:
                 epochs, values = _epoch_means(records, lambda record, block=block: record["blocks"][block])
             axis.plot(epochs, values, label=setting)
         axis.set(xlabel="epoch", title=label, yscale="log")
+        _integer_ticks(axis)
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean |gradient| of first conv weights")
     axes[0][0].legend(fontsize=7)
@@ -106,7 +116,11 @@ def gradient_magnitudes(runs: list[Run], title: str, path: Path) -> Path:
 
 
 def error_against_final_survival_prob(runs: list[Run], title: str, path: Path) -> Path:
-    """Test error at best validation against p_L, one line per (model, rule); constant depth dashed."""
+    """Test error at best validation against p_L, one line per (model, rule); constant depth dashed.
+
+    ``runs`` are comparable runs (one training setup); a point averaging several seeds carries
+    an error bar of one standard deviation, and the constant-depth band shows the same.
+    """
     figure, axis = plt.subplots(figsize=FIGURE_SIZE)
     lines: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     constant: dict[str, list[float]] = defaultdict(list)
@@ -120,12 +134,16 @@ def error_against_final_survival_prob(runs: list[Run], title: str, path: Path) -
             lines[(run.model, run.survival_rule)][run.final_survival_prob].append(error)
     for (model, rule), points in sorted(lines.items()):
         probs = sorted(points)
-        (line,) = axis.plot(
-            probs, [PERCENT * sum(points[p]) / len(points[p]) for p in probs], "o-", label=f"{model}, {rule}"
-        )
+        means = [PERCENT * statistics.fmean(points[prob]) for prob in probs]
+        spreads = [PERCENT * statistics.stdev(points[prob]) if len(points[prob]) > 1 else 0.0 for prob in probs]
+        line = axis.errorbar(probs, means, yerr=spreads, fmt="o-", capsize=3, label=f"{model}, {rule}")
         if model in constant:
-            mean = PERCENT * sum(constant[model]) / len(constant[model])
-            axis.axhline(mean, linestyle="--", color=line.get_color(), label=f"{model}, constant depth")
+            mean = PERCENT * statistics.fmean(constant[model])
+            color = line.lines[0].get_color()
+            axis.axhline(mean, linestyle="--", color=color, label=f"{model}, constant depth ({len(constant[model])})")
+            if len(constant[model]) > 1:
+                spread = PERCENT * statistics.stdev(constant[model])
+                axis.axhspan(mean - spread, mean + spread, color=color, alpha=0.1)
     axis.set(xlabel="p_L (final survival probability)", ylabel="test error at best validation (%)", title=title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
@@ -173,6 +191,7 @@ def survival_profiles(runs: list[Run], path: Path) -> Path:
         probs = run.survival_probs
         axis.plot(range(1, len(probs) + 1), probs, marker=".", label=f"{run.model}: {run.setting}")
     axis.set(xlabel="residual block l", ylabel="survival probability p_l", ylim=(0, 1.05), title="survival profiles")
+    _integer_ticks(axis)
     axis.grid(alpha=0.3)
     if seen:
         axis.legend(fontsize=7)

@@ -14,10 +14,13 @@ unfinished runs are marked "incomplete".
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from stochdepth.analysis import plots
@@ -46,12 +49,63 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
-def _groups(runs: list[Run]) -> dict[tuple[str, str], dict[str, list[Run]]]:
-    """runs[(dataset, model)][setting], constant depth first within each group."""
-    groups: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
-    for run in sorted(runs, key=lambda run: (run.dataset, run.model, run.setting != "constant depth", run.setting)):
-        groups[(run.dataset, run.model)][run.setting].append(run)
-    return groups
+def cell(text: object) -> str:
+    """``text`` safe inside a markdown table cell: no HTML, no column breaks, one line."""
+    escaped = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"\s+", " ", escaped.replace("|", "\\|").replace("`", "\\`"))
+
+
+@dataclass
+class Group:
+    """Comparable runs (one training setup), by setting; ``label`` says what sets it apart from the others."""
+
+    dataset: str
+    model: str
+    label: str
+    settings: dict[str, list[Run]]
+
+    @property
+    def runs(self) -> list[Run]:
+        return [run for members in self.settings.values() for run in members]
+
+
+def _key(setup: dict[str, object]) -> str:
+    return json.dumps(setup, sort_keys=True, default=str)
+
+
+def group_runs(runs: list[Run]) -> tuple[list[Group], list[str]]:
+    """Runs grouped by their whole training setup (``Run.setup``), then by setting; and warnings.
+
+    Each group is labelled by its data set and model and, where several groups share them,
+    by the options in which their setups differ. A run repeating the seed of another run of
+    the same group and setting is set aside (with a warning), so no seed counts twice.
+    """
+    by_setup: dict[str, list[Run]] = defaultdict(list)
+    for run in sorted(runs, key=lambda run: str(run.path)):
+        by_setup[_key(run.setup())].append(run)
+    differing = {
+        option
+        for members in by_setup.values()
+        for other in by_setup.values()
+        for option, value in members[0].setup().items()
+        if (members[0].dataset, members[0].model) == (other[0].dataset, other[0].model)
+        and other[0].setup().get(option) != value
+    }
+    groups, warnings = [], []
+    for members in by_setup.values():
+        first = members[0]
+        details = ", ".join(f"{option.split('.', 1)[1]}={first.setup()[option]}" for option in sorted(differing))
+        settings: dict[str, list[Run]] = defaultdict(list)
+        for run in sorted(members, key=lambda run: (run.setting != "constant depth", run.setting, str(run.path))):
+            twin = next((kept for kept in settings[run.setting] if kept.seed == run.seed), None)
+            if twin is not None:
+                warnings.append(f"{run.path}: set aside, it repeats seed {run.seed} of {twin.path}")
+                continue
+            settings[run.setting].append(run)
+        label = f"{first.dataset} / {first.model}" + (f" ({details})" if details else "")
+        groups.append(Group(first.dataset, first.model, label, dict(settings)))
+    groups.sort(key=lambda group: (group.dataset, group.model, group.label))
+    return groups, warnings
 
 
 def _count(members: list[Run]) -> str:
@@ -64,14 +118,15 @@ def _values(members: list[Run], read: Callable[[Run], float | None]) -> list[flo
     return [value for value in map(read, members) if value is not None]
 
 
-def results_table(runs: list[Run]) -> list[str]:
+def results_table(groups: list[Group]) -> list[str]:
     """Markdown lines of the Table-1-like comparison."""
     lines = [
-        "| data set | model | training depth | runs | test error at best val. (%) | final test error (%) "
+        "| runs compared | training depth | runs | test error at best val. (%) | final test error (%) "
         "| relative improvement |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
-    for (dataset, model), settings in _groups(runs).items():
+    for group in groups:
+        settings = group.settings
         constant = _values(settings.get("constant depth", []), Run.test_error_at_best_val)
         for setting, members in settings.items():
             best = _values(members, Run.test_error_at_best_val)
@@ -80,7 +135,7 @@ def results_table(runs: list[Run]) -> list[str]:
                 baseline = statistics.fmean(constant)
                 improvement = f"{PERCENT * (baseline - statistics.fmean(best)) / baseline:+.1f}%"
             lines.append(
-                f"| {dataset} | {model} | {setting} | {_count(members)} | {_percent(best)} "
+                f"| {cell(group.label)} | {setting} | {_count(members)} | {_percent(best)} "
                 f"| {_percent(_values(members, Run.final_test_error))} | {improvement} |"
             )
     return lines
@@ -98,14 +153,15 @@ def _realised_share(run: Run) -> float | None:
     return statistics.fmean(record["mean_active_blocks"] for record in run.metrics) / blocks
 
 
-def timing_table(runs: list[Run]) -> list[str]:
+def timing_table(groups: list[Group]) -> list[str]:
     """Markdown lines of the Table-2-like training-time comparison."""
     lines = [
-        "| data set | model | training depth | runs | total time | time per epoch | ratio to constant "
+        "| runs compared | training depth | runs | total time | time per epoch | ratio to constant "
         "| expected ratio (mean p_l) | realised ratio (blocks run) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for (dataset, model), settings in _groups(runs).items():
+    for group in groups:
+        settings = group.settings
         constant = _values(settings.get("constant depth", []), _per_epoch_seconds)
         for setting, members in settings.items():
             per_epoch = _values(members, _per_epoch_seconds)
@@ -114,7 +170,7 @@ def timing_table(runs: list[Run]) -> list[str]:
             expected = f"{statistics.fmean(probs):.3f}" if probs else "—"
             realised = _values(members, _realised_share)
             lines.append(
-                f"| {dataset} | {model} | {setting} | {_count(members)} "
+                f"| {cell(group.label)} | {setting} | {_count(members)} "
                 f"| {_seconds(statistics.fmean(run.train_seconds() for run in members))} "
                 f"| {_seconds(statistics.fmean(per_epoch)) if per_epoch else '—'} | {ratio} | {expected} "
                 f"| {f'{statistics.fmean(realised):.3f}' if realised else '—'} |"
@@ -128,40 +184,66 @@ def runs_table(runs: list[Run], base: Path) -> list[str]:
         best = run.best()
         name = run.path.relative_to(base) if run.path.is_relative_to(base) else run.path
         val, test = (_percent([best["val_error"]]), _percent([best["test_error"]])) if best else ("—", "—")
-        lines.append(f"| {name} | {run.status} | {run.epochs_done:g} / {run.planned_epochs} | {val} | {test} |")
+        lines.append(
+            f"| {cell(name)} | {run.status} | {run.epochs_done:g} / {run.planned_epochs} | {val} | {test} |"
+        )
     return lines
 
 
-def _figures(runs: list[Run], out: Path) -> list[tuple[str, Path]]:
+def _figures(groups: list[Group], out: Path) -> list[tuple[str, Path]]:
     figures = []
-    for (dataset, model), settings in _groups(runs).items():
-        members = [run for group in settings.values() for run in group if run.metrics]
+    for index, group in enumerate(groups, 1):
+        stem = f"{index}_{_slug(group.dataset)}_{_slug(group.model)}"
+        members = [run for run in group.runs if run.metrics]
         if members:
-            title = f"{dataset} / {model}"
-            path = out / f"curves_{_slug(dataset)}_{_slug(model)}.png"
-            figures.append((f"Error curves, {title}", plots.error_curves(members, title, path)))
+            path = plots.error_curves(members, group.label, _target(out / f"curves_{stem}.png"))
+            figures.append((f"Error curves, {group.label}", path))
         recorded = [run for run in members if run.gradients]
         if recorded:
-            path = out / f"gradients_{_slug(dataset)}_{_slug(model)}.png"
-            figures.append((f"Gradient magnitudes, {title}", plots.gradient_magnitudes(recorded, title, path)))
-    by_dataset: dict[str, list[Run]] = defaultdict(list)
-    for run in runs:
-        by_dataset[run.dataset].append(run)
-    for dataset, members in sorted(by_dataset.items()):
-        stochastic = [run for run in members if run.survival_rule != "none"]
+            path = plots.gradient_magnitudes(recorded, group.label, _target(out / f"gradients_{stem}.png"))
+            figures.append((f"Gradient magnitudes, {group.label}", path))
+        stochastic = [run for run in group.runs if run.survival_rule != "none"]
         if len({run.final_survival_prob for run in stochastic}) > 1:
-            path = out / f"sweep_{_slug(dataset)}.png"
-            title = f"{dataset}: test error against p_L"
-            figures.append((title, plots.error_against_final_survival_prob(members, title, path)))
-            for rule in sorted({run.survival_rule for run in stochastic}):
-                ruled = [run for run in stochastic if run.survival_rule == rule]
-                if len({len(run.survival_probs) for run in ruled}) > 1:
-                    path = out / f"heatmap_{_slug(dataset)}_{rule}.png"
-                    title = f"{dataset}, {rule} rule: test error by depth and p_L"
-                    figures.append((title, plots.depth_heat_map(ruled, title, path)))
+            title = f"{group.label}: test error against p_L"
+            path = plots.error_against_final_survival_prob(group.runs, title, _target(out / f"sweep_{stem}.png"))
+            figures.append((title, path))
+    by_setup: dict[str, list[Run]] = defaultdict(list)
+    for group in groups:
+        for run in group.runs:
+            setup = {key: value for key, value in run.setup().items() if key != "model.model"}
+            by_setup[_key({**setup, "rule": run.survival_rule})].append(run)
+    for index, members in enumerate(by_setup.values(), 1):
+        stochastic = [run for run in members if run.survival_rule != "none"]
+        depths = {len(run.survival_probs) for run in stochastic}
+        if len(depths) > 1 and len({run.final_survival_prob for run in stochastic}) > 1:
+            rule = stochastic[0].survival_rule
+            title = f"{stochastic[0].dataset}, {rule} rule: test error by depth and p_L"
+            path = plots.depth_heat_map(stochastic, title, _target(out / f"heatmap_{index}_{rule}.png"))
+            figures.append((title, path))
+    runs = [run for group in groups for run in group.runs]
     if any(run.survival_probs for run in runs):
-        figures.append(("Survival profiles", plots.survival_profiles(runs, out / "survival_profiles.png")))
+        path = plots.survival_profiles(runs, _target(out / "survival_profiles.png"))
+        figures.append(("Survival profiles", path))
     return figures
+
+
+def _target(path: Path) -> Path:
+    """A path in the report folder that is safe to write: a symbolic link there is removed, never followed."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists() and not path.is_file():
+        raise ValueError(f"cannot write {path}: it is not a file")
+    return path
+
+
+def _check_out(out: Path, runs: list[Run]) -> None:
+    """Refuse an ``--out`` that is a link or a file, or that lies inside a run folder being read."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ValueError(f"--out {out} must be a folder (not a file or a symbolic link)")
+    resolved = out.resolve()
+    for run in runs:
+        if resolved == run.path.resolve() or resolved.is_relative_to(run.path.resolve()):
+            raise ValueError(f"--out {out} lies inside the run folder {run.path}; the report never writes there")
 
 
 def write_report(paths: list[str | Path], out: str | Path) -> tuple[Path, list[str]]:
@@ -170,17 +252,33 @@ def write_report(paths: list[str | Path], out: str | Path) -> tuple[Path, list[s
     if not runs:
         raise ValueError("no runs found in " + ", ".join(map(str, paths)))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out, runs)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create --out {out}: {error.strerror or error}") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"cannot write into --out {out}: not writable")
+    groups, set_aside = group_runs(runs)
+    warnings = [*warnings, *set_aside]
     lines = ["# stochdepth report", ""]
-    lines += [f"{len(runs)} runs. Errors are percentages; ± is the standard deviation over seeds.", ""]
-    lines += ["## Results (as the paper's Table 1)", "", *results_table(runs), ""]
-    lines += ["## Training time (as the paper's Table 2)", "", *timing_table(runs), ""]
+    lines += [
+        f"{len(runs)} runs in {len(groups)} group(s) of comparable runs (the same training setup; "
+        "a group's label names what sets it apart). Errors are percentages; ± is the standard deviation "
+        "over seeds.",
+        "",
+    ]
+    lines += ["## Results (as the paper's Table 1)", "", *results_table(groups), ""]
+    lines += ["## Training time (as the paper's Table 2)", "", *timing_table(groups), ""]
     lines += ["## Figures", ""]
-    for caption, path in _figures(runs, out):
-        lines += [f"### {caption}", "", f"![{caption}]({path.name})", ""]
+    for caption, path in _figures(groups, out):
+        lines += [f"### {cell(caption)}", "", f"![figure]({path.name})", ""]
     lines += ["## Runs", "", *runs_table(runs, Path.cwd()), ""]
     if warnings:
-        lines += ["## Skipped", "", *(f"- {warning}" for warning in warnings), ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
+        lines += ["## Set aside or skipped", "", *(f"- {cell(warning)}" for warning in warnings), ""]
+    report = _target(out / "report.md")
+    try:
+        report.write_text("\n".join(lines))
+    except OSError as error:
+        raise ValueError(f"cannot write {report}: {error.strerror or error}") from None
     return report, warnings

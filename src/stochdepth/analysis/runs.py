@@ -46,6 +46,30 @@ class Run:
         return list(self.config.get("survival_probs") or [])
 
     @property
+    def seed(self) -> int:
+        return int(self.config["run"]["seed"])
+
+    def setup(self) -> dict[str, Any]:
+        """The training configuration apart from what runs of one comparison may differ in.
+
+        Left out: the seed, the stochastic-depth options being compared, and where and on
+        what the run was written (output folder, device, data folder, download, workers).
+        Runs with equal setups are comparable, whatever their seeds and survival rules.
+        """
+        ignored = {
+            "model": {"survival_rule", "final_survival_prob", "drop_mode"},
+            "data": {"data_dir", "download", "workers"},
+            "optim": set(),
+            "run": {"seed", "out", "device", "progress"},
+        }
+        return {
+            f"{section}.{key}": value
+            for section, skip in ignored.items()
+            for key, value in sorted(self.config[section].items())
+            if key not in skip
+        }
+
+    @property
     def planned_epochs(self) -> int:
         return int(self.config["optim"]["epochs"])
 
