@@ -25,7 +25,7 @@ class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (no usage dump), exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"stochdepth: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, several: Sequence[str] = ()) -> None:

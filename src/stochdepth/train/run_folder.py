@@ -86,12 +86,13 @@ class RunFolder:
         """Create the folder if needed and hold its lock; yields whether the folder was created here.
 
         Nothing in the folder is created, deleted or written before the lock is held. Under the
-        lock, temporary files left by a killed writer are removed. If the folder was created
-        here and the block fails before ``config.json`` exists, the folder is removed again.
+        lock, temporary files left by a killed writer are removed. If the block fails before
+        ``config.json`` exists, what this call created (the folder, or only ``run.lock``) is removed.
         """
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
             raise RunFolderError(f"{self.path} exists and is not a folder")
         created = not self.path.exists()
+        lock_existed = (self.path / "run.lock").exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -103,6 +104,9 @@ class RunFolder:
         except BaseException:
             if created and not self.config.exists():
                 self._remove_leftovers()
+            elif not lock_existed and not self.config.exists():
+                with contextlib.suppress(OSError):
+                    (self.path / "run.lock").unlink()
             raise
 
     def _remove_temporaries(self) -> None:

@@ -164,6 +164,10 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            for param in self.model.parameters():
+                buffer = self.optimizer.state.get(param, {}).get("momentum_buffer")
+                if buffer is not None and (not isinstance(buffer, torch.Tensor) or buffer.shape != param.shape):
+                    raise ValueError("a momentum buffer does not have its parameter's shape")
             self.scheduler.load_state_dict(state["scheduler"])
             random_states = state["random_states"]
             torch.set_rng_state(random_states["torch"])

@@ -1,0 +1,210 @@
+"""Bad input from a user or from a run folder received from elsewhere: one line, exit 2, nothing written.
+
+The property-based test feeds ``eval``, ``export``, ``report`` and ``--resume`` run folders whose
+files hold random wrong types, values and truncations, in-process, and checks the promise: exit
+status 2, one line on stderr naming the file, no traceback, and no file outside ``--out`` created
+or changed.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stochdepth.cli import main
+from stochdepth.train.checkpoint import content_digest
+from stochdepth.train.run_folder import RunFolder
+
+
+def _flags(data_dir: Path, out: Path) -> list[str]:
+    return [
+        *("train", "--model", "resnet8", "--dataset", "fashion-mnist", "--data-dir", str(data_dir)),
+        *("--train-size", "64", "--eval-size", "32", "--batch-size", "32", "--epochs", "1", "--device", "cpu"),
+        *("--out", str(out)),
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, synthetic_data_dir) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(_flags(synthetic_data_dir, out)) == 0
+    return out
+
+
+def _snapshot(root: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+def _one_line_error(capsys) -> str:
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("stochdepth: error: "), error
+    assert "Traceback" not in error
+    return error
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--lr", "1e300"],
+        ["train", "--lr", "nan"],
+        ["train", "--lr-milestones", "2"],
+        ["train", "--lr-milestones", "-1"],
+        ["train", "--lr-decay", "-1"],
+        ["train", "--lr-decay", "nan"],
+        ["train", "--warmup-lr", "-1"],
+        ["train", "--weight-decay", "inf"],
+        ["train", "--checkpoint-every-minutes", "nan"],
+        ["train", "--device", "meta"],
+        ["train", "--data-dir", "/etc/passwd"],
+        ["train", "--epochs", "many"],
+        ["train", "--no-such-option"],
+        ["eval", "nowhere", "--device", "meta"],
+        ["sweep", "--model", "resnet8"],
+        ["report"],
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(tmp_path, argv, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    extra = ["--out", str(tmp_path / "run"), "--model", "resnet8"] if argv[0] == "train" else []
+    if "no-such" in argv[-1] or argv[-1] in ("many", "report"):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, *extra])
+        assert exit_.value.code == 2
+    else:
+        assert main([*argv, *extra]) == 2
+    _one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_to_clobber_or_write_into_the_run(finished_run, tmp_path, capsys):
+    before = _snapshot(finished_run)
+    for target in (
+        finished_run / "checkpoints" / "best.pt",
+        finished_run / "config.json",
+        finished_run / "checkpoints" / "model.pt2",
+    ):
+        assert main(["export", str(finished_run), "--format", "exported", "--out", str(target), "--force"]) == 2
+        _one_line_error(capsys)
+    existing = tmp_path / "model.pt2"
+    existing.write_text("mine")
+    assert main(["export", str(finished_run), "--format", "exported", "--out", str(existing)]) == 2
+    assert "--force" in _one_line_error(capsys)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "link.pt2").symlink_to(victim)
+    assert main(["export", str(finished_run), "--format", "torchscript", "--out", str(tmp_path / "link.pt2")]) == 2
+    _one_line_error(capsys)
+    assert victim.read_text() == "precious" and existing.read_text() == "mine"
+    assert main(["export", str(finished_run), "--format", "exported", "--out", str(existing), "--force"]) == 0
+    assert existing.stat().st_size > 1000
+    assert _snapshot(finished_run) == before
+
+
+def test_export_without_the_onnx_extra_says_which_extra(finished_run, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    assert main(["export", str(finished_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "stochdepth[onnx]" in _one_line_error(capsys)
+
+
+def test_eval_of_a_foreign_run_never_downloads_or_creates(finished_run, tmp_path, capsys, monkeypatch):
+    foreign = tmp_path / "foreign"
+    shutil.copytree(finished_run, foreign)
+    config = json.loads((foreign / "config.json").read_text())
+    config["data"].update(download=True, data_dir=str(tmp_path / "made-by-the-folder"))
+    (foreign / "config.json").write_text(json.dumps(config))
+    state = torch.load(foreign / "checkpoints" / "best.pt", weights_only=True)
+    state["config"]["data"].update(download=True, data_dir=str(tmp_path / "made-by-the-checkpoint"))
+    content = {key: value for key, value in state.items() if key != "checksum"}
+    torch.save({**content, "checksum": content_digest(content)}, foreign / "checkpoints" / "best.pt")
+    monkeypatch.setattr("stochdepth.data.small_images.download_url", pytest.fail)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STOCHDEPTH_DATA", str(tmp_path / "empty"))
+    monkeypatch.setattr("stochdepth.data.small_images.SYSTEM_DATA", tmp_path / "no-system-data")
+    assert main(["eval", str(foreign)]) == 2
+    assert "Fashion-MNIST not found" in _one_line_error(capsys)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["foreign"]
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")
+JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+
+
+def _damage(values: object, path: list, junk: object) -> object:
+    """``values`` with the item at ``path`` (keys into nested dicts) replaced by ``junk``."""
+    if not path or not isinstance(values, dict):
+        return junk
+    key = path[0]
+    return {**values, key: _damage(values.get(key), path[1:], junk)}
+
+
+def _paths(values: object, prefix: tuple = ()) -> list[tuple]:
+    if not isinstance(values, dict):
+        return [prefix]
+    return [prefix] + [path for key, value in values.items() for path in _paths(value, (*prefix, key))]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_run_folders_are_one_line_naming_the_file(finished_run, tmp_path_factory, data, capsys):
+    work = tmp_path_factory.mktemp("damaged")
+    run = work / "run"
+    shutil.copytree(finished_run, run)
+    which = data.draw(st.sampled_from([*RUN_FILES, "checkpoint", "truncate"]), label="which")
+    if which == "truncate":
+        target = data.draw(st.sampled_from([*RUN_FILES, "checkpoints/best.pt", "checkpoints/last.pt"]))
+        raw = (run / target).read_bytes()
+        (run / target).write_bytes(raw[: data.draw(st.integers(0, max(0, len(raw) - 1)))])
+        named = target
+    elif which == "checkpoint":
+        state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+        key = data.draw(st.sampled_from(["model", "config", "data_spec", "model_name", "optimizer", "epoch"]))
+        state[key] = data.draw(JUNK)
+        content = {name: value for name, value in state.items() if name != "checksum"}
+        for name in ("best.pt", "last.pt"):
+            torch.save({**content, "checksum": content_digest(content)}, run / "checkpoints" / name)
+        named = "checkpoints/"
+    else:
+        path = run / which
+        text = path.read_text()
+        values = json.loads(text.splitlines()[0] if which == "metrics.jsonl" else text)
+        where = list(data.draw(st.sampled_from(_paths(values)), label="where"))
+        path.write_text(json.dumps(_damage(values, where, data.draw(JUNK, label="junk"))) + "\n")
+        named = which
+    out = work / "out"
+    command = data.draw(st.sampled_from(["eval", "export", "report", "resume"]), label="command")
+    argv = {
+        "eval": ["eval", str(run)],
+        "export": ["export", str(run), "--format", "safetensors", "--out", str(out / "model.safetensors")],
+        "report": ["report", str(run), "--out", str(out)],
+        "resume": ["train", "--resume", str(run), "--epochs", "2"],
+    }[command]
+    out.mkdir()
+    before = _snapshot(run)
+    capsys.readouterr()
+    status = main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    if status != 0:
+        assert status == 2, captured.err
+        assert captured.err.count("\n") == 1 and captured.err.startswith("stochdepth: error: "), captured.err
+        if command != "report":
+            assert named.split("/")[0] in captured.err or str(run) in captured.err, captured.err
+    if command != "resume" or status != 0:
+        assert _snapshot(run) == before, "a command that reads a run changed it"
+    assert {path.parent for path in work.rglob("*") if path.is_file() and not path.is_relative_to(run)} <= {out}
+    assert not RunFolder(run).is_locked()

@@ -1,0 +1,167 @@
+"""Run-folder rules: nothing strands a user, nothing is lost or clobbered, nothing is written through a link."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from stochdepth.cli import main
+from stochdepth.data import DataError
+from stochdepth.train import resume, train
+from stochdepth.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from stochdepth.train.run_folder import RunFolder, RunFolderError
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_from_the_beginning(tmp_path, tiny_config):
+    train(tiny_config.override(epochs=1), out=tmp_path / "straight")
+    run = RunFolder(tmp_path / "run")
+    train(tiny_config.override(epochs=1), out=run.path)
+    run.checkpoint("last").unlink()
+    run.checkpoint("best").unlink()
+    (run.checkpoints / ".last.pt.999999.tmp").write_bytes(b"half a checkpoint")
+    run.summary.unlink()
+    assert len(run.read_metrics()) == 1
+    summary = resume(run.path)
+    assert summary["iterations"] == 8
+    assert len(run.read_metrics()) == 1, "the record no checkpoint covered was dropped, then written again"
+    assert not list(run.checkpoints.glob(".*.tmp"))
+    straight = load_checkpoint(RunFolder(tmp_path / "straight").checkpoint("last"))["model"]
+    again = load_checkpoint(run.checkpoint("last"))["model"]
+    assert all(torch.equal(straight[name], again[name]) for name in straight)
+
+
+def test_a_failed_start_leaves_nothing_and_a_leftover_folder_counts_as_empty(tmp_path, tiny_config):
+    with pytest.raises(DataError):
+        train(tiny_config.override(dataset="cifar10"), out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    leftover = tmp_path / "leftover"
+    (leftover / "checkpoints").mkdir(parents=True)
+    (leftover / "run.lock").write_text("12345")
+    assert train(tiny_config.override(epochs=1), out=leftover)["epochs"] == 1
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="not empty"):
+        train(tiny_config, out=mine)
+    assert _files(mine) == {mine / "notes.txt": b"mine"}
+
+
+def test_resume_refuses_fewer_epochs_than_done_and_changes_nothing(tmp_path, tiny_config):
+    train(tiny_config.override(epochs=2), out=tmp_path / "run")
+    before = _files(tmp_path / "run")
+    with pytest.raises(RunFolderError, match="has done 2 epochs; --epochs must be at least 2"):
+        resume(tmp_path / "run", epochs=1)
+    assert _files(tmp_path / "run") == before
+
+
+def test_a_damaged_metrics_line_before_valid_ones_is_refused_naming_the_line(tmp_path, tiny_config):
+    train(tiny_config.override(epochs=2), out=tmp_path / "run")
+    folder = RunFolder(tmp_path / "run")
+    lines = folder.metrics.read_text().splitlines()
+    folder.metrics.write_text("\n".join(["{not json", lines[1]]) + "\n")
+    with pytest.raises(RunFolderError, match=r"metrics.jsonl: line 1 is damaged"):
+        resume(folder.path, epochs=3)
+    folder.metrics.write_text("\n".join([*lines, '{"torn']))
+    assert len(folder.read_metrics()) == 2, "a torn last line is a crash mid-write and is left out"
+
+
+def test_sigterm_during_the_last_evaluation_exits_143_and_resumes(tmp_path, tiny_config, monkeypatch):
+    from stochdepth.train import trainer
+
+    real = trainer.error_rate
+    calls = {"count": 0}
+
+    def error_rate_with_sigterm(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 2 * 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "error_rate", error_rate_with_sigterm)
+    with pytest.raises(trainer.TrainingStopped) as stopped:
+        train(tiny_config.override(epochs=2), out=tmp_path / "run")
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    folder = RunFolder(tmp_path / "run")
+    assert not folder.summary.exists()
+    monkeypatch.setattr(trainer, "error_rate", real)
+    assert resume(folder.path)["epochs"] == 2 and folder.summary.is_file()
+
+
+def test_two_sweeps_started_together_share_the_folder_without_clobbering(tmp_path, synthetic_data_dir):
+    flags = [
+        *("sweep", "--model", "resnet8", "--dataset", "fashion-mnist", "--data-dir", str(synthetic_data_dir)),
+        *("--train-size", "128", "--eval-size", "32", "--batch-size", "32", "--epochs", "2", "--device", "cpu"),
+        *("--survival-rule", "none", "linear", "--seed", "1", "2", "--out", str(tmp_path / "sweep")),
+    ]
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "stochdepth", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    runs = sorted((tmp_path / "sweep" / "runs").iterdir())
+    assert len(runs) == 4
+    for run in runs:
+        records = RunFolder(run).read_metrics()
+        assert [record["epoch"] for record in records] == [1.0, 2.0], run.name
+        assert json.loads(RunFolder(run).summary.read_text())["epochs"] == 2
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_refused_naming_the_file(tmp_path, tiny_config, capsys):
+    train(tiny_config.override(epochs=1), out=tmp_path / "run")
+    path = RunFolder(tmp_path / "run").checkpoint("best")
+    state = torch.load(path, weights_only=True)
+    weight = state["model"]["blocks.0.branch.0.weight"]
+    weight.view(torch.int32)[0, 0, 0, 0] ^= 1 << 20
+    torch.save(state, path)
+    assert main(["eval", str(tmp_path / "run"), "--data-dir", tiny_config.data.data_dir]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{path}: content does not match its checksum" in error
+    momentum = RunFolder(tmp_path / "run").checkpoint("last")
+    state = torch.load(momentum, weights_only=True)
+    buffers = [value for value in state["optimizer"]["state"].values() if "momentum_buffer" in value]
+    buffers[0]["momentum_buffer"].view(-1)[0] += 1
+    torch.save(state, momentum)
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        resume(tmp_path / "run", epochs=2)
+
+
+def test_writes_never_follow_symbolic_links(tmp_path, tiny_config):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.lock").symlink_to(victim)
+    with pytest.raises(RunFolderError, match="cannot lock"):
+        train(tiny_config.override(epochs=1), out=run)
+    assert victim.read_text() == "precious"
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.symlink_to(victim)
+    save_checkpoint({"model": {}}, checkpoint)
+    assert victim.read_text() == "precious"
+    assert not checkpoint.is_symlink() and load_checkpoint(checkpoint)["model"] == {}
+
+
+def test_a_lock_that_is_a_folder_is_one_clear_error(tmp_path, tiny_config):
+    (tmp_path / "run" / "run.lock").mkdir(parents=True)
+    with pytest.raises(RunFolderError, match="cannot lock"):
+        train(tiny_config.override(epochs=1), out=tmp_path / "run")
+
+
+def test_a_full_disk_inside_torch_save_is_a_checkpoint_error(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr("stochdepth.train.checkpoint.torch.save", full)
+    with pytest.raises(CheckpointError, match="cannot write .*failed writing file; no earlier checkpoint exists"):
+        save_checkpoint({"model": {}}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
