@@ -241,6 +241,35 @@ def gated_residual(
     return post_activation(shortcut.index_add(0, rows, added))
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def stochastic_residual(
+    shortcut: torch.Tensor,
+    branch_input: torch.Tensor,
+    branch: Callable[[torch.Tensor], torch.Tensor],
+    block: StochasticModule,
+    which: int = 0,
+    post_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dropped_returns_shortcut: bool = False,
+) -> torch.Tensor:
+    """Residual branch ``which`` of a stochastic ``block``: training gates it, evaluation scales it by p_l (eq. 5).
+
+    Every stochastic module (this library's blocks and the adapters of other libraries'
+    blocks) computes its residual sums here.
+    """
+    survival_prob = block.survival_probs[which]
+    post_activation = post_activation if post_activation is not None else _identity
+    if not block.training:
+        out = branch(branch_input)
+        if survival_prob < 1.0:
+            out = out * survival_prob
+        return post_activation(shortcut + out)
+    gate = block.gates.gate(block.first_index + which, branch_input.shape[0], branch_input.device)
+    return gated_residual(shortcut, branch_input, branch, gate, post_activation, dropped_returns_shortcut)
+
+
 class ResidualBlock(nn.Module):
     """A plain residual block: ``post_activation(shortcut(y) + branch(y))``, ``y = pre_activation(x)``.
 
@@ -277,9 +306,14 @@ class ResidualBlock(nn.Module):
 
 
 class StochasticModule(nn.Module):
-    """What every stochastic residual module provides: its branches' p_l and a plain folded copy."""
+    """What every stochastic residual module provides: its branches' p_l, gates and a plain folded copy.
+
+    Branch ``k`` of the module draws gate ``first_index + k`` of its :class:`GateGenerator`.
+    """
 
     survival_probs: tuple[float, ...]
+    first_index: int
+    gates: GateGenerator
 
     def folded(self) -> nn.Module:
         """A plain module with each p_l multiplied into its branch (eq. 5 baked into the weights)."""
@@ -295,7 +329,7 @@ class StochasticResidual(ResidualBlock, StochasticModule):
         )
         self.survival_prob = survival_prob
         self.survival_probs = (survival_prob,)
-        self.index = index
+        self.first_index = index
         self.gates = gates
 
     def extra_repr(self) -> str:
@@ -304,13 +338,9 @@ class StochasticResidual(ResidualBlock, StochasticModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre_activation(x)
         shortcut = self.shortcut(x)
-        if not self.training:
-            branch = self.branch(x)
-            if self.survival_prob < 1.0:
-                branch = branch * self.survival_prob
-            return self.post_activation(shortcut + branch)
-        gate = self.gates.gate(self.index, x.shape[0], x.device)
-        return gated_residual(shortcut, x, self.branch, gate, self.post_activation, self.dropped_returns_shortcut)
+        return stochastic_residual(
+            shortcut, x, self.branch, self, 0, self.post_activation, self.dropped_returns_shortcut
+        )
 
     def folded(self) -> ResidualBlock:
         if self.survival_prob < 1.0:
@@ -400,6 +430,10 @@ def stochastic_depth(
     options = resolve_depth_options(survival_rule, final_survival_prob, drop_mode)
     if any(True for _ in stochastic_blocks(model)):
         raise ValueError("stochastic depth is already applied to this model")
+    _refuse_existing_drop_path(model)
+    from stochdepth.models import external
+
+    external.register_adapters()
     found = find_residual_blocks(model)
     if not found and options.survival_rule != "none":
         raise ValueError(
@@ -417,6 +451,19 @@ def stochastic_depth(
     model.gate_generator = gates
     model.depth_options = options.as_dict()
     return model
+
+
+def _refuse_existing_drop_path(model: nn.Module) -> None:
+    """Never stack two: a network built with its library's own drop path (a mask multiply) is refused."""
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        rate = getattr(module, "drop_prob", None) if kind == "DropPath" else None
+        rate = getattr(module, "p", None) if kind == "StochasticDepth" else rate
+        if isinstance(rate, (int, float)) and rate > 0:
+            raise ValueError(
+                f"{type(model).__name__} already has {kind} {name!r} with rate {rate}: build it with a rate of zero "
+                "(timm: drop_path_rate=0; torchvision: stochastic_depth_prob=0), then apply stochastic depth"
+            )
 
 
 def stochastic_blocks(model: nn.Module) -> Iterator[StochasticModule]:

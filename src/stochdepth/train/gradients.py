@@ -34,7 +34,7 @@ class GradientRecorder:
         self.stem = first_convolution(model)
         blocks = list(stochastic_blocks(model))
         self.block_convolutions = [first_convolution(block.branch) for block in blocks]
-        self.block_indices = [block.index for block in blocks]
+        self.block_indices = [block.first_index for block in blocks]
         self.gates = gates
 
     def measure(self) -> dict[str, Any]:

@@ -1,0 +1,149 @@
+"""Real skipping on torchvision's and timm's networks: recognition, state-dict keys, eval scaling, folding, FLOPs."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models import resnet as tv
+
+import stochdepth
+from stochdepth.depth import stochastic_blocks
+from tests.helpers import randomise_batchnorm
+
+timm = pytest.importorskip("timm")
+from timm.models import resnet as timm_resnet  # noqa: E402
+from timm.models import vision_transformer as vit  # noqa: E402
+
+
+def _vit(**options) -> nn.Module:
+    return vit.VisionTransformer(
+        img_size=16, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=5, **options
+    )
+
+
+NETWORKS = {
+    "torchvision-basic": (lambda: tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], num_classes=5), tv.BasicBlock, 4, 32),
+    "torchvision-bottleneck": (lambda: tv.ResNet(tv.Bottleneck, [1, 1, 2, 1], num_classes=5), tv.Bottleneck, 5, 32),
+    "timm-basic": (
+        lambda: timm_resnet.ResNet(timm_resnet.BasicBlock, [1, 1, 1, 1], num_classes=5),
+        timm_resnet.BasicBlock,
+        4,
+        32,
+    ),
+    "timm-bottleneck": (
+        lambda: timm_resnet.ResNet(timm_resnet.Bottleneck, [1, 1, 1, 1], num_classes=5),
+        timm_resnet.Bottleneck,
+        4,
+        32,
+    ),
+    "timm-vit": (_vit, vit.Block, 6, 16),
+    "timm-vit-layerscale": (lambda: _vit(init_values=0.1), vit.Block, 6, 16),
+}
+
+
+def _trained_looking(network: nn.Module) -> nn.Module:
+    randomise_batchnorm(network)
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+    return network
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_blocks_are_recognised_keys_do_not_change_and_fold_restores_the_class(name):
+    build, block_class, branches, size = NETWORKS[name]
+    torch.manual_seed(0)
+    original = _trained_looking(build()).eval()
+    saved_before = copy.deepcopy(original.state_dict())
+    network = stochdepth.stochastic_depth(copy.deepcopy(original), final_survival_prob=0.5)
+    assert len(stochdepth.survival_probs(network)) == branches
+    assert list(network.state_dict()) == list(saved_before)
+    network.load_state_dict(saved_before)
+    reloaded = build()
+    reloaded.load_state_dict(network.state_dict())
+    folded = stochdepth.fold_survival(network)
+    assert all(type(module) is block_class for module in folded.modules() if isinstance(module, block_class))
+    plain = build()
+    plain.load_state_dict(folded.state_dict())
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        expected, output, unscaled = network.eval()(x), plain.eval()(x), original(x)
+    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(expected, unscaled, atol=1e-4), "eval must scale branches by p_l"
+
+
+def test_eval_is_shortcut_plus_survival_prob_times_branch_on_a_torchvision_block():
+    network = stochdepth.stochastic_depth(
+        _trained_looking(tv.ResNet(tv.BasicBlock, [1, 1, 1, 1])), final_survival_prob=0.2
+    )
+    block = network.layer2[0]
+    x = torch.randn(2, 64, 8, 8).relu()
+    with torch.no_grad():
+        block.eval()
+        branch = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
+        expected = torch.relu(block.downsample(x) + block.survival_probs[0] * branch)
+        torch.testing.assert_close(block(x), expected)
+
+
+def _flops(network: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(x)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("name", ["torchvision-bottleneck", "timm-vit"])
+@pytest.mark.parametrize("drop_mode", ["batch", "sample"])
+def test_training_flops_fall_with_the_schedule(name, drop_mode):
+    build, _, _, size = NETWORKS[name]
+    x = torch.randn(8, 3, size, size)
+    full = _flops(build().train(), x)
+    network = stochdepth.stochastic_depth(
+        build(), survival_rule="uniform", final_survival_prob=0.3, drop_mode=drop_mode
+    )
+    network.train()
+    mean = sum(_flops(network, x) for _ in range(30)) / 30
+    assert mean < 0.75 * full
+
+
+@pytest.mark.parametrize("survivors", [[], [1], [0, 1, 2, 3]])
+def test_sample_mode_on_a_vit_block_with_none_one_or_all_survivors(survivors, monkeypatch):
+    network = stochdepth.stochastic_depth(_vit(), survival_rule="uniform", final_survival_prob=0.5, drop_mode="sample")
+    block = network.blocks[0].train()
+    rows = None if len(survivors) in (0, 4) else torch.tensor(survivors)
+    monkeypatch.setattr(block.gates, "gate", lambda index, batch, device: (bool(survivors), rows))
+    x = torch.randn(4, 5, 32, requires_grad=True)
+    out = block(x)
+    expected = x.clone()
+    for row in survivors:
+        single = x[row : row + 1]
+        single = single + block.ls1(block.attn(block.norm1(single)))
+        expected[row] = (single + block.ls2(block.mlp(block.norm2(single))))[0]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert (block.attn.qkv.weight.grad is not None) == bool(survivors)
+
+
+def test_a_network_with_its_own_drop_path_is_refused_and_one_without_blocks_is_named():
+    with pytest.raises(ValueError, match="build it with a rate of zero"):
+        stochdepth.stochastic_depth(_vit(drop_path_rate=0.1))
+    with pytest.raises(ValueError, match="no residual block found in AlexNet"):
+        import torchvision
+
+        stochdepth.stochastic_depth(torchvision.models.alexnet(num_classes=5))
+
+
+def test_dropped_torchvision_blocks_get_weight_decay_through_the_same_call():
+    network = stochdepth.stochastic_depth(
+        tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], num_classes=5), survival_rule="uniform", final_survival_prob=0.01
+    )
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1, weight_decay=0.1)
+    stochdepth.decay_dropped_blocks(optimizer)
+    before = network.layer3[0].conv1.weight.detach().clone()
+    network.train()(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert not any(network.gate_generator.step.survives)
+    optimizer.step()
+    torch.testing.assert_close(network.layer3[0].conv1.weight.detach(), before * (1 - 0.1 * 0.1))
+    assert len(list(stochastic_blocks(network))) == 4
