@@ -147,3 +147,12 @@ def test_dropped_torchvision_blocks_get_weight_decay_through_the_same_call():
     optimizer.step()
     torch.testing.assert_close(network.layer3[0].conv1.weight.detach(), before * (1 - 0.1 * 0.1))
     assert len(list(stochastic_blocks(network))) == 4
+
+
+def test_torchvision_weights_load_into_the_papers_imagenet_network_as_they_are():
+    weights = tv.resnet50(num_classes=1000).state_dict()
+    network = stochdepth.create_model("imagenet_resnet50", final_survival_prob=0.5)
+    network.load_state_dict(weights)
+    assert len(stochdepth.survival_probs(network)) == 16
+    folded = stochdepth.fold_survival(network)
+    assert type(folded) is tv.ResNet and type(folded.layer1[0]) is tv.Bottleneck

@@ -2,7 +2,7 @@
 
 from stochdepth.models.cifar_resnet import CifarResNet, cifar_resnet
 from stochdepth.models.densenet import DenseNetBC, densenet_bc
-from stochdepth.models.imagenet_resnet import ImageNetResNet, imagenet_resnet
+from stochdepth.models.imagenet_resnet import imagenet_resnet
 from stochdepth.models.preact_resnet import PreActResNet, preact_resnet
 from stochdepth.models.registry import (
     ModelInfo,
@@ -18,7 +18,6 @@ from stochdepth.models.wide_resnet import WideResNet, wide_resnet
 __all__ = [
     "CifarResNet",
     "DenseNetBC",
-    "ImageNetResNet",
     "ModelInfo",
     "PreActResNet",
     "WideResNet",

@@ -33,7 +33,7 @@ class GradientRecorder:
     def __init__(self, model: nn.Module, gates: GateGenerator) -> None:
         self.stem = first_convolution(model)
         blocks = list(stochastic_blocks(model))
-        self.block_convolutions = [first_convolution(block.branch) for block in blocks]
+        self.block_convolutions = [first_convolution(getattr(block, "branch", block)) for block in blocks]
         self.block_indices = [block.first_index for block in blocks]
         self.gates = gates
 
