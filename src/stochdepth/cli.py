@@ -9,6 +9,7 @@ imports the heavy parts (PyTorch, the data readers, matplotlib) only when it run
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import typing
@@ -174,6 +175,28 @@ def _train(args: argparse.Namespace) -> None:
     print(
         f"test error at best validation (epoch {summary['best_epoch']:g}): {summary['test_error_at_best_val']:.4f}; "
         f"final test error: {summary['final_test_error']:.4f}; run folder: {out}"
+    )
+    depth = _depth_line(out)
+    if depth:
+        print(depth)
+
+
+def _depth_line(run: str | Path) -> str | None:
+    """What stochastic depth did over the run: residual branches run per step, realised and expected."""
+    from stochdepth.train.run_folder import RunFolder
+
+    records = RunFolder(run).read_metrics()
+    if not records or not records[0].get("expected_active_blocks"):
+        return None
+    starts = [0] + [record["iteration"] for record in records[:-1]]
+    steps = [record["iteration"] - start for record, start in zip(records, starts)]
+    realised = sum(record["mean_active_blocks"] * count for record, count in zip(records, steps)) / max(sum(steps), 1)
+    expected = records[0]["expected_active_blocks"]
+    blocks = len(json.loads(RunFolder(run).config.read_text()).get("survival_probs", [])) or expected
+    return (
+        f"stochastic depth: {realised:.2f} of {blocks} residual blocks ran per step on average "
+        f"(expected {expected:.2f} from the survival schedule), so training skipped about "
+        f"{100 * (1 - realised / blocks):.0f}% of the branch computation of constant depth"
     )
 
 
