@@ -160,3 +160,50 @@ def test_checkpoint_of_another_model_exits_2(trained_run, tmp_path, synthetic_da
 
 def test_resume_refuses_other_options(trained_run, capsys):
     assert "only --epochs" in _bad(["train", "--resume", str(trained_run), "--lr", "0.5"], capsys)
+
+
+@pytest.mark.parametrize("model", ["torchvision/resnet18", "timm/resnet18"])
+def test_networks_of_other_libraries_train_resume_eval_and_export(model, tmp_path, synthetic_data_dir, capsys):
+    if model.startswith("timm/"):
+        pytest.importorskip("timm")
+    run = tmp_path / "run"
+    flags = _tiny_flags(synthetic_data_dir, run, model=model)
+    flags[flags.index("--epochs") + 1] = "1"
+    assert main(flags) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["model"] == model and len(config["survival_probs"]) == 8
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert main(["eval", str(run), "--data-dir", str(synthetic_data_dir)]) == 0
+    assert main(["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "model.safetensors")]) == 0
+    assert "stochastic depth:" in capsys.readouterr().out
+
+
+def test_init_weights_start_from_a_file_and_say_what_fitted(tmp_path, synthetic_data_dir, capsys):
+    from safetensors.torch import save_file
+
+    source = stochdepth.create_model("resnet8", num_classes=3, in_channels=1, survival_rule="none")
+    with torch.no_grad():
+        source.stem[0].weight.fill_(0.125)
+    save_file({name: tensor.contiguous() for name, tensor in source.state_dict().items()}, tmp_path / "w.safetensors")
+    run = tmp_path / "run"
+    assert main([*_tiny_flags(synthetic_data_dir, run), "--init-weights", str(tmp_path / "w.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert "initial weights from" in printed and "kept new: head.2.bias, head.2.weight" in printed
+    assert main([*_tiny_flags(synthetic_data_dir, tmp_path / "bad"), "--init-weights", str(tmp_path / "none")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_timm_model_without_timm_names_the_extra(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_timm(name, *args, **kwargs):
+        if name == "timm":
+            raise ImportError("no timm")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_timm)
+    with pytest.raises(ValueError, match=r"pip install 'stochdepth\[timm\]'"):
+        stochdepth.create_model("timm/resnet18")

@@ -17,10 +17,10 @@ import dataclasses
 
 import torch
 
-from stochdepth.config import TrainConfig
 from stochdepth.data import build_loaders
 from stochdepth.depth import stochastic_blocks
-from stochdepth.train.trainer import error_rate, load_trained_model
+from stochdepth.train import load_trained_model
+from stochdepth.train.trainer import error_rate
 
 
 def monte_carlo_error(model: torch.nn.Module, loader, samples: int) -> float:
@@ -44,18 +44,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--samples", type=int, default=20)
     args = parser.parse_args()
-    model, values = load_trained_model(args.run, args.checkpoint)
-    config = TrainConfig.from_dict(values)
+    model, config, _ = load_trained_model(args.run, args.checkpoint)
     data = dataclasses.replace(config.data, eval_size=args.images)
     test = build_loaders(data, 256, torch.device("cpu"), config.run.seed).test
     print(f"scaled       {error_rate(model, test, contextlib.nullcontext, False):.4f}")
     blocks = list(stochastic_blocks(model))
-    probs = [block.survival_prob for block in blocks]
+    probs = [block.survival_probs for block in blocks]
     for block in blocks:
-        block.survival_prob = 1.0
+        block.survival_probs = (1.0,) * len(block.survival_probs)
     print(f"unscaled     {error_rate(model, test, contextlib.nullcontext, False):.4f}")
     for block, prob in zip(blocks, probs, strict=True):
-        block.survival_prob = prob
+        block.survival_probs = prob
     print(f"monte-carlo  {monte_carlo_error(model, test, args.samples):.4f}")
 
 

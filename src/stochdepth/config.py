@@ -67,6 +67,9 @@ class ModelConfig:
     final_survival_prob: float | None = _option(None, "p_L, the last block's survival probability, in (0, 1]")
     drop_mode: str | None = _option(None, "batch (one gate per block per mini-batch, the paper) or sample")
     dropout_rate: float | None = _option(None, "dropout between the convolutions (Wide ResNets)")
+    init_weights: str | None = _option(
+        None, "start from these weights (safetensors, or a weights-only checkpoint): fine-tuning"
+    )
 
 
 @dataclass
@@ -135,6 +138,7 @@ class TrainConfig:
         """
         model, data, optim, run = self.model, self.data, self.optim, self.run
         _text("model", model.model)
+        _text("init_weights", model.init_weights, optional=True)
         _text("dataset", data.dataset)
         for name, value in (("survival_rule", model.survival_rule), ("drop_mode", model.drop_mode)):
             _text(name, value, optional=True)

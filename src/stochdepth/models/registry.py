@@ -65,8 +65,19 @@ def list_models() -> list[str]:
     return sorted(_ENTRIES)
 
 
+EXTERNAL_PREFIXES = {"torchvision/": "torchvision", "timm/": "timm"}
+"""Model names resolved by another library (``torchvision/resnet18``, ``timm/vit_tiny_patch16_224``)."""
+
+
+def _external(name: str) -> str | None:
+    return next((library for prefix, library in EXTERNAL_PREFIXES.items() if name.startswith(prefix)), None)
+
+
 def model_info(name: str) -> ModelInfo:
     """The registry's description of model ``name``; ``ValueError`` (with suggestions) if unknown."""
+    library = _external(name) if isinstance(name, str) else None
+    if library is not None:
+        return ModelInfo(name, library, 0, residual=True, min_image_size=32)
     if name not in _ENTRIES:
         close = difflib.get_close_matches(name, _ENTRIES, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -125,8 +136,9 @@ def create_model(
         for key, value in {"num_classes": num_classes, "in_channels": in_channels, **family_options}.items()
         if value is not None
     }
+    builder = _external_builder(name) if _external(name) else _ENTRIES[name].builder
     try:
-        network = _ENTRIES[name].builder(**given)
+        network = builder(**given)
     except TypeError as error:
         if "unexpected keyword argument" not in str(error):
             raise
@@ -139,3 +151,37 @@ def count_parameters(name: str) -> int:
     with torch.device("meta"):
         network = _ENTRIES[name].builder(num_classes=10, in_channels=3)
     return sum(parameter.numel() for parameter in network.parameters())
+
+
+def _external_builder(name: str) -> ModelBuilder:
+    """A builder for ``torchvision/<name>`` or ``timm/<name>``: random weights, the data's classes and channels."""
+    library, model = name.split("/", 1)
+
+    def torchvision_model(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+        import torchvision
+
+        try:
+            network = torchvision.models.get_model(model, weights=None, num_classes=num_classes)
+        except ValueError:
+            raise ValueError(f"torchvision has no model {model!r}") from None
+        if in_channels != 3:
+            stem = getattr(network, "conv1", None)
+            if not isinstance(stem, nn.Conv2d):
+                raise ValueError(f"in_channels={in_channels}: only torchvision's ResNets get a new stem here")
+            network.conv1 = nn.Conv2d(
+                in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=stem.bias is not None
+            )
+        return network
+
+    def timm_model(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+        try:
+            import timm
+        except ImportError:
+            raise ValueError(f"{name} needs timm: pip install 'stochdepth[timm]'") from None
+        try:
+            return timm.create_model(model, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+        except RuntimeError as error:
+            raise ValueError(f"timm cannot build {model!r} ({str(error).splitlines()[0]})") from None
+
+    return torchvision_model if library == "torchvision" else timm_model
+

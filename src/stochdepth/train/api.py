@@ -18,8 +18,9 @@ from stochdepth.config import TrainConfig
 from stochdepth.data import DataSpec
 from stochdepth.depth import survival_probs
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint
+from stochdepth.train.progress import write_line
 from stochdepth.train.run_folder import RunFolder, RunFolderError
-from stochdepth.train.setup import build_model, resolve_config, resolve_device
+from stochdepth.train.setup import build_model, load_initial_weights, resolve_config, resolve_device
 from stochdepth.train.signals import stop_on_signals
 from stochdepth.train.trainer import Trainer
 
@@ -56,7 +57,7 @@ def train(
     out = out if out is not None else config.run.out
     config = resolve_config(config)
     if out is None:
-        trainer = Trainer(config, None, _progress(progress))
+        trainer = _new_trainer(config, None, progress)
         with stop_on_signals(trainer):
             return trainer.run()
     folder = RunFolder(out)
@@ -68,8 +69,16 @@ def train(
         return _start_claimed(folder, config, progress)
 
 
-def _start_claimed(folder: RunFolder, config: TrainConfig, progress: bool | None) -> dict[str, Any]:
+def _new_trainer(config: TrainConfig, folder: RunFolder | None, progress: bool | None) -> Trainer:
+    """A trainer at step 0, starting from ``--init-weights`` when given (a resume starts from its checkpoint)."""
     trainer = Trainer(config, folder, _progress(progress))
+    if config.model.init_weights is not None:
+        write_line(load_initial_weights(trainer.model, config.model.init_weights))
+    return trainer
+
+
+def _start_claimed(folder: RunFolder, config: TrainConfig, progress: bool | None) -> dict[str, Any]:
+    trainer = _new_trainer(config, folder, progress)
     folder.write_json(folder.config, run_description(trainer))
     with stop_on_signals(trainer):
         return trainer.run()

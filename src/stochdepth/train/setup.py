@@ -8,6 +8,7 @@ sweep names, the report, ``eval``, ``export``) reads the resolved values.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -65,3 +66,42 @@ def build_model(config: TrainConfig, spec: DataSpec, gate_seed: int = 0) -> nn.M
         dropout_rate=model.dropout_rate,
         gate_seed=gate_seed,
     )
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> str:
+    """Load the tensors of ``path`` that fit ``model`` (same key, same shape); returns a line saying what happened.
+
+    ``path`` is a safetensors file or a state dict saved with ``torch.save`` (or a stochdepth checkpoint),
+    read with ``weights_only=True``. Tensors that do not fit (a classifier for another number of
+    classes) are left at their initialisation and named; a file of which nothing fits is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--init-weights {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any failure to read an untrusted file is the user's to fix
+        raise ValueError(f"--init-weights {path}: not readable as weights ({type(error).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"--init-weights {path}: holds no state dict")
+    own = model.state_dict()
+    fitting = {
+        key: value
+        for key, value in state.items()
+        if key in own and isinstance(value, torch.Tensor) and value.shape == own[key].shape
+    }
+    if not fitting:
+        raise ValueError(f"--init-weights {path}: no tensor fits {type(model).__name__}")
+    model.load_state_dict(fitting, strict=False)
+    left = sorted(set(own) - set(fitting))
+    shown = ", ".join(left[:4]) + (" ..." if len(left) > 4 else "")
+    kept = f"; kept new: {shown}" if left else ""
+    return f"initial weights from {path}: {len(fitting)} of {len(own)} tensors{kept}"
+
