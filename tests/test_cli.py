@@ -61,7 +61,7 @@ def test_train_prints_the_test_error_it_writes(tmp_path, synthetic_data_dir, cap
     out = tmp_path / "run"
     assert main(_tiny_flags(synthetic_data_dir, out)) == 0
     summary = json.loads(RunFolder(out).summary.read_text())
-    printed = capsys.readouterr().out.splitlines()[-1]
+    printed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("test error at best"))
     assert printed == (
         f"test error at best validation (epoch 1): {summary['test_error_at_best_val']:.4f}; "
         f"final test error: {summary['final_test_error']:.4f}; run folder: {out}"
@@ -118,7 +118,7 @@ def _bad(argv, capsys) -> str:
         (["--dataset", "mnist"], "unknown dataset"),
         (["--survival-rule", "cosine"], "linear, uniform, none"),
         (["--drop-mode", "row"], "batch, sample"),
-        (["--epochs", "0"], "epochs must be a positive"),
+        (["--epochs", "0"], "epochs must be an integer in [1, 1000000]"),
         (["--precision", "fp8"], "fp32, bf16"),
     ],
 )
@@ -135,9 +135,11 @@ def test_existing_out_without_resume_exits_2(trained_run, synthetic_data_dir, ca
 
 
 def test_missing_data_exits_2_naming_the_files(tmp_path, capsys):
+    (tmp_path / "nothing").mkdir()
     flags = _tiny_flags(tmp_path / "nothing", tmp_path / "run")
     flags[flags.index("fashion-mnist")] = "cifar10"
     assert "data_batch_1" in _bad(flags, capsys)
+    assert not (tmp_path / "run").exists()
 
 
 def test_damaged_checkpoint_exits_2(trained_run, tmp_path, capsys):

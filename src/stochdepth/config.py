@@ -162,7 +162,6 @@ class TrainConfig:
             ("record_gradients_every", run.record_gradients_every),
         ):
             _integer(name, value, 1, 10**12, optional=True)
-        _number("final_survival_prob", model.final_survival_prob, 0.0, 1.0, optional=True)
         _number("dropout_rate", model.dropout_rate, 0.0, 0.999, optional=True)
         _number("lr", optim.lr, MIN_POSITIVE, MAX_LEARNING_RATE)
         _number("warmup_lr", optim.warmup_lr, MIN_POSITIVE, MAX_LEARNING_RATE)

@@ -134,8 +134,12 @@ def _timm_classes() -> list[tuple[type, type]]:
     from timm.models import resnet, vision_transformer
 
     def timm_residual(block: nn.Module, x: torch.Tensor, branch: Callable, post: nn.Module) -> torch.Tensor:
+        # An identity shortcut carries the previous block's ReLU output: the (in-place) ReLU after
+        # the addition would leave it unchanged, so a dropped block returns it untouched (eq. 2).
         shortcut = x if block.downsample is None else block.downsample(x)
-        return stochastic_residual(shortcut, x, branch, block, 0, post, dropped_returns_shortcut=False)
+        return stochastic_residual(
+            shortcut, x, branch, block, 0, post, dropped_returns_shortcut=block.downsample is None
+        )
 
     class TimmBasicBlock(_SwappedBlock, resnet.BasicBlock):
         plain_class = resnet.BasicBlock
