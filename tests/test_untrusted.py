@@ -208,3 +208,24 @@ def test_damaged_run_folders_are_one_line_naming_the_file(finished_run, tmp_path
         assert _snapshot(run) == before, "a command that reads a run changed it"
     assert {path.parent for path in work.rglob("*") if path.is_file() and not path.is_relative_to(run)} <= {out}
     assert not RunFolder(run).is_locked()
+
+
+def test_sweep_and_report_out_that_cannot_be_written_are_one_line(finished_run, tmp_path, capsys, synthetic_data_dir):
+    (tmp_path / "file").write_text("not a folder")
+    sweep = ["sweep", "--model", "resnet8", "--dataset", "fashion-mnist", "--data-dir", str(synthetic_data_dir)]
+    assert main([*sweep, "--out", str(tmp_path / "file")]) == 2
+    _one_line_error(capsys)
+    assert main(["report", str(finished_run), "--out", str(tmp_path / "file")]) == 2
+    _one_line_error(capsys)
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_report_never_writes_through_a_run_folders_lock_link(finished_run, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "run.lock").unlink(missing_ok=True)
+    (run / "run.lock").symlink_to(victim)
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert victim.read_text() == "precious"

@@ -156,3 +156,12 @@ def test_torchvision_weights_load_into_the_papers_imagenet_network_as_they_are()
     assert len(stochdepth.survival_probs(network)) == 16
     folded = stochdepth.fold_survival(network)
     assert type(folded) is tv.ResNet and type(folded.layer1[0]) is tv.Bottleneck
+
+
+def test_a_folded_torchvision_network_exports_with_torch_export():
+    network = stochdepth.stochastic_depth(_trained_looking(tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], num_classes=5)))
+    folded = stochdepth.fold_survival(network)
+    x = torch.randn(2, 3, 32, 32)
+    program = torch.export.export(folded, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), network.eval()(x), rtol=1e-4, atol=1e-5)

@@ -18,7 +18,7 @@ from typing import Any
 
 from stochdepth.config import SWEEP_OPTIONS, TrainConfig
 from stochdepth.train import train
-from stochdepth.train.run_folder import RunFolder, RunFolderBusy
+from stochdepth.train.run_folder import RunFolder, RunFolderBusy, write_text_safely
 from stochdepth.train.setup import resolve_config
 
 
@@ -65,9 +65,12 @@ def run_sweep(
     """Train what is left of the sweep in ``out``; returns each run's name and what was done with it."""
     out = Path(out)
     points = sweep_grid(base, grid)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
     manifest = {"base": base.to_dict(), "grid": grid, "runs": [point.name for point in points]}
-    (out / "sweep.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    try:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        write_text_safely(out / "sweep.json", json.dumps(manifest, indent=2) + "\n")
+    except OSError as error:
+        raise ValueError(f"cannot write the sweep into {out}: {error.strerror or error}") from None
     done: dict[str, str] = {}
     for index, point in enumerate(points, 1):
         folder = RunFolder(out / "runs" / point.name)

@@ -54,8 +54,11 @@ class RunFolderBusy(RunFolderError):
 LEFTOVERS = ("run.lock", "checkpoints")
 
 
-def _write_text(path: Path, text: str, append: bool = False) -> None:
-    """Write (or append) ``text`` to ``path``, refusing to follow a symbolic link, flushed to disk."""
+def write_text_safely(path: Path, text: str, append: bool = False) -> None:
+    """Write (or append) ``text`` to ``path``, refusing to follow a symbolic link, flushed to disk.
+
+    Raises ``OSError`` (``ELOOP`` for a link) like ``open`` does.
+    """
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
     descriptor = os.open(path, flags, 0o644)
     with os.fdopen(descriptor, "a" if append else "w") as file:
@@ -137,7 +140,7 @@ class RunFolder:
     def write_json(self, path: Path, values: dict[str, Any]) -> None:
         temporary = path.with_name(f".{path.name}.tmp")
         try:
-            _write_text(temporary, json.dumps(values, indent=2) + "\n")
+            write_text_safely(temporary, json.dumps(values, indent=2) + "\n")
             os.replace(temporary, path)
         except OSError as error:
             with contextlib.suppress(OSError):
@@ -172,7 +175,7 @@ class RunFolder:
     def append(self, path: Path, record: dict[str, Any]) -> None:
         """Append one JSON line to ``path`` (``metrics`` or ``gradients``) and flush it to disk."""
         try:
-            _write_text(path, json.dumps(record) + "\n", append=True)
+            write_text_safely(path, json.dumps(record) + "\n", append=True)
         except OSError as error:
             raise RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
 
@@ -218,7 +221,7 @@ class RunFolder:
             if path.is_file():
                 temporary = path.with_name(f".{path.name}.tmp")
                 try:
-                    _write_text(temporary, "".join(json.dumps(record) + "\n" for record in records))
+                    write_text_safely(temporary, "".join(json.dumps(record) + "\n" for record in records))
                     os.replace(temporary, path)
                 except OSError as error:
                     raise RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
