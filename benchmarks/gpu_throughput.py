@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,17 @@ def timed(device: torch.device, run: callable) -> float:
     return begin.elapsed_time(end) / 1e3
 
 
+def throughput(device: torch.device, steps: Callable[[int], None], args: argparse.Namespace) -> tuple[float, float]:
+    """Images per second of ``steps(args.steps)`` after ``steps(args.warmup)``, and peak GPU memory (MiB)."""
+    steps(args.warmup)
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = timed(device, lambda: steps(args.steps))
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return args.steps * args.batch_size / seconds, peak
+
+
 def library_loop(args: argparse.Namespace, rule: str, config: dict, loader: DeviceLoader) -> tuple[float, float]:
     """Images per second and peak memory (MiB) of this library's training step in ``config``."""
     device = torch.device(args.device)
@@ -77,9 +88,7 @@ def library_loop(args: argparse.Namespace, rule: str, config: dict, loader: Devi
             block.branch.compile()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
     stochdepth.decay_dropped_blocks(optimizer)
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config["bf16"] else contextlib.nullcontext
-    )
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config["bf16"] else contextlib.nullcontext
 
     batches = endless(loader)
 
@@ -94,13 +103,7 @@ def library_loop(args: argparse.Namespace, rule: str, config: dict, loader: Devi
             loss.backward()
             optimizer.step()
 
-    steps(args.warmup)
-    synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = timed(device, lambda: steps(args.steps))
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    return args.steps * args.batch_size / seconds, peak
+    return throughput(device, steps, args)
 
 
 class PerImageDataset(torch.utils.data.Dataset):
@@ -153,13 +156,7 @@ def reference_loop(args: argparse.Namespace, images: torch.Tensor, labels: torch
             loss.backward()
             optimizer.step()
 
-    steps(args.warmup)
-    synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = timed(device, lambda: steps(args.steps))
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    return args.steps * args.batch_size / seconds, peak
+    return throughput(device, steps, args)
 
 
 def main() -> None:

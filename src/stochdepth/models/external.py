@@ -95,14 +95,17 @@ def _adapter(stochastic_class: type[_SwappedBlock], branches: int) -> ResidualAd
 def _torchvision_classes() -> list[tuple[type, type]]:
     from torchvision.models import resnet
 
-    class TorchvisionBasicBlock(_SwappedBlock, resnet.BasicBlock):
-        plain_class = resnet.BasicBlock
+    class TorchvisionBlock(_SwappedBlock):
+        """torchvision's blocks: ``relu(downsample(x) + branch(x))``; an identity shortcut carries a ReLU output."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             shortcut = x if self.downsample is None else self.downsample(x)
             return stochastic_residual(
                 shortcut, x, self._branch, self, 0, self.relu, dropped_returns_shortcut=self.downsample is None
             )
+
+    class TorchvisionBasicBlock(TorchvisionBlock, resnet.BasicBlock):
+        plain_class = resnet.BasicBlock
 
         def _branch(self, x: torch.Tensor) -> torch.Tensor:
             return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
@@ -110,14 +113,8 @@ def _torchvision_classes() -> list[tuple[type, type]]:
         def branch_ends(self) -> list[nn.Module]:
             return [self.bn2]
 
-    class TorchvisionBottleneck(_SwappedBlock, resnet.Bottleneck):
+    class TorchvisionBottleneck(TorchvisionBlock, resnet.Bottleneck):
         plain_class = resnet.Bottleneck
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            shortcut = x if self.downsample is None else self.downsample(x)
-            return stochastic_residual(
-                shortcut, x, self._branch, self, 0, self.relu, dropped_returns_shortcut=self.downsample is None
-            )
 
         def _branch(self, x: torch.Tensor) -> torch.Tensor:
             x = self.relu(self.bn1(self.conv1(x)))
