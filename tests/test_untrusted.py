@@ -158,7 +158,7 @@ def _paths(values: object, prefix: tuple = ()) -> list[tuple]:
     return [prefix] + [path for key, value in values.items() for path in _paths(value, (*prefix, key))]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_damaged_run_folders_are_one_line_naming_the_file(finished_run, tmp_path_factory, data, capsys):
     work = tmp_path_factory.mktemp("damaged")
@@ -202,7 +202,8 @@ def test_damaged_run_folders_are_one_line_naming_the_file(finished_run, tmp_path
     if status != 0:
         assert status == 2, captured.err
         assert captured.err.count("\n") == 1 and captured.err.startswith("stochdepth: error: "), captured.err
-        if command != "report":
+        data_moved = "not found" in captured.err or "data dir" in captured.err  # the config names other data
+        if command != "report" and not data_moved:
             assert named.split("/")[0] in captured.err or str(run) in captured.err, captured.err
     if command != "resume" or status != 0:
         assert _snapshot(run) == before, "a command that reads a run changed it"

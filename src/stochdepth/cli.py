@@ -181,12 +181,19 @@ def _train(args: argparse.Namespace) -> None:
         print(depth)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _depth_line(run: str | Path) -> str | None:
     """What stochastic depth did over the run: residual branches run per step, realised and expected."""
     from stochdepth.train.run_folder import RunFolder
 
     records = RunFolder(run).read_metrics()
-    if not records or not records[0].get("expected_active_blocks"):
+    numbers = ("iteration", "mean_active_blocks", "expected_active_blocks")
+    if not records or not all(_is_number(record.get(key)) for record in records for key in numbers):
+        return None
+    if not records[0]["expected_active_blocks"]:
         return None
     starts = [0] + [record["iteration"] for record in records[:-1]]
     steps = [record["iteration"] - start for record, start in zip(records, starts)]

@@ -54,6 +54,13 @@ def error_rate(model: nn.Module, loader: Any, autocast: Any, channels_last: bool
     return wrong.item() / total if total else math.nan
 
 
+def _count(value: object, name: str, largest: int) -> int:
+    """A counter read from a checkpoint: an integer in [0, largest], else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= largest:
+        raise ValueError(f"{name} must be an integer in [0, {largest}], got {value!r}")
+    return value
+
+
 @dataclass
 class Window:
     """Running sums of the training steps since the last evaluation.
@@ -175,9 +182,9 @@ class Trainer:
                 torch.cuda.set_rng_state(random_states["cuda"], self.device)
             self.gates.load_state_dict(random_states["gates"])
             self.loaders.load_state_dict(random_states)
-            self.epoch = int(state["epoch"])
-            self.iteration = int(state["iteration"])
-            self.evaluations = int(state["evaluations"])
+            self.epoch = _count(state["epoch"], "epoch", self.config.optim.epochs)
+            self.iteration = _count(state["iteration"], "iteration", 10**12)
+            self.evaluations = _count(state["evaluations"], "evaluations", 10**12)
             self.skipped_steps = int(state.get("skipped_steps", 0))
             self.train_seconds = float(state["train_seconds"])
             self.best = dict(state["best"])
