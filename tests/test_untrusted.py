@@ -158,7 +158,7 @@ def _paths(values: object, prefix: tuple = ()) -> list[tuple]:
     return [prefix] + [path for key, value in values.items() for path in _paths(value, (*prefix, key))]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_damaged_run_folders_are_one_line_naming_the_file(finished_run, tmp_path_factory, data, capsys):
     work = tmp_path_factory.mktemp("damaged")
