@@ -62,6 +62,8 @@ def _one_line_error(capsys) -> str:
         ["train", "--data-dir", "/etc/passwd"],
         ["train", "--epochs", "many"],
         ["train", "--no-such-option"],
+        ["train", "--resume", "somewhere", "--auto-resume"],
+        ["train", "--init-weights", "/nonexistent/weights.safetensors"],
         ["eval", "nowhere", "--device", "meta"],
         ["sweep", "--model", "resnet8"],
         ["report"],

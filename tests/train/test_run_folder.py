@@ -165,3 +165,14 @@ def test_a_full_disk_inside_torch_save_is_a_checkpoint_error(tmp_path, monkeypat
     with pytest.raises(CheckpointError, match="cannot write .*failed writing file; no earlier checkpoint exists"):
         save_checkpoint({"model": {}}, tmp_path / "last.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_resume_starts_an_empty_folder_and_continues_a_run_in_it(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    assert train(tiny_config.override(epochs=1), out=run, resume_existing=True)["epochs"] == 1
+    first = RunFolder(run).read_metrics()
+    assert train(tiny_config.override(epochs=2), out=run, resume_existing=True)["epochs"] == 2
+    records = RunFolder(run).read_metrics()
+    assert records[:1] == first and [record["epoch"] for record in records] == [1.0, 2.0]
+    with pytest.raises(RunFolderError, match="not empty"):
+        train(tiny_config.override(epochs=3), out=run)

@@ -85,8 +85,8 @@ class RunFolder:
         return self.checkpoints / f"{which}.pt"
 
     @contextlib.contextmanager
-    def claim(self) -> Iterator[bool]:
-        """Create the folder if needed and hold its lock; yields whether the folder was created here.
+    def claim(self) -> Iterator[None]:
+        """Create the folder if needed and hold its lock while the block runs.
 
         Nothing in the folder is created, deleted or written before the lock is held. Under the
         lock, temporary files left by a killed writer are removed. If the block fails before
@@ -103,7 +103,7 @@ class RunFolder:
         try:
             with RunLock(self.path / "run.lock"):
                 self._remove_temporaries()
-                yield created
+                yield
         except BaseException:
             if created and not self.config.exists():
                 self._remove_leftovers()
