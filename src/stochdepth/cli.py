@@ -172,6 +172,8 @@ def _train(args: argparse.Namespace) -> None:
             )
         summary = train(config, progress=args.progress, resume_existing=args.auto_resume)
         out = config.run.out
+    if _torchrun_rank() not in (None, 0):
+        return
     print(
         f"test error at best validation (epoch {summary['best_epoch']:g}): {summary['test_error_at_best_val']:.4f}; "
         f"final test error: {summary['final_test_error']:.4f}; run folder: {out}"
@@ -298,20 +300,35 @@ COMMANDS = {
 }
 
 
+def _torchrun_rank() -> int | None:
+    """This process's rank when torchrun started it with others, else ``None``."""
+    world_size, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    return int(rank) if world_size.isdigit() and int(world_size) > 1 and rank.isdigit() else None
+
+
+def _rank_prefix() -> str:
+    rank = _torchrun_rank()
+    return "" if rank is None else f"rank {rank}: "
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; under torchrun each rank's error names its rank, and a rank stopped by another's is silent."""
     args = build_parser().parse_args(argv)
-    from stochdepth.train.signals import TrainingStopped
+    from stochdepth.train.signals import PeerFailed, TrainingStopped
 
     try:
         COMMANDS[args.command](args)
+    except PeerFailed:
+        return 1
     except ValueError as error:
-        print(f"stochdepth: error: {error}", file=sys.stderr)
+        print(f"{_rank_prefix()}stochdepth: error: {error}", file=sys.stderr)
         return 2
     except TrainingStopped as stop:
-        print(f"stochdepth: {stop}", file=sys.stderr)
+        if _torchrun_rank() in (None, 0):
+            print(f"stochdepth: {stop}", file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:
-        print("stochdepth: interrupted", file=sys.stderr)
+        print(f"{_rank_prefix()}stochdepth: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         sys.stderr.close()

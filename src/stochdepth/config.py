@@ -112,6 +112,9 @@ class RunConfig:
     precision: str = _option("fp32", "fp32 or bf16 (autocast)")
     channels_last: bool = _option(False, "channels-last memory format (CUDA)")
     compile: bool = _option(False, "torch.compile the block branches (not the gate logic)")
+    sync_batchnorm: bool = _option(
+        False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm; CUDA, batch drop mode)"
+    )
     eval_every_iters: int | None = _option(None, "evaluate every K iterations instead of every epoch")
     checkpoint_every_minutes: float | None = _option(
         None, "also write checkpoints/last.pt every M minutes inside an epoch (long epochs: ImageNet)"
@@ -148,6 +151,7 @@ class TrainConfig:
             _flag(name, value)
         _flag("channels_last", run.channels_last)
         _flag("compile", run.compile)
+        _flag("sync_batchnorm", run.sync_batchnorm)
         _integer("epochs", optim.epochs, 1, 1_000_000)
         _integer("batch_size", optim.batch_size, 1, 1_000_000)
         _integer("image_size", data.image_size, 1, 4096)

@@ -147,6 +147,12 @@ class GateGenerator:
     ``branches_run`` counts the residual branches that ran in training forward passes (a
     sample-mode branch counts the fraction of the batch it ran on): the realised depth,
     which a trainer reads and resets with :meth:`take_branches_run`.
+
+    In data-parallel training every process holds a generator with the same seed and
+    draws in lockstep. Batch mode: every process drops the same branches, as in the
+    paper. Sample mode: each process is shard ``shard`` of ``shards`` (:meth:`shard_rows`);
+    the gates are drawn for the whole global batch and each process takes its rows, so the
+    processes together drop exactly what one process would.
     """
 
     def __init__(self, seed: int = 0, survival_probs: list[float] | None = None, drop_mode: str = "batch") -> None:
@@ -157,6 +163,15 @@ class GateGenerator:
         self.generator.manual_seed(seed)
         self.branches_run = 0.0
         self.step: StepGates | None = None
+        self.shard = 0
+        self.shards = 1
+
+    def shard_rows(self, shard: int, shards: int) -> None:
+        """Draw sample-mode gates for ``shards`` equal parts of a global batch and keep part ``shard``'s rows."""
+        if not 0 <= shard < shards:
+            raise ValueError(f"shard {shard} of {shards} does not exist")
+        self.shard, self.shards = shard, shards
+        self.step = None
 
     def take_branches_run(self) -> float:
         """The branches run since the last call, and reset the count."""
@@ -172,11 +187,15 @@ class GateGenerator:
             rows: list[torch.Tensor | None] = [None] * count
             self.branches_run += float(sum(survives))
         else:
+            full = batch_size * self.shards
             draws = torch.rand(2, count, generator=self.generator, dtype=torch.float64)
-            counts = survivor_counts(probs, batch_size, draws[0], draws[1])
-            order = torch.rand(count, batch_size, generator=self.generator).argsort(dim=1)
-            keep = torch.zeros(count, batch_size, dtype=torch.bool)
-            keep.scatter_(1, order, torch.arange(batch_size).expand(count, -1) < counts[:, None])
+            counts = survivor_counts(probs, full, draws[0], draws[1])
+            order = torch.rand(count, full, generator=self.generator).argsort(dim=1)
+            keep = torch.zeros(count, full, dtype=torch.bool)
+            keep.scatter_(1, order, torch.arange(full).expand(count, -1) < counts[:, None])
+            self.branches_run += counts.sum().item() / full
+            keep = keep[:, self.shard * batch_size : (self.shard + 1) * batch_size]
+            counts = keep.sum(dim=1)
             flat = keep.nonzero()[:, 1]
             if device.type == "cuda":
                 flat = flat.pin_memory()
@@ -184,10 +203,7 @@ class GateGenerator:
             sizes = counts.tolist()
             ends = counts.cumsum(0).tolist()
             survives = [size > 0 for size in sizes]
-            rows = [
-                None if size in (0, batch_size) else flat[end - size : end] for size, end in zip(sizes, ends)
-            ]
-            self.branches_run += sum(sizes) / batch_size
+            rows = [None if size in (0, batch_size) else flat[end - size : end] for size, end in zip(sizes, ends)]
         self.step = StepGates(survives, rows, batch_size, [False] * count)
         return self.step
 
@@ -525,6 +541,27 @@ def gate_generator(model: nn.Module) -> GateGenerator:
     return gates
 
 
+def idle_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters of the stochastic modules with a branch that did not run in the last training step.
+
+    They get no gradient from that step's backward pass. Data-parallel training needs them
+    (``stochdepth.train.distributed``): PyTorch's DDP waits for a gradient of every
+    parameter unless told otherwise, and the gates name the idle ones before backward, so
+    no search of the autograd graph (``find_unused_parameters=True``) is needed. A branch
+    that ran on no rows of this process's batch (sample mode) counts as idle.
+    """
+    gates = getattr(model, "gate_generator", None)
+    step = gates.step if isinstance(gates, GateGenerator) else None
+    if step is None:
+        return []
+    idle: list[nn.Parameter] = []
+    for block in stochastic_blocks(model):
+        branches = range(block.first_index, block.first_index + len(block.survival_probs))
+        if not all(step.survives[index] for index in branches):
+            idle.extend(param for param in block.parameters() if param.requires_grad)
+    return idle
+
+
 def decay_dropped_blocks(optimizer: torch.optim.Optimizer) -> RemovableHandle:
     """Make ``optimizer`` apply weight decay and momentum to dropped blocks, as the paper's code did.
 
@@ -549,4 +586,3 @@ def decay_dropped_blocks(optimizer: torch.optim.Optimizer) -> RemovableHandle:
     handle = optimizer.register_step_pre_hook(give_zero_grads)
     optimizer._stochdepth_decay_hook = handle
     return handle
-

@@ -2,7 +2,7 @@
 
 import torch
 
-from stochdepth.data.device_loader import DeviceLoader, channel_stats, translate_and_flip
+from stochdepth.data.device_loader import DeviceLoader, channel_stats, draw_augmentation
 
 
 def _recover_shift(original: torch.Tensor, moved: torch.Tensor, bound: int) -> tuple[int, int, bool] | None:
@@ -22,7 +22,7 @@ def _recover_shift(original: torch.Tensor, moved: torch.Tensor, bound: int) -> t
 def test_translation_is_at_most_four_pixels_with_zero_fill_and_half_are_flipped():
     images = torch.rand(64, 3, 12, 12) + 0.5
     generator = torch.Generator().manual_seed(0)
-    moved = translate_and_flip(images, 4, True, generator)
+    moved = draw_augmentation(64, 4, True, generator).apply(images)
     assert moved.shape == images.shape
     found = [_recover_shift(images[index], moved[index], 4) for index in range(64)]
     assert all(item is not None for item in found)
@@ -33,7 +33,7 @@ def test_translation_is_at_most_four_pixels_with_zero_fill_and_half_are_flipped(
 
 def test_no_augmentation_leaves_images_alone():
     images = torch.rand(8, 3, 32, 32)
-    assert torch.equal(translate_and_flip(images, 0, False, torch.Generator().manual_seed(0)), images)
+    assert torch.equal(draw_augmentation(8, 0, False, torch.Generator().manual_seed(0)).apply(images), images)
 
 
 def test_channel_stats_are_those_of_the_training_images():

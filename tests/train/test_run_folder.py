@@ -77,22 +77,22 @@ def test_a_damaged_metrics_line_before_valid_ones_is_refused_naming_the_line(tmp
 def test_sigterm_during_the_last_evaluation_exits_143_and_resumes(tmp_path, tiny_config, monkeypatch):
     from stochdepth.train import trainer
 
-    real = trainer.error_rate
+    real = trainer.error_counts
     calls = {"count": 0}
 
-    def error_rate_with_sigterm(*args, **kwargs):
+    def error_counts_with_sigterm(*args, **kwargs):
         calls["count"] += 1
         if calls["count"] == 2 * 2:
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "error_rate", error_rate_with_sigterm)
+    monkeypatch.setattr(trainer, "error_counts", error_counts_with_sigterm)
     with pytest.raises(trainer.TrainingStopped) as stopped:
         train(tiny_config.override(epochs=2), out=tmp_path / "run")
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     folder = RunFolder(tmp_path / "run")
     assert not folder.summary.exists()
-    monkeypatch.setattr(trainer, "error_rate", real)
+    monkeypatch.setattr(trainer, "error_counts", real)
     assert resume(folder.path)["epochs"] == 2 and folder.summary.is_file()
 
 

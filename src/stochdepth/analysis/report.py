@@ -184,9 +184,7 @@ def runs_table(runs: list[Run], base: Path) -> list[str]:
         best = run.best()
         name = run.path.relative_to(base) if run.path.is_relative_to(base) else run.path
         val, test = (_percent([best["val_error"]]), _percent([best["test_error"]])) if best else ("—", "—")
-        lines.append(
-            f"| {cell(name)} | {run.status} | {run.epochs_done:g} / {run.planned_epochs} | {val} | {test} |"
-        )
+        lines.append(f"| {cell(name)} | {run.status} | {run.epochs_done:g} / {run.planned_epochs} | {val} | {test} |")
     return lines
 
 

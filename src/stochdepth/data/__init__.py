@@ -15,11 +15,12 @@ from stochdepth.config import DataConfig
 from stochdepth.data.device_loader import DeviceLoader, channel_stats
 from stochdepth.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_loaders
 from stochdepth.data.readers import DataError
+from stochdepth.data.shard import WHOLE, Shard
 from stochdepth.data.small_images import SMALL_IMAGE_DATASETS, DataMissing, ImageSplits, data_roots
 
 DATASETS = (*SMALL_IMAGE_DATASETS, "imagenet")
 
-__all__ = ["DATASETS", "DataError", "DataSpec", "Loaders", "build_loaders"]
+__all__ = ["DATASETS", "DataError", "DataSpec", "Loaders", "Shard", "build_loaders"]
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,15 @@ def _first_found(config: DataConfig, roots: list[Path]) -> ImageSplits:
     return SMALL_IMAGE_DATASETS[config.dataset](roots[0], config.download, config.split_seed)
 
 
-def build_loaders(config: DataConfig, batch_size: int, device: torch.device, seed: int) -> Loaders:
-    """Loaders for ``config.dataset`` with the paper's split; raises :class:`DataError` if data is missing."""
+def build_loaders(
+    config: DataConfig, batch_size: int, device: torch.device, seed: int, shard: Shard = WHOLE
+) -> Loaders:
+    """Loaders for ``config.dataset`` with the paper's split; raises :class:`DataError` if data is missing.
+
+    ``batch_size`` is the global batch; with a ``shard`` (data-parallel training) the
+    loaders yield this process's rows of every training batch and its part of the
+    validation and test sets (:class:`~stochdepth.data.shard.Shard`).
+    """
     if config.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
     roots = data_roots(config.data_dir)
@@ -115,6 +123,7 @@ def build_loaders(config: DataConfig, batch_size: int, device: torch.device, see
             config.train_size,
             config.eval_size,
             config.augment,
+            shard,
         )
         spec = DataSpec(num_classes, 3, config.image_size, IMAGENET_MEAN, IMAGENET_STD)
         return Loaders(train, val, test, spec)
@@ -129,7 +138,10 @@ def build_loaders(config: DataConfig, batch_size: int, device: torch.device, see
     def loader(images: torch.Tensor, labels: torch.Tensor, **training: object) -> DeviceLoader:
         return DeviceLoader(images, labels, batch_size, mean, std, device, seed=seed, **training)
 
-    eval_size = config.eval_size
+    def evaluation(images: torch.Tensor, labels: torch.Tensor) -> DeviceLoader:
+        rows = shard.rows(len(labels[: config.eval_size]))
+        return loader(images[: config.eval_size][rows], labels[: config.eval_size][rows])
+
     return Loaders(
         train=loader(
             train_images,
@@ -137,8 +149,9 @@ def build_loaders(config: DataConfig, batch_size: int, device: torch.device, see
             shuffle=True,
             max_translation=splits.max_translation if config.augment else 0,
             horizontal_flip=splits.horizontal_flip and config.augment,
+            shard=shard,
         ),
-        val=loader(splits.val_images[:eval_size], splits.val_labels[:eval_size]),
-        test=loader(splits.test_images[:eval_size], splits.test_labels[:eval_size]),
+        val=evaluation(splits.val_images, splits.val_labels),
+        test=evaluation(splits.test_images, splits.test_labels),
         spec=spec,
     )

@@ -9,9 +9,12 @@ seeded generator whose state goes into checkpoints.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from stochdepth.data.shard import WHOLE, Shard
 
 
 def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,29 +23,53 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.mean(dim=1).float(), flat.std(dim=1).float()
 
 
-def translate_and_flip(
-    images: torch.Tensor, max_translation: int, horizontal_flip: bool, generator: torch.Generator
-) -> torch.Tensor:
-    """Shift each image by up to ``max_translation`` pixels (zero padding, then a crop) and flip half.
+@dataclass(frozen=True)
+class Augmentation:
+    """One batch's random translations and flips (the paper's augmentation, section 4, after He et al. 2015).
 
-    The paper's augmentation (section 4, following He et al. 2015). Works on a whole
-    (N, C, H, W) batch; zero is the mean after normalisation.
+    Drawn for a whole global batch by every process alike and then cut to each process's
+    rows (:meth:`rows`), so data-parallel training augments every image exactly as one
+    process would.
     """
-    batch, _, height, width = images.shape
-    device = images.device
+
+    max_translation: int
+    shifts: torch.Tensor | None
+    flips: torch.Tensor | None
+
+    def rows(self, rows: slice) -> Augmentation:
+        shifts = None if self.shifts is None else self.shifts[:, rows]
+        flips = None if self.flips is None else self.flips[rows]
+        return Augmentation(self.max_translation, shifts, flips)
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """Shift each image (zero padding, then a crop; zero is the mean after normalisation) and flip some."""
+        batch, _, height, width = images.shape
+        device = images.device
+        if self.shifts is not None:
+            margin = self.max_translation
+            shifts = self.shifts.to(device)
+            padded = F.pad(images, (margin,) * 4)
+            rows = torch.arange(height, device=device) + margin - shifts[0, :, None]
+            cols = torch.arange(width, device=device) + margin - shifts[1, :, None]
+            samples = torch.arange(batch, device=device)[:, None, None]
+            images = padded[samples, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        if self.flips is not None:
+            images = torch.where(self.flips.to(device)[:, None, None, None], images.flip(3), images)
+        return images.contiguous()
+
+
+def draw_augmentation(
+    batch: int, max_translation: int, horizontal_flip: bool, generator: torch.Generator
+) -> Augmentation:
+    """Shifts of up to ``max_translation`` pixels each way and a flip for half the images, on average."""
+    shifts = flips = None
     if max_translation > 0:
         shifts = torch.randint(
             -max_translation, max_translation + 1, (2, batch), generator=generator, device=generator.device
-        ).to(device)
-        padded = F.pad(images, (max_translation,) * 4)
-        rows = torch.arange(height, device=device) + max_translation - shifts[0, :, None]
-        cols = torch.arange(width, device=device) + max_translation - shifts[1, :, None]
-        samples = torch.arange(batch, device=device)[:, None, None]
-        images = padded[samples, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        )
     if horizontal_flip:
-        flip = (torch.rand(batch, generator=generator, device=generator.device) < 0.5).to(device)
-        images = torch.where(flip[:, None, None, None], images.flip(3), images)
-    return images.contiguous()
+        flips = torch.rand(batch, generator=generator, device=generator.device) < 0.5
+    return Augmentation(max_translation, shifts, flips)
 
 
 class DeviceLoader:
@@ -51,6 +78,10 @@ class DeviceLoader:
     ``shuffle=True`` draws a new order each epoch and drops the last incomplete batch (a
     tiny last batch would give BatchNorm too few samples), unless the set is smaller
     than one batch. Evaluation loaders keep the order and every image.
+
+    With a ``shard`` (data-parallel training) each process draws the same order and
+    augmentation and takes its rows of every batch: the processes' batches together are
+    the single-process batch, augmented alike.
     """
 
     def __init__(
@@ -65,6 +96,7 @@ class DeviceLoader:
         max_translation: int = 0,
         horizontal_flip: bool = False,
         seed: int = 0,
+        shard: Shard = WHOLE,
     ) -> None:
         self.images = images.to(device)
         self.labels = labels.to(device)
@@ -74,6 +106,7 @@ class DeviceLoader:
         self.shuffle = shuffle
         self.max_translation = max_translation
         self.horizontal_flip = horizontal_flip
+        self.shard = shard
         self.epoch_order = EpochOrder(seed)
         self.augmentation_generator = torch.Generator(device=device).manual_seed(seed + 1)
 
@@ -91,12 +124,14 @@ class DeviceLoader:
             order = torch.arange(count, device=self.images.device)
         for batch in self.epoch_order.batches(len(self)):
             indices = order[batch * self.batch_size : (batch + 1) * self.batch_size]
-            images = (self.images[indices].float() - self.mean) / self.std
+            rows = self.shard.rows(len(indices))
+            images = (self.images[indices[rows]].float() - self.mean) / self.std
             if self.shuffle:
-                images = translate_and_flip(
-                    images, self.max_translation, self.horizontal_flip, self.augmentation_generator
+                augmentation = draw_augmentation(
+                    len(indices), self.max_translation, self.horizontal_flip, self.augmentation_generator
                 )
-            yield images, self.labels[indices]
+                images = augmentation.rows(rows).apply(images)
+            yield images, self.labels[indices[rows]]
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         return {**self.epoch_order.state_dict(), "augmentation": self.augmentation_generator.get_state()}

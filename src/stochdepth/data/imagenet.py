@@ -24,6 +24,7 @@ from torchvision import datasets, transforms
 
 from stochdepth.data.device_loader import EpochOrder
 from stochdepth.data.readers import DataError
+from stochdepth.data.shard import WHOLE, Shard
 from stochdepth.data.splits import per_class_holdout
 
 VALIDATION_PER_CLASS = 10
@@ -109,12 +110,25 @@ class ImageFolderLoader:
     """Batches of an ImageFolder subset, decoded by worker processes, delivered on ``device``.
 
     Training loaders draw a new seeded order each epoch and can resume mid-epoch
-    (:class:`~stochdepth.data.device_loader.EpochOrder`).
+    (:class:`~stochdepth.data.device_loader.EpochOrder`). With a ``shard`` (data-parallel
+    training) every process draws the same order and decodes only its rows of each global
+    batch of ``batch_size``: what ``DistributedSampler`` with ``set_epoch`` does, with the
+    batches of all processes together equal to the single-process batch.
     """
 
-    def __init__(self, dataset, batch_size: int, device: torch.device, shuffle: bool, workers: int, seed: int):
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool,
+        workers: int,
+        seed: int,
+        shard: Shard = WHOLE,
+    ):
         self.dataset = dataset
         self.batch_size = batch_size
+        self.shard = shard
         self.device = device
         self.shuffle = shuffle
         self.workers = workers
@@ -132,16 +146,17 @@ class ImageFolderLoader:
         else:
             order = torch.arange(count)
         start = self.epoch_order.position * self.batch_size
+        batches = order[start : len(self) * self.batch_size].split(self.batch_size)
+        mine = [batch[self.shard.rows(len(batch))] for batch in batches]
         loader = DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            sampler=order[start : len(self) * self.batch_size].tolist(),
+            batch_sampler=[batch.tolist() for batch in mine],
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
         )
-        batches = iter(loader)
+        loaded = iter(loader)
         for _ in self.epoch_order.batches(len(self)):
-            images, labels = next(batches)
+            images, labels = next(loaded)
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
@@ -162,8 +177,13 @@ def imagenet_loaders(
     train_size: int | None,
     eval_size: int | None,
     augment: bool = True,
+    shard: Shard = WHOLE,
 ) -> tuple[ImageFolderLoader, ImageFolderLoader, ImageFolderLoader, int]:
-    """Training, validation (held out from train) and test (official val) loaders, and the class count."""
+    """Training, validation (held out from train) and test (official val) loaders, and the class count.
+
+    With a ``shard``, training takes this process's rows of every batch and evaluation this
+    process's part of each set.
+    """
     eval_transform = _eval_transform(image_size)
     validation = _folder(root, "train", eval_transform)
     targets = torch.tensor(validation.targets)
@@ -174,9 +194,11 @@ def imagenet_loaders(
     if test.classes != train.classes:
         raise DataError(f"{root / 'imagenet' / 'val'}: its class folders differ from train/'s")
     test_indices = list(range(len(test)))[:eval_size]
+    val_indices = val_indices[shard.rows(len(val_indices))].tolist()
+    test_indices = test_indices[shard.rows(len(test_indices))]
     return (
-        ImageFolderLoader(Subset(train, train_indices.tolist()), batch_size, device, True, workers, seed),
-        ImageFolderLoader(Subset(validation, val_indices.tolist()), 2 * batch_size, device, False, workers, seed),
+        ImageFolderLoader(Subset(train, train_indices.tolist()), batch_size, device, True, workers, seed, shard),
+        ImageFolderLoader(Subset(validation, val_indices), 2 * batch_size, device, False, workers, seed),
         ImageFolderLoader(Subset(test, test_indices), 2 * batch_size, device, False, workers, seed),
         len(train.classes),
     )

@@ -78,4 +78,3 @@ def preact_resnet164(**kwargs: object) -> nn.Module:
 def preact_resnet1001(**kwargs: object) -> nn.Module:
     """Pre-activation ResNet-1001 (n = 111), 10.2M parameters."""
     return preact_resnet(1001, **kwargs)
-

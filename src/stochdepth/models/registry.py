@@ -184,4 +184,3 @@ def _external_builder(name: str) -> ModelBuilder:
             raise ValueError(f"timm cannot build {model!r} ({str(error).splitlines()[0]})") from None
 
     return torchvision_model if library == "torchvision" else timm_model
-

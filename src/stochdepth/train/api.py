@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from stochdepth.config import TrainConfig
 from stochdepth.data import DataSpec
 from stochdepth.depth import survival_probs
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint
+from stochdepth.train.distributed import SingleProcess, join
 from stochdepth.train.progress import write_line
 from stochdepth.train.run_folder import RunFolder, RunFolderError
 from stochdepth.train.setup import build_model, load_initial_weights, resolve_config, resolve_device
@@ -38,10 +41,21 @@ def run_description(trainer: Trainer) -> dict[str, Any]:
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
+        "processes": trainer.ranks.world_size,
     }
     values["survival_probs"] = survival_probs(trainer.model)
     values["data_spec"] = trainer.loaders.spec.as_dict()
     return values
+
+
+@dataclass
+class Plan:
+    """What rank 0 decided about the run folder, handed to every rank: the configuration and where to start."""
+
+    config: TrainConfig
+    state: dict[str, Any] | None = None
+    source: Path | None = None
+    write_config: bool = True
 
 
 def train(
@@ -53,35 +67,25 @@ def train(
     ``resume_existing`` (``--auto-resume``): then a folder that already holds this run is
     resumed, to ``config``'s epochs. Options, model and data are checked before anything is
     written; a failed start leaves no folder behind. Without ``out``, nothing is written.
+    Under torchrun every rank calls this; rank 0 alone touches the folder.
     """
     out = out if out is not None else config.run.out
     config = resolve_config(config)
+    ranks = join(config.run.device)
     if out is None:
-        trainer = _new_trainer(config, None, progress)
-        with stop_on_signals(trainer):
-            return trainer.run()
+        return _carry_out(Plan(config), None, progress, ranks)
     folder = RunFolder(out)
     config = config.override(out=str(folder.path))
-    with folder.claim():
-        if folder.config.exists() and resume_existing:
-            return _resume_claimed(folder, config.optim.epochs, progress)
-        folder.prepare_new_run()
-        return _start_claimed(folder, config, progress)
+    with contextlib.ExitStack() as held:
 
+        def plan() -> Plan:
+            held.enter_context(folder.claim())
+            if folder.config.exists() and resume_existing:
+                return _resume_plan(folder, config.optim.epochs)
+            folder.prepare_new_run()
+            return Plan(config)
 
-def _new_trainer(config: TrainConfig, folder: RunFolder | None, progress: bool | None) -> Trainer:
-    """A trainer at step 0, starting from ``--init-weights`` when given (a resume starts from its checkpoint)."""
-    trainer = Trainer(config, folder, _progress(progress))
-    if config.model.init_weights is not None:
-        write_line(load_initial_weights(trainer.model, config.model.init_weights))
-    return trainer
-
-
-def _start_claimed(folder: RunFolder, config: TrainConfig, progress: bool | None) -> dict[str, Any]:
-    trainer = _new_trainer(config, folder, progress)
-    folder.write_json(folder.config, run_description(trainer))
-    with stop_on_signals(trainer):
-        return trainer.run()
+        return _carry_out(ranks.from_main(plan), folder, progress, ranks)
 
 
 def resume(run_dir: str | Path, epochs: int | None = None, progress: bool | None = None) -> dict[str, Any]:
@@ -91,14 +95,21 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool | None
     epoch the run has reached; the new length is written to ``config.json``. Fewer epochs
     than the run has done is refused. A run killed before its first checkpoint starts again
     from the beginning (``config.json`` is all it needs), dropping records no checkpoint covers.
+    Under torchrun every rank reads ``config.json`` (for the device); rank 0 alone the rest.
     """
     folder = RunFolder(run_dir)
-    folder.read_config()
-    with folder.claim():
-        return _resume_claimed(folder, epochs, progress)
+    ranks = join(folder.read_config()[0].run.device)
+    with contextlib.ExitStack() as held:
+
+        def plan() -> Plan:
+            held.enter_context(folder.claim())
+            return _resume_plan(folder, epochs)
+
+        return _carry_out(ranks.from_main(plan), folder, progress, ranks)
 
 
-def _resume_claimed(folder: RunFolder, epochs: int | None, progress: bool | None) -> dict[str, Any]:
+def _resume_plan(folder: RunFolder, epochs: int | None) -> Plan:
+    """Where a run folder holding a run goes on from: its last checkpoint, or the start if it has none."""
     config, values = folder.read_config()
     if epochs is not None:
         config = resolve_config(config.override(epochs=epochs))
@@ -106,18 +117,33 @@ def _resume_claimed(folder: RunFolder, epochs: int | None, progress: bool | None
     if not last.is_file():
         folder.keep_records(0, 0)
         folder.checkpoints.mkdir(exist_ok=True)
-        return _start_claimed(folder, config, progress)
+        return Plan(config)
     state = load_checkpoint(last)
-    trainer = Trainer(config, folder, _progress(progress))
     done = state.get("epoch")
     if epochs is not None and isinstance(done, int) and epochs < done:
         raise RunFolderError(f"{folder.path} has done {done} epochs; --epochs must be at least {done}, got {epochs}")
-    trainer.load_state_dict(state, last)
-    folder.keep_records(trainer.evaluations, trainer.iteration)
-    if epochs is not None or "data_spec" not in values:
-        folder.write_json(folder.config, run_description(trainer))
+    return Plan(config, state, last, write_config=epochs is not None or "data_spec" not in values)
+
+
+def _carry_out(plan: Plan, folder: RunFolder | None, progress: bool | None, ranks: SingleProcess) -> dict[str, Any]:
+    """Build the trainer on every rank, start it from ``plan``, record the start (rank 0) and train."""
+    trainer = Trainer(plan.config, folder if ranks.is_main else None, _progress(progress), ranks)
+    with ranks.all_through("loading the starting weights"):
+        if plan.state is not None:
+            trainer.load_state_dict(plan.state, plan.source)
+        elif plan.config.model.init_weights is not None:
+            write_line(load_initial_weights(trainer.model, plan.config.model.init_weights))
+    if folder is not None:
+        ranks.from_main(lambda: _record_start(folder, trainer, plan))
     with stop_on_signals(trainer):
         return trainer.run()
+
+
+def _record_start(folder: RunFolder, trainer: Trainer, plan: Plan) -> None:
+    if plan.state is not None:
+        folder.keep_records(trainer.evaluations, trainer.iteration)
+    if plan.write_config:
+        folder.write_json(folder.config, run_description(trainer))
 
 
 def checkpoint_path(source: str | Path, checkpoint: str = "best") -> Path:

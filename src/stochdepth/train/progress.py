@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from typing import Any
 
 from tqdm import tqdm
 
 LINE_EVERY_SECONDS = 60.0
+_silent = False
+
+
+def silence() -> None:
+    """From now on this process shows no progress, result lines or warnings (a data-parallel rank other than 0).
+
+    Rank 0 runs the same code and shows the same warnings; errors still reach the user.
+    """
+    global _silent
+    _silent = True
+    warnings.simplefilter("ignore")
 
 
 class Progress:
@@ -26,7 +38,7 @@ class Progress:
         self.line_every = line_every
         self.next_line = time.monotonic() + line_every
         self.bar = None
-        if bar:
+        if bar and not _silent:
             self.bar = tqdm(total=total, initial=done, desc=label, unit="batch", leave=False, dynamic_ncols=True)
 
     def wants_values(self, steps: int, every: int) -> bool:
@@ -41,6 +53,8 @@ class Progress:
             self.bar.update()
 
     def show(self, **values: Any) -> None:
+        if _silent:
+            return
         text = {key: f"{value:.3f}" if isinstance(value, float) else str(value) for key, value in values.items()}
         if self.bar is not None:
             self.bar.set_postfix(text)
@@ -56,4 +70,6 @@ class Progress:
 
 def write_line(text: str) -> None:
     """A result line on standard output that does not tear a progress bar."""
+    if _silent:
+        return
     tqdm.write(text, file=sys.stdout)

@@ -31,6 +31,11 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     options = resolve_model_depth_options(model.model, model.survival_rule, model.final_survival_prob, model.drop_mode)
     if config.data.dataset == "imagenet" and config.data.image_size < info.min_image_size:
         raise ValueError(f"image_size must be at least {info.min_image_size} for {model.model}")
+    if config.run.sync_batchnorm and options.drop_mode == "sample":
+        raise ValueError(
+            "--sync-batchnorm works with --drop-mode batch only: in sample mode a rank whose rows all skip a block "
+            "would not join that block's SyncBatchNorm"
+        )
     resolved = dataclasses.replace(model, **options.as_dict())
     return dataclasses.replace(config, model=resolved)
 
@@ -104,4 +109,3 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> str:
     shown = ", ".join(left[:4]) + (" ..." if len(left) > 4 else "")
     kept = f"; kept new: {shown}" if left else ""
     return f"initial weights from {path}: {len(fitting)} of {len(own)} tensors{kept}"
-

@@ -17,6 +17,10 @@ class TrainingStopped(Exception):
         self.exit_code = exit_code
 
 
+class PeerFailed(Exception):
+    """Another rank of a data-parallel run failed; this one stops too (the failing rank reports the error)."""
+
+
 class Stoppable(Protocol):
     stop_signal: str | None
 

@@ -7,6 +7,12 @@ one for a new run or a resumed one. A resumed run ends with exactly the weights,
 errors of an uninterrupted one (timings aside): the checkpoint holds the model, optimizer,
 schedule, counters and every random state (torch's, the gates', the data order's and the
 augmentation's). On CPU this holds for the same torch build and thread count.
+
+Under torchrun the same loop runs on every rank (``stochdepth.train.distributed`` says how
+the work is split); rank 0 alone writes. A run resumed with as many ranks as it was
+checkpointed with continues exactly; with another number it continues the same data
+order, augmentation and gates, but not bit-exactly (BatchNorm sees other batches, dropout
+other random streams).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from stochdepth.config import TrainConfig
 from stochdepth.data import Loaders, build_loaders
 from stochdepth.depth import decay_dropped_blocks, gate_generator, stochastic_blocks, survival_probs
 from stochdepth.train.checkpoint import CheckpointError, save_checkpoint
+from stochdepth.train.distributed import SingleProcess
 from stochdepth.train.gradients import GradientRecorder
 from stochdepth.train.progress import Progress, write_line
 from stochdepth.train.run_folder import RunFolder
@@ -36,22 +43,27 @@ from stochdepth.train.signals import TrainingStopped, stopped_by_signal
 PROGRESS_EVERY = 20
 
 
-def error_rate(model: nn.Module, loader: Any, autocast: Any, channels_last: bool) -> float:
-    """Fraction of misclassified images in ``loader``, in evaluation mode (every block, scaled by p_l)."""
+def error_counts(model: nn.Module, loader: Any, autocast: Any, channels_last: bool) -> torch.Tensor:
+    """(misclassified, images) in ``loader``, in evaluation mode (every block, scaled by p_l), on the device."""
     was_training = model.training
     model.eval()
-    wrong = torch.zeros((), dtype=torch.long)
-    total = 0
+    counts = torch.zeros(2, dtype=torch.long)
     with torch.no_grad():
         for images, labels in loader:
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast():
                 logits = model(images)
-            wrong = wrong.to(labels.device) + (logits.argmax(dim=1) != labels).sum()
-            total += len(labels)
+            wrong = (logits.argmax(dim=1) != labels).sum()
+            counts = counts.to(labels.device) + torch.stack([wrong, wrong.new_tensor(len(labels))])
     model.train(was_training)
-    return wrong.item() / total if total else math.nan
+    return counts
+
+
+def error_rate(model: nn.Module, loader: Any, autocast: Any, channels_last: bool) -> float:
+    """Fraction of misclassified images in ``loader`` (see :func:`error_counts`)."""
+    wrong, total = error_counts(model, loader, autocast, channels_last).tolist()
+    return wrong / total if total else math.nan
 
 
 def _count(value: object, name: str, largest: int) -> int:
@@ -81,6 +93,28 @@ class Window:
         zero = torch.zeros((), device=device)
         return cls(zero.clone(), zero.clone().long(), 0, 0, 0.0, lr)
 
+    def totals(self, ranks: SingleProcess) -> tuple[float, int, int]:
+        """(loss sum, misclassified, images) over every rank's share of the batches."""
+        images = torch.tensor(float(self.images), dtype=torch.float64, device=self.wrong.device)
+        loss_sum, wrong, images = ranks.sum(torch.stack([self.loss_sum.double(), self.wrong.double(), images])).tolist()
+        return loss_sum, round(wrong), round(images)
+
+    def without_sums(self) -> Window:
+        window = Window.empty(self.loss_sum.device, self.lr)
+        window.steps, window.seconds = self.steps, self.seconds
+        return window
+
+    def gathered(self, ranks: SingleProcess) -> Window:
+        """The sums of every rank on rank 0, none on the others: how a checkpoint keeps a window."""
+        loss_sum, wrong, images = self.totals(ranks)
+        if not ranks.is_main:
+            return self.without_sums()
+        window = self.without_sums()
+        window.loss_sum.fill_(loss_sum)
+        window.wrong.fill_(wrong)
+        window.images = images
+        return window
+
     def add(self, mean_loss: torch.Tensor, wrong: torch.Tensor, images: int) -> None:
         self.loss_sum += mean_loss * images
         self.wrong += wrong
@@ -89,23 +123,43 @@ class Window:
 
 
 class Trainer:
-    """One training run: model, data, optimizer, schedule, counters and (optionally) its folder."""
+    """One training run: model, data, optimizer, schedule, counters and (optionally) its folder.
 
-    def __init__(self, config: TrainConfig, folder: RunFolder | None = None, progress: bool = False) -> None:
+    ``ranks`` is this process's place in a data-parallel run (``stochdepth.train.distributed.join``);
+    by default one process on ``config.run.device``. Only rank 0 passes a ``folder``.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        folder: RunFolder | None = None,
+        progress: bool = False,
+        ranks: SingleProcess | None = None,
+    ) -> None:
         self.config = config
         self.folder = folder
         self.progress = progress
-        self.device = resolve_device(config.run.device)
+        self.ranks = ranks = ranks if ranks is not None else SingleProcess(resolve_device(config.run.device))
+        self.device = ranks.device
         seed = config.run.seed
-        torch.manual_seed(seed)
-        self.loaders: Loaders = build_loaders(config.data, config.optim.batch_size, self.device, seed)
-        self.model = build_model(config, self.loaders.spec, gate_seed=seed).to(self.device)
+        with ranks.all_through("at start"):
+            ranks.local_batch(config.optim.batch_size)
+            if config.run.sync_batchnorm and self.device.type != "cuda":
+                raise ValueError("--sync-batchnorm needs CUDA (PyTorch's SyncBatchNorm does not run on the CPU)")
+            torch.manual_seed(seed)
+            self.loaders: Loaders = build_loaders(config.data, config.optim.batch_size, self.device, seed, ranks.shard)
+            self.model = build_model(config, self.loaders.spec, gate_seed=seed).to(self.device)
+        ranks.seed_own_stream(seed)
+        if config.run.sync_batchnorm:
+            self.model = ranks.sync_batchnorm(self.model)
         if config.run.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if config.run.compile:
             for block in stochastic_blocks(self.model):
                 block.branch.compile()
         self.gates = gate_generator(self.model)
+        self.gates.shard_rows(ranks.rank, ranks.world_size)
+        self.network = ranks.wrap(self.model)
         self.gradient_recorder = GradientRecorder(self.model, self.gates)
         self.expected_active_blocks = sum(survival_probs(self.model))
         optim = config.optim
@@ -140,10 +194,14 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs, and what rebuilding the network alone needs (config, data spec)."""
-        random_states = {"torch": torch.get_rng_state(), "gates": self.gates.state_dict(), **self.loaders.state_dict()}
-        window = {**vars(self.window), "branches_run": self.gates.branches_run}
+        own = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
-            random_states["cuda"] = torch.cuda.get_rng_state(self.device)
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        random_states = {**own, "gates": self.gates.state_dict(), **self.loaders.state_dict()}
+        every_rank = self.ranks.gather(own)
+        if len(every_rank) > 1:
+            random_states["ranks"] = every_rank
+        window = {**vars(self.window), "branches_run": self.gates.branches_run}
         return {
             "model_name": self.config.model.model,
             "config": self.config.to_dict(),
@@ -177,9 +235,7 @@ class Trainer:
                     raise ValueError("a momentum buffer does not have its parameter's shape")
             self.scheduler.load_state_dict(state["scheduler"])
             random_states = state["random_states"]
-            torch.set_rng_state(random_states["torch"])
-            if "cuda" in random_states and self.device.type == "cuda":
-                torch.cuda.set_rng_state(random_states["cuda"], self.device)
+            self._load_own_random_state(random_states)
             self.gates.load_state_dict(random_states["gates"])
             self.loaders.load_state_dict(random_states)
             self.epoch = _count(state["epoch"], "epoch", self.config.optim.epochs)
@@ -191,17 +247,37 @@ class Trainer:
             self.final = dict(state["final"])
             window = dict(state["window"])
             self.gates.branches_run = float(window.pop("branches_run"))
-            self.window = Window(**window)
-            self.window.loss_sum = self.window.loss_sum.to(self.device)
-            self.window.wrong = self.window.wrong.to(self.device)
+            window = Window(**window)
+            window.loss_sum = window.loss_sum.to(self.device)
+            window.wrong = window.wrong.to(self.device)
+            self.window = window if self.ranks.is_main else window.without_sums()
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CheckpointError(f"{source}: does not fit this run ({first_line})") from None
 
+    def _load_own_random_state(self, random_states: dict[str, Any]) -> None:
+        """This rank's torch (and CUDA) random state: its own if the checkpoint has one, else rank 0's."""
+        every_rank = random_states.get("ranks") or [random_states]
+        if len(every_rank) != self.ranks.world_size:
+            write_line(
+                f"resuming a run checkpointed by {len(every_rank)} process(es) on {self.ranks.world_size}: the data "
+                "order, augmentation and gates continue exactly, the rest not bit-exactly (BatchNorm statistics "
+                "and dropout see other batches)"
+            )
+        if self.ranks.rank >= len(every_rank):
+            return
+        own = every_rank[self.ranks.rank]
+        torch.set_rng_state(own["torch"])
+        if "cuda" in own and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"], self.device)
+
     def save(self, which: str) -> None:
+        """Write checkpoint ``which`` (every rank takes part; rank 0 writes)."""
         self.check_finite()
+        self.window = self.window.gathered(self.ranks)
+        state = self.state_dict()
         if self.folder is not None:
-            save_checkpoint(self.state_dict(), self.folder.checkpoint(which))
+            save_checkpoint(state, self.folder.checkpoint(which))
         if which == "last":
             self.last_checkpoint_time = time.monotonic()
 
@@ -209,7 +285,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train until ``config.optim.epochs`` and return the summary."""
-        self.model.train()
+        self.network.train()
         while self.epoch < self.config.optim.epochs:
             self.train_epoch()
         summary = self.summary()
@@ -222,7 +298,8 @@ class Trainer:
 
         After each step: evaluate if ``eval_every_iters`` says so, write ``last.pt`` if
         ``checkpoint_every_minutes`` have passed, and stop cleanly if a SIGTERM or SIGINT
-        arrived.
+        arrived. The last two (and a progress line) are the host's decisions: every rank
+        takes them at the same step (:meth:`~stochdepth.train.distributed.ProcessGroup.agree`).
         """
         config = self.config
         eval_every = config.run.eval_every_iters
@@ -237,17 +314,23 @@ class Trainer:
         for images, labels in self.loaders.train:
             self.train_step(images, labels)
             progress.update()
-            if self.window.images and progress.wants_values(self.window.steps, PROGRESS_EVERY):
+            show_now, stop_now, checkpoint_due = self.ranks.agree(
+                [
+                    self.window.images > 0 and progress.wants_values(self.window.steps, PROGRESS_EVERY),
+                    self.stop_signal is not None,
+                    self._checkpoint_due(),
+                ]
+            )
+            if show_now:
                 self.show_progress(progress, start)
             evaluate_now = eval_every is not None and self.iteration % eval_every == 0
-            checkpoint_now = self.stop_signal is not None or self._checkpoint_due()
-            if evaluate_now or checkpoint_now:
+            if evaluate_now or stop_now or checkpoint_due:
                 self._close_segment(start)
                 if evaluate_now:
                     self.evaluate()
-                if checkpoint_now:
+                if stop_now or checkpoint_due:
                     self.save("last")
-                self._stop_if_asked(progress)
+                self._stop_if_asked(progress, stop_now)
                 start = time.perf_counter()
         progress.close()
         self._close_segment(start)
@@ -256,7 +339,7 @@ class Trainer:
         if eval_every is None or (self.window.steps > 0 and self.epoch == config.optim.epochs):
             self.evaluate()
         self.save("last")
-        self._stop_if_asked(progress)
+        self._stop_if_asked(progress, self.ranks.agree([self.stop_signal is not None])[0])
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """One SGD step; a non-finite loss or gradient stops the run or skips the step.
@@ -267,14 +350,14 @@ class Trainer:
         if self.config.run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            logits = self.model(images)
+            logits = self.network(images)
             loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=False)
-        loss.backward()
+        self.ranks.loss_for_backward(loss, self.model).backward()
         self.iteration += 1
         finite = self._finite(loss)
         if self.config.run.on_nonfinite == "skip":
-            if not finite.item():
+            if self.ranks.agree([not finite.item()])[0]:
                 self.optimizer.zero_grad(set_to_none=False)
                 self.skipped_steps += 1
                 write_line(f"warning: non-finite loss or gradient at iteration {self.iteration}; step skipped")
@@ -282,7 +365,7 @@ class Trainer:
         else:
             self.first_nonfinite.masked_fill_(~finite & (self.first_nonfinite < 0), self.iteration)
         every = self.config.run.record_gradients_every
-        if every is not None and self.iteration % every == 0:
+        if every is not None and self.iteration % every == 0 and self.folder is not None:
             self.record_gradients()
         self.window.lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
@@ -290,13 +373,9 @@ class Trainer:
 
     def show_progress(self, progress: Progress, start: float) -> None:
         self.check_finite()
-        window = self.window
-        seconds = window.seconds + time.perf_counter() - start
-        progress.show(
-            loss=window.loss_sum.item() / window.images,
-            err=window.wrong.item() / window.images,
-            img_s=f"{window.images / seconds:.0f}",
-        )
+        loss_sum, wrong, images = self.window.totals(self.ranks)
+        seconds = self.window.seconds + time.perf_counter() - start
+        progress.show(loss=loss_sum / images, err=wrong / images, img_s=f"{images / seconds:.0f}")
 
     def record_gradients(self) -> None:
         """Append this step's gradient magnitudes to ``gradients.jsonl`` (see ``train.gradients``)."""
@@ -305,8 +384,7 @@ class Trainer:
             "epoch": round(self.iteration / len(self.loaders.train), 4),
             **self.gradient_recorder.measure(),
         }
-        if self.folder is not None:
-            self.folder.append(self.folder.gradients, record)
+        self.folder.append(self.folder.gradients, record)
 
     def _finite(self, loss: torch.Tensor) -> torch.Tensor:
         """Whether the loss and every gradient are finite, as a tensor on the device (no synchronisation)."""
@@ -324,7 +402,7 @@ class Trainer:
         Steps only note the first bad iteration on the device; this reads it, so it runs
         before anything is written (checkpoints, metrics) and never saves a bad state.
         """
-        bad_iteration = int(self.first_nonfinite.item())
+        bad_iteration = self.ranks.maximum(int(self.first_nonfinite.item()))
         if bad_iteration < 0:
             return
         kept = "no checkpoint was written before it"
@@ -340,14 +418,15 @@ class Trainer:
         minutes = self.config.run.checkpoint_every_minutes
         return minutes is not None and time.monotonic() - self.last_checkpoint_time >= 60 * minutes
 
-    def _stop_if_asked(self, progress: Progress) -> None:
-        if self.stop_signal is None:
+    def _stop_if_asked(self, progress: Progress, asked: bool) -> None:
+        """Stop the run if a signal asked for it (on this rank, or on another: ``asked``)."""
+        if not asked:
             return
         progress.close()
         where = "no run folder, so nothing was saved"
         if self.folder is not None:
             where = f"resume with: stochdepth train --resume {self.folder.path}"
-        raise stopped_by_signal(self.stop_signal, self.iteration, self.epoch, where)
+        raise stopped_by_signal(self.stop_signal or "SIGTERM", self.iteration, self.epoch, where)
 
     def _close_segment(self, start: float) -> None:
         """Add the training time since ``start`` to the window and the run's total."""
@@ -360,23 +439,23 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Validation and test error now; log one metrics record; keep the best by validation."""
         self.check_finite()
+        self.ranks.broadcast_buffers(self.model)
         window = self.window
-        channels_last = self.config.run.channels_last
-        val_error = error_rate(self.model, self.loaders.val, self.autocast, channels_last)
-        test_error = error_rate(self.model, self.loaders.test, self.autocast, channels_last)
-        images = max(window.images, 1)
+        val_error = self._error(self.loaders.val)
+        test_error = self._error(self.loaders.test)
+        loss_sum, wrong, images = window.totals(self.ranks)
         record = {
             "epoch": round(self.iteration / len(self.loaders.train), 4),
             "iteration": self.iteration,
-            "train_loss": window.loss_sum.item() / images,
-            "train_error": window.wrong.item() / images,
+            "train_loss": loss_sum / max(images, 1),
+            "train_error": wrong / max(images, 1),
             "val_error": val_error,
             "test_error": test_error,
             "lr": window.lr,
             "mean_active_blocks": self.gates.take_branches_run() / max(window.steps, 1),
             "expected_active_blocks": self.expected_active_blocks,
             "epoch_seconds": window.seconds,
-            "images_per_second": window.images / window.seconds if window.seconds > 0 else math.nan,
+            "images_per_second": images / window.seconds if window.seconds > 0 else math.nan,
             "skipped_steps": self.skipped_steps,
         }
         self.evaluations += 1
@@ -389,6 +468,12 @@ class Trainer:
             self.save("best")
         write_line(self.describe(record))
         return record
+
+    def _error(self, loader: Any) -> float:
+        """The error on ``loader``'s set: each rank counts its shard, the counts are summed."""
+        counts = error_counts(self.model, loader, self.autocast, self.config.run.channels_last)
+        wrong, total = self.ranks.sum(counts).tolist()
+        return wrong / total if total else math.nan
 
     def describe(self, record: dict[str, Any]) -> str:
         """One evaluation as a line: errors, learning rate, realised vs expected blocks, speed."""

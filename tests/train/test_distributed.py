@@ -1,0 +1,240 @@
+"""Data-parallel training on 2 gloo ranks (CPU): the same run as one process, and its failures.
+
+One spawn runs every case (``distributed_ranks.scenarios``); the tests below compare what
+each rank saw with each other and with single-process runs of the same configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from stochdepth.data import build_loaders
+from stochdepth.train import load_trained_model, resume, train
+from stochdepth.train.checkpoint import CheckpointError, load_checkpoint
+from stochdepth.train.run_folder import RunFolder
+from stochdepth.train.trainer import error_rate
+from tests.train.distributed_ranks import plain_config, recorded_training, run_ranks, scenarios
+
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("ranks")
+    return out, run_ranks(functools.partial(scenarios, data_dir=synthetic_data_dir), out)
+
+
+def _case(two_ranks: tuple[Path, list[dict]], name: str) -> list[dict]:
+    results = [rank_results[name] for rank_results in two_ranks[1]]
+    for rank, result in enumerate(results):
+        assert "error" not in result, f"rank {rank} failed in {name}: {result}"
+    return results
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+
+
+def _assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], **TOLERANCE, msg=name)
+
+
+def test_constant_depth_on_two_ranks_ends_with_the_weights_and_errors_of_one_process(
+    two_ranks, synthetic_data_dir, tmp_path
+):
+    _case(two_ranks, "constant")
+    single = plain_config(synthetic_data_dir, survival_rule="none")
+    train(single, out=tmp_path / "one")
+    _assert_same_weights(_weights(two_ranks[0] / "constant"), _weights(tmp_path / "one"))
+    ranks_records = RunFolder(two_ranks[0] / "constant").read_metrics()
+    one_records = RunFolder(tmp_path / "one").read_metrics()
+    assert len(ranks_records) == len(one_records) == 2
+    for ranks, one in zip(ranks_records, one_records):
+        assert (ranks["val_error"], ranks["test_error"]) == (one["val_error"], one["test_error"])
+        assert ranks["train_error"] == one["train_error"]
+        assert math.isclose(ranks["train_loss"], one["train_loss"], rel_tol=1e-5)
+
+
+def test_batch_mode_ranks_draw_the_same_gates_and_hold_the_same_weights_after_every_step(two_ranks, synthetic_data_dir):
+    first, second = (result["steps"] for result in _case(two_ranks, "batch"))
+    assert len(first) == len(second) == 16
+    assert [step["survives"] for step in first] == [step["survives"] for step in second]
+    assert any(not all(step["survives"]) for step in first), "no block was dropped: the case tests nothing"
+    for mine, theirs in zip(first, second):
+        for name, value in mine["params"].items():
+            assert torch.equal(value, theirs["params"][name]), name
+    one = recorded_training(plain_config(synthetic_data_dir, final_survival_prob=0.5, weight_decay=0.01), None)
+    assert [step["survives"] for step in one["steps"]] == [step["survives"] for step in first]
+    _assert_same_weights(first[-1]["params"], one["steps"][-1]["params"])
+
+
+def test_a_dropped_blocks_weights_still_move_under_weight_decay_on_every_rank(two_ranks):
+    steps = _case(two_ranks, "batch")[1]["steps"]
+    moved = 0
+    for before, after in itertools.pairwise(steps):
+        for block, survives in enumerate(after["survives"]):
+            if not survives:
+                name = f"2.{block}.branch.0.weight"
+                assert not torch.equal(before["params"][name], after["params"][name]), name
+                moved += 1
+    assert moved > 0
+
+
+def test_sample_mode_with_empty_shares_does_not_hang_and_matches_one_process(two_ranks, synthetic_data_dir):
+    first, second = (result["steps"] for result in _case(two_ranks, "sample"))
+
+    def rows_run(step: dict, block: int) -> int:
+        rows, survives = step["rows"][block], step["survives"][block]
+        return rows if rows is not None else (step["local_batch"] if survives else 0)
+
+    uneven = [
+        (index, block)
+        for index, (mine, theirs) in enumerate(zip(first, second))
+        for block in range(3)
+        if (rows_run(mine, block) == 0) != (rows_run(theirs, block) == 0)
+    ]
+    assert uneven, "no step had a block with rows on one rank and none on the other"
+    for mine, theirs in zip(first, second):
+        for name, value in mine["params"].items():
+            assert torch.equal(value, theirs["params"][name]), name
+    one = recorded_training(
+        plain_config(
+            synthetic_data_dir, drop_mode="sample", final_survival_prob=0.2, batch_size=4, train_size=32, epochs=1
+        ),
+        None,
+    )
+    for mine, theirs, one_step in zip(first, second, one["steps"], strict=True):
+        for block in range(3):
+            assert rows_run(mine, block) + rows_run(theirs, block) == rows_run(one_step, block)
+    _assert_same_weights(first[-1]["params"], one["steps"][-1]["params"])
+
+
+def test_evaluation_on_two_ranks_equals_one_process_evaluating_the_saved_weights(two_ranks):
+    summaries = _case(two_ranks, "batchnorm")
+    run = two_ranks[0] / "batchnorm"
+    record = RunFolder(run).read_metrics()[-1]
+    model, config, _ = load_trained_model(run, "last")
+    loaders = build_loaders(config.data, config.optim.batch_size, torch.device("cpu"), config.run.seed)
+    assert record["val_error"] == error_rate(model, loaders.val, contextlib.nullcontext, False)
+    assert record["test_error"] == error_rate(model, loaders.test, contextlib.nullcontext, False)
+    timeless = [{key: value for key, value in summary.items() if key != "train_seconds"} for summary in summaries]
+    assert timeless[0] == timeless[1], "every rank returns the same summary"
+
+
+def test_a_checkpoint_written_by_two_ranks_resumes_on_one_process_as_its_own_would(
+    two_ranks, synthetic_data_dir, tmp_path, capsys
+):
+    _case(two_ranks, "constant")
+    shutil.copytree(two_ranks[0] / "constant", tmp_path / "copy")
+    capsys.readouterr()
+    resume(tmp_path / "copy", epochs=3)
+    assert "checkpointed by 2 process(es) on 1" in capsys.readouterr().out
+    train(plain_config(synthetic_data_dir, survival_rule="none"), out=tmp_path / "one")
+    resume(tmp_path / "one", epochs=3)
+    _assert_same_weights(_weights(tmp_path / "copy"), _weights(tmp_path / "one"))
+
+
+def test_a_global_batch_that_does_not_divide_by_the_ranks_is_refused_on_every_rank(two_ranks):
+    for result in (rank_results["batch_not_dividing"] for rank_results in two_ranks[1]):
+        assert result["error"] == "ValueError"
+        assert "--batch-size 15 (the global batch) does not divide by the 2 processes" in result["message"]
+    assert not (two_ranks[0] / "odd").exists(), "a failed start leaves no folder"
+
+
+def test_a_rank_failing_at_start_stops_every_rank_with_its_rank_named(two_ranks):
+    rank0, rank1 = (rank_results["rank_fails_at_start"] for rank_results in two_ranks[1])
+    assert rank1 == {"error": "DataMissing", "message": "Fashion-MNIST not found on this node"}
+    assert rank0["error"] == "PeerFailed"
+    assert rank0["message"] == "rank 1 failed at start: DataMissing: Fashion-MNIST not found on this node"
+    assert not (two_ranks[0] / "failed-start").exists()
+
+
+# The command line under torchrun ---------------------------------------------------------
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _torchrun(*argv: str) -> subprocess.Popen:
+    """``torchrun --nproc_per_node 2 -m stochdepth ARGV`` in its own process group (a node: killed as a whole)."""
+    return subprocess.Popen(
+        [*TORCHRUN, "-m", "stochdepth", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def _resnet8_flags(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        *("--model", "resnet8", "--dataset", "fashion-mnist", "--data-dir", str(data_dir)),
+        *("--train-size", "256", "--eval-size", "40", "--batch-size", "32", "--epochs", "2", "--seed", "2"),
+        *("--device", "cpu", "--out", str(out), *extra),
+    ]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_torchrun_with_device_cuda_on_a_gloo_only_machine_names_each_rank(synthetic_data_dir, tmp_path):
+    flags = _resnet8_flags(synthetic_data_dir, tmp_path / "run")
+    process = _torchrun(*flags[: flags.index("--device")], "--device", "cuda", "--out", str(tmp_path / "run"))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank}: stochdepth: error: device cuda asked for, but this machine has no usable CUDA" in stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_two_rank_run_restarted_with_auto_resume_ends_like_an_uninterrupted_one(synthetic_data_dir, tmp_path):
+    every_step = ("--checkpoint-every-minutes", "0", "--auto-resume")
+    reference = _torchrun(*_resnet8_flags(synthetic_data_dir, tmp_path / "reference", *every_step))
+    stdout, stderr = reference.communicate(timeout=300)
+    assert reference.returncode == 0, stderr
+    assert stdout.count("test error at best validation") == 1, "rank 0 alone prints the result"
+
+    killed = tmp_path / "killed"
+    command = _resnet8_flags(synthetic_data_dir, killed, *every_step)
+    process = _torchrun(*command)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        with contextlib.suppress(CheckpointError):
+            state = load_checkpoint(killed / "checkpoints" / "last.pt")
+            if state["epoch"] == 1 and state["random_states"]["data_position"] >= 2:
+                break
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists(), "the run was killed before its end"
+
+    restarted = _torchrun(*command)
+    _, stderr = restarted.communicate(timeout=300)
+    assert restarted.returncode == 0, stderr
+    _assert_identical_runs(tmp_path / "reference", killed)
+
+
+def _assert_identical_runs(first: Path, second: Path) -> None:
+    weights = [_weights(run) for run in (first, second)]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    timing = {"epoch_seconds", "images_per_second"}
+    records = [
+        [{key: value for key, value in record.items() if key not in timing} for record in RunFolder(run).read_metrics()]
+        for run in (first, second)
+    ]
+    assert records[0] == records[1] and len(records[0]) == 2
