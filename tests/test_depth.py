@@ -347,3 +347,43 @@ def test_registered_adapters_are_found_by_module_type_in_forward_order(monkeypat
     assert stochdepth.survival_probs(network) == pytest.approx([0.8, 0.6, 0.4])
     with pytest.raises(ValueError, match="already registered"):
         stochdepth.register_residual_adapter(_UserBlock, depth.ResidualAdapter(lambda block: 1, make))
+
+
+def _rows_run(step, index: int) -> list[int]:
+    """The rows branch ``index`` ran on in a drawn step."""
+    rows = step.rows[index]
+    if rows is None:
+        return list(range(step.batch_size)) if step.survives[index] else []
+    return rows.tolist()
+
+
+def test_sample_mode_shards_draw_together_what_one_process_draws():
+    probs = [0.9, 0.6, 0.3, 0.1]
+    whole = GateGenerator(8, probs, "sample")
+    shards = [GateGenerator(8, probs, "sample") for _ in range(2)]
+    for index, gates in enumerate(shards):
+        gates.shard_rows(index, 2)
+    cpu = torch.device("cpu")
+    for _ in range(40):
+        step = whole.draw_step(6, cpu)
+        parts = [gates.draw_step(3, cpu) for gates in shards]
+        for branch in range(len(probs)):
+            together = _rows_run(parts[0], branch) + [row + 3 for row in _rows_run(parts[1], branch)]
+            assert together == _rows_run(step, branch)
+    assert shards[0].branches_run == shards[1].branches_run == pytest.approx(whole.branches_run)
+    with pytest.raises(ValueError, match="shard 2 of 2"):
+        whole.shard_rows(2, 2)
+
+
+def test_idle_parameters_are_those_of_the_blocks_dropped_in_the_last_step():
+    model = stochdepth.create_model("resnet20", final_survival_prob=0.2, gate_seed=1)
+    assert stochdepth.depth.idle_parameters(model) == []
+    blocks = list(stochastic_blocks(model))
+    seen_drop = False
+    for _ in range(5):
+        model(torch.randn(2, 3, 16, 16))
+        survives = model.gate_generator.step.survives
+        expected = {id(p) for block, runs in zip(blocks, survives) if not runs for p in block.parameters()}
+        assert {id(p) for p in stochdepth.depth.idle_parameters(model)} == expected
+        seen_drop = seen_drop or bool(expected)
+    assert seen_drop

@@ -317,6 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stochdepth.train.signals import PeerFailed, TrainingStopped
 
     try:
+        if _torchrun_rank() is not None and args.command != "train":
+            raise ValueError(
+                f"under torchrun only 'train' runs; start 'stochdepth {args.command}' as one process "
+                "(a sweep's runs can each be trained with torchrun ... -m stochdepth train)"
+            )
         COMMANDS[args.command](args)
     except PeerFailed:
         return 1

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stochdepth.config import DataConfig
-from stochdepth.data import DataError, build_loaders
+from stochdepth.data import DataError, Shard, build_loaders
 from stochdepth.data.imagenet import LIGHTING_EIGENVALUES, LIGHTING_EIGENVECTORS, Lighting
 from stochdepth.data.small_images import load_cifar10, load_fashion_mnist, load_svhn
 from tests.data.fixtures import write_cifar10, write_fashion_mnist, write_svhn_mat
@@ -147,6 +147,27 @@ def test_imagenet_folder_layout_holds_out_ten_per_class(tmp_path):
     assert torch.equal(val_set[0][0], val_set[0][0])  # resize and centre crop
     steps = [type(step).__name__ for step in train_set.dataset.transform.transforms]
     assert steps == ["RandomResizedCrop", "ColorJitter", "ToTensor", "Lighting", "Normalize", "RandomHorizontalFlip"]
+
+
+def test_imagenet_shards_take_their_rows_of_every_training_batch_and_their_part_of_each_set(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for part, count in (("train", 14), ("val", 3)):
+        for name in ("n01", "n02"):
+            folder = tmp_path / "imagenet" / part / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                Image.fromarray(rng.integers(0, 256, (18, 18, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    config = DataConfig(dataset="imagenet", data_dir=str(tmp_path), image_size=16, workers=0, augment=False)
+    whole = build_loaders(config, 4, CPU, seed=0)
+    shards = [build_loaders(config, 4, CPU, seed=0, shard=Shard(index, 2)) for index in range(2)]
+    for batch, first, second in zip(whole.train, shards[0].train, shards[1].train, strict=True):
+        assert torch.equal(torch.cat([first[1], second[1]]), batch[1])
+        assert torch.equal(torch.cat([first[0], second[0]]), batch[0])
+    for part in ("val", "test"):
+        together = [labels for shard in shards for _, labels in getattr(shard, part)]
+        assert torch.equal(torch.cat(together), torch.cat([labels for _, labels in getattr(whole, part)]))
 
 
 def test_lighting_noise_shifts_every_pixel_by_one_colour_along_the_pca_axes():

@@ -1,7 +1,9 @@
 """Batch augmentation on the device: shapes, the translation bound, flips; loader order and state."""
 
+import pytest
 import torch
 
+from stochdepth.data import Shard
 from stochdepth.data.device_loader import DeviceLoader, channel_stats, draw_augmentation
 
 
@@ -100,3 +102,27 @@ def test_a_loader_restored_mid_epoch_continues_without_repeating_or_skipping():
     assert sorted(handed_out) == list(range(10))
     next_epoch = [labels.tolist() for _, labels in loader]
     assert next_epoch == [labels.tolist() for _, labels in restored]
+
+
+def test_shards_split_any_count_into_disjoint_contiguous_parts():
+    for total in (0, 1, 7, 16):
+        parts = [list(range(total))[Shard(index, 3).rows(total)] for index in range(3)]
+        assert [row for part in parts for row in part] == list(range(total))
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    with pytest.raises(ValueError, match="shard 2 of 2 does not exist"):
+        Shard(2, 2)
+
+
+def test_two_shards_together_are_the_single_process_batches_augmentation_included():
+    def batches(shard: Shard) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loader = _loader(seed=4)
+        loader.shard = shard
+        return [(images.clone(), labels.clone()) for _ in range(3) for images, labels in loader]
+
+    whole, first, second = batches(Shard()), batches(Shard(0, 2)), batches(Shard(1, 2))
+    assert len(whole) == len(first) == len(second) == 6
+    for (images, labels), (images0, labels0), (images1, labels1) in zip(whole, first, second):
+        assert len(labels0) == len(labels1) == 2
+        assert torch.equal(torch.cat([labels0, labels1]), labels)
+        assert torch.equal(torch.cat([images0, images1]), images)
+    assert any(not torch.equal(images, _loader(seed=4).images[labels].float()) for images, labels in whole)

@@ -162,6 +162,9 @@ def scenarios(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:
             lambda: train(plain_config(data_dir, model="resnet8", train_size=64, epochs=1), out=out / "batchnorm")
         ),
         "batch_not_dividing": _outcome(lambda: train(plain_config(data_dir, batch_size=15), out=out / "odd")),
+        "signal_on_one_rank": _outcome(
+            lambda: _signal_on_rank_one_at_step_five(rank, lambda: train(plain_config(data_dir), out=out / "signal"))
+        ),
         "rank_fails_at_start": _outcome(
             lambda: _without_data_on_rank_one(rank, lambda: train(plain_config(data_dir), out=out / "failed-start"))
         ),
@@ -183,3 +186,27 @@ def _without_data_on_rank_one(rank: int, run: Callable[[], Any]) -> Any:
         return run()
     finally:
         trainer.build_loaders = original
+
+
+def sync_batchnorm_run(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:
+    """A resnet8 run with SyncBatchNorm on CUDA (one GPU per rank), its weights and statistics after every step."""
+    config = plain_config(data_dir, model="resnet8", device="cuda", sync_batchnorm=True, epochs=1, train_size=64)
+    return recorded_training(config, None)
+
+
+def _signal_on_rank_one_at_step_five(rank: int, run: Callable[[], Any]) -> Any:
+    """``run()`` with a SIGTERM noted by rank 1 alone after its fifth step (as if only its process got one)."""
+    from stochdepth.train.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:
+        original(self, images, labels)
+        if rank == 1 and self.iteration == 5:
+            self.stop_signal = "SIGTERM"
+
+    Trainer.train_step = train_step
+    try:
+        return run()
+    finally:
+        Trainer.train_step = original

@@ -26,7 +26,7 @@ from stochdepth.train import load_trained_model, resume, train
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint
 from stochdepth.train.run_folder import RunFolder
 from stochdepth.train.trainer import error_rate
-from tests.train.distributed_ranks import plain_config, recorded_training, run_ranks, scenarios
+from tests.train.distributed_ranks import plain_config, recorded_training, run_ranks, scenarios, sync_batchnorm_run
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
@@ -156,6 +156,14 @@ def test_a_global_batch_that_does_not_divide_by_the_ranks_is_refused_on_every_ra
     assert not (two_ranks[0] / "odd").exists(), "a failed start leaves no folder"
 
 
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(two_ranks):
+    for result in (rank_results["signal_on_one_rank"] for rank_results in two_ranks[1]):
+        assert result["error"] == "TrainingStopped"
+        assert result["message"].startswith("stopped by SIGTERM after iteration 5 (epoch 1)")
+    state = load_checkpoint(two_ranks[0] / "signal" / "checkpoints" / "last.pt")
+    assert (state["iteration"], state["random_states"]["data_position"]) == (5, 5)
+
+
 def test_a_rank_failing_at_start_stops_every_rank_with_its_rank_named(two_ranks):
     rank0, rank1 = (rank_results["rank_fails_at_start"] for rank_results in two_ranks[1])
     assert rank1 == {"error": "DataMissing", "message": "Fashion-MNIST not found on this node"}
@@ -238,3 +246,35 @@ def _assert_identical_runs(first: Path, second: Path) -> None:
         for run in (first, second)
     ]
     assert records[0] == records[1] and len(records[0]) == 2
+
+
+def test_sync_batchnorm_is_refused_on_the_cpu_and_in_sample_mode(tiny_config):
+    with pytest.raises(ValueError, match="--sync-batchnorm needs CUDA"):
+        train(tiny_config.override(sync_batchnorm=True))
+    with pytest.raises(ValueError, match="--sync-batchnorm works with --drop-mode batch only"):
+        train(tiny_config.override(sync_batchnorm=True, drop_mode="sample"))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (NCCL, one GPU per rank)")
+def test_sync_batchnorm_gives_every_rank_the_statistics_of_the_global_batch(synthetic_data_dir, tmp_path):
+    first, second = (
+        result["steps"]
+        for result in run_ranks(functools.partial(sync_batchnorm_run, data_dir=synthetic_data_dir), tmp_path)
+    )
+    assert len(first) == len(second) == 4
+    for mine, theirs in zip(first, second):
+        for name, value in mine["params"].items():
+            torch.testing.assert_close(value, theirs["params"][name], msg=name)
+
+
+def test_commands_other_than_train_are_refused_under_torchrun_naming_the_rank(monkeypatch, capsys, tmp_path):
+    from stochdepth.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    assert capsys.readouterr().err == (
+        "rank 1: stochdepth: error: under torchrun only 'train' runs; start 'stochdepth report' as one process "
+        "(a sweep's runs can each be trained with torchrun ... -m stochdepth train)\n"
+    )
+    assert not (tmp_path / "report").exists()

@@ -139,8 +139,6 @@ class ProcessGroup(SingleProcess):
         torch.manual_seed((seed * 65_537 + self.rank) % 2**63)
 
     def sync_batchnorm(self, model: nn.Module) -> nn.Module:
-        if self.device.type != "cuda":
-            raise ValueError("--sync-batchnorm needs CUDA (PyTorch's SyncBatchNorm does not run on the CPU)")
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     def wrap(self, model: nn.Module) -> nn.Module:

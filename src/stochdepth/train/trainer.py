@@ -107,12 +107,11 @@ class Window:
     def gathered(self, ranks: SingleProcess) -> Window:
         """The sums of every rank on rank 0, none on the others: how a checkpoint keeps a window."""
         loss_sum, wrong, images = self.totals(ranks)
-        if not ranks.is_main:
-            return self.without_sums()
         window = self.without_sums()
-        window.loss_sum.fill_(loss_sum)
-        window.wrong.fill_(wrong)
-        window.images = images
+        if ranks.is_main:
+            window.loss_sum.fill_(loss_sum)
+            window.wrong.fill_(wrong)
+            window.images = images
         return window
 
     def add(self, mean_loss: torch.Tensor, wrong: torch.Tensor, images: int) -> None:
