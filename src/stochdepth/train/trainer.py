@@ -425,6 +425,8 @@ class Trainer:
         where = "no run folder, so nothing was saved"
         if self.folder is not None:
             where = f"resume with: stochdepth train --resume {self.folder.path}"
+            if self.ranks.world_size > 1:
+                where = f"resume with the same torchrun command and --auto-resume, or with --resume {self.folder.path}"
         raise stopped_by_signal(self.stop_signal or "SIGTERM", self.iteration, self.epoch, where)
 
     def _close_segment(self, start: float) -> None:
