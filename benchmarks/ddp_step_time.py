@@ -10,7 +10,9 @@ gradient of every parameter. Two ways out, measured here against a constant-dept
                      autograd graph after every forward pass for parameters it does not reach
 
 Both stochastic variants draw the same gates (same seed), so they compute the same blocks.
-Each rank runs one thread. The variants take turns in rounds, in an order rotated every round
+Started plainly, it spawns 2 gloo ranks on the CPU, one thread each; started by torchrun, it
+runs on the ranks torchrun made (``torchrun --nproc_per_node 2 benchmarks/ddp_step_time.py
+--device cuda`` on a node with 2 GPUs: NCCL). The variants take turns in rounds, in an order rotated every round
 (a variant measured right after another can run slower, whichever it is: each takes every
 place equally often); a variant's time is the median of its rounds' mean step times. Rank 0
 prints the table.
@@ -44,11 +46,16 @@ def build(variant: str, args: argparse.Namespace, ranks) -> tuple[nn.Module, nn.
     rule = "none" if variant == "constant" else "linear"
     model = stochdepth.create_model(
         args.model, survival_rule=rule, final_survival_prob=args.final_survival_prob, gate_seed=0
-    )
+    ).to(ranks.device)
     if variant == "find-unused":
         for param in model.parameters():
             param.grad = torch.zeros_like(param)
-        network = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True, gradient_as_bucket_view=True)
+        network = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None,
+            find_unused_parameters=True,
+            gradient_as_bucket_view=True,
+        )
     else:
         network = ranks.wrap(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
@@ -65,18 +72,25 @@ def mean_step_seconds(variant: str, model: nn.Module, network: nn.Module, optimi
         optimizer.zero_grad(set_to_none=False)
         (loss if variant == "find-unused" else ranks.loss_for_backward(loss, model)).backward()
         optimizer.step()
+    if ranks.device.type == "cuda":
+        torch.cuda.synchronize(ranks.device)
     dist.barrier()
     return (time.perf_counter() - start) / steps
 
 
-def rank_main(rank: int, args: argparse.Namespace, port: int) -> None:
+def spawned_rank(rank: int, args: argparse.Namespace, port: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
-    ranks = join("cpu")
-    torch.manual_seed(rank)
+    measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Time every variant on this rank; rank 0 prints the table."""
+    ranks = join(args.device)
+    torch.manual_seed(ranks.rank)
     local = ranks.local_batch(args.batch_size)
-    batch = (torch.randn(local, 3, 32, 32), torch.randint(0, 10, (local,)))
+    batch = (torch.randn(local, 3, 32, 32, device=ranks.device), torch.randint(0, 10, (local,), device=ranks.device))
     built = {variant: build(variant, args, ranks) for variant in VARIANTS}
     for variant, (model, network, optimizer) in built.items():
         mean_step_seconds(variant, model, network, optimizer, batch, 2, ranks)
@@ -86,13 +100,15 @@ def rank_main(rank: int, args: argparse.Namespace, port: int) -> None:
         for variant in VARIANTS[shift:] + VARIANTS[:shift]:
             model, network, optimizer = built[variant]
             times[variant].append(mean_step_seconds(variant, model, network, optimizer, batch, args.steps, ranks))
-    if rank == 0:
+    if ranks.is_main:
         probs = survival_probs(built["idle-in-loss"][0])
         share = sum(probs) / len(probs)
         constant = statistics.median(times["constant"])
+        where = torch.cuda.get_device_name(ranks.device) if ranks.device.type == "cuda" else "CPU"
         print(
-            f"model={args.model} global batch={args.batch_size} (2 gloo ranks, 1 thread each, CPU) "
-            f"p_L={args.final_survival_prob} steps={args.steps} rounds={args.rounds} torch={torch.__version__}"
+            f"model={args.model} global batch={args.batch_size} ({ranks.world_size} {dist.get_backend()} ranks, "
+            f"{torch.get_num_threads()} thread(s) each, {where}) p_L={args.final_survival_prob} steps={args.steps} "
+            f"rounds={args.rounds} torch={torch.__version__}"
         )
         print(f"expected share of residual branches run: {share:.3f}")
         print("| variant | ms/step (median of rounds) | fastest and slowest round | ratio to constant-depth DDP |")
@@ -107,15 +123,19 @@ def rank_main(rank: int, args: argparse.Namespace, port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet110")
-    parser.add_argument("--batch-size", type=int, default=64, help="global batch (2 ranks share it)")
+    parser.add_argument("--batch-size", type=int, default=64, help="global batch (the ranks share it)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda under torchrun (one GPU per rank)")
     parser.add_argument("--final-survival-prob", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
     parser.add_argument("--rounds", type=int, default=6, help="a multiple of 3 gives each variant each place")
     args = parser.parse_args()
+    if "RANK" in os.environ:
+        measure(args)
+        return
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.spawn(rank_main, args=(args, port), nprocs=2)
+    mp.spawn(spawned_rank, args=(args, port), nprocs=2)
 
 
 if __name__ == "__main__":
