@@ -96,6 +96,7 @@ class SingleProcess:
         return model
 
     def loss_for_backward(self, loss: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        """What backward runs from: ``loss``, plus (several ranks) what DDP needs to see every gradient."""
         return loss
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -107,6 +108,7 @@ class SingleProcess:
         return list(flags)
 
     def maximum(self, value: int) -> int:
+        """The largest ``value`` of any rank."""
         return value
 
     def gather(self, value: Any) -> list[Any]:
