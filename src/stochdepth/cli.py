@@ -311,6 +311,19 @@ def _rank_prefix() -> str:
     return "" if rank is None else f"rank {rank}: "
 
 
+def _report_to_torchrun(error: BaseException) -> None:
+    """Under torchrun, leave an unexpected ``error`` (a bug) where torchrun's failure summary shows its traceback.
+
+    Errors a user can cause are one line on stderr, with the rank; torchrun's summary then
+    names the rank and exit status only.
+    """
+    if _torchrun_rank() is None or not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        return
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    ErrorHandler().record_exception(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; under torchrun each rank's error names its rank, and a rank stopped by another's is silent."""
     args = build_parser().parse_args(argv)
@@ -338,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()
         return 0
+    except Exception as error:
+        _report_to_torchrun(error)
+        raise
     return 0
 
 

@@ -278,3 +278,18 @@ def test_commands_other_than_train_are_refused_under_torchrun_naming_the_rank(mo
         "(a sweep's runs can each be trained with torchrun ... -m stochdepth train)\n"
     )
     assert not (tmp_path / "report").exists()
+
+
+def test_an_unexpected_error_under_torchrun_reaches_torchrun_s_failure_summary(monkeypatch, tmp_path):
+    from stochdepth import cli
+
+    def broken(args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
+    monkeypatch.setitem(cli.COMMANDS, "train", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["train"])
+    assert "RuntimeError: a bug" in (tmp_path / "error.json").read_text()
