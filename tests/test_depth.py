@@ -367,6 +367,7 @@ def test_sample_mode_shards_draw_together_what_one_process_draws():
     for _ in range(40):
         step = whole.draw_step(6, cpu)
         parts = [gates.draw_step(3, cpu) for gates in shards]
+        assert parts[0].runs_anywhere == parts[1].runs_anywhere == step.survives
         for branch in range(len(probs)):
             together = _rows_run(parts[0], branch) + [row + 3 for row in _rows_run(parts[1], branch)]
             assert together == _rows_run(step, branch)

@@ -128,12 +128,18 @@ def survivor_counts(
 
 @dataclass
 class StepGates:
-    """The gates of one training step: per branch, whether (batch) or on which rows (sample) it runs."""
+    """The gates of one training step: per branch, whether (batch) or on which rows (sample) it runs.
+
+    ``survives`` and ``rows`` are this process's; ``runs_anywhere`` says whether the branch
+    runs on any row of the global batch (sample mode in data-parallel training: on another
+    process's rows, perhaps), so whether it gets a gradient after DDP averages them.
+    """
 
     survives: list[bool]
     rows: list[torch.Tensor | None]
     batch_size: int
     used: list[bool]
+    runs_anywhere: list[bool]
 
 
 class GateGenerator:
@@ -184,6 +190,7 @@ class GateGenerator:
         count = len(probs)
         if self.drop_mode == "batch":
             survives = (torch.rand(count, generator=self.generator, dtype=torch.float64) < probs).tolist()
+            runs_anywhere = survives
             rows: list[torch.Tensor | None] = [None] * count
             self.branches_run += float(sum(survives))
         else:
@@ -194,6 +201,7 @@ class GateGenerator:
             keep = torch.zeros(count, full, dtype=torch.bool)
             keep.scatter_(1, order, torch.arange(full).expand(count, -1) < counts[:, None])
             self.branches_run += counts.sum().item() / full
+            runs_anywhere = (counts > 0).tolist()
             keep = keep[:, self.shard * batch_size : (self.shard + 1) * batch_size]
             counts = keep.sum(dim=1)
             flat = keep.nonzero()[:, 1]
@@ -204,7 +212,7 @@ class GateGenerator:
             ends = counts.cumsum(0).tolist()
             survives = [size > 0 for size in sizes]
             rows = [None if size in (0, batch_size) else flat[end - size : end] for size, end in zip(sizes, ends)]
-        self.step = StepGates(survives, rows, batch_size, [False] * count)
+        self.step = StepGates(survives, rows, batch_size, [False] * count, runs_anywhere)
         return self.step
 
     def gate(self, index: int, batch_size: int, device: torch.device) -> tuple[bool, torch.Tensor | None]:

@@ -4,7 +4,8 @@ Every N iterations the trainer records the mean absolute gradient of the stem
 convolution's weights (the paper plots the first convolutional layer) and of each residual
 block's first convolution, before the optimizer step. A block whose branch did not run in
 that step (its gradient is an allocated zero, not a measurement) is recorded as ``null``
-and left out of any average. Between recording steps this costs nothing; a recording step
+and left out of any average; in data-parallel sample mode a branch that ran on any
+process's rows ran. Between recording steps this costs nothing; a recording step
 reads all values in one host synchronisation.
 """
 
@@ -50,6 +51,6 @@ class GradientRecorder:
             ]
         ).tolist()
         step = self.gates.step
-        ran = [step is None or step.survives[index] for index in self.block_indices]
+        ran = [step is None or step.runs_anywhere[index] for index in self.block_indices]
         blocks = [value if block_ran else None for value, block_ran in zip(values[1:], ran)]
         return {"stem": None if math.isnan(values[0]) else values[0], "blocks": blocks}
