@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import stochdepth
-from stochdepth.depth import decay_dropped_blocks, survival_probs
+from stochdepth.depth import IdleParameters, decay_dropped_blocks, survival_probs
 from stochdepth.train.distributed import join
 
 VARIANTS = ("constant", "idle-in-loss", "find-unused")
@@ -65,12 +65,13 @@ def build(variant: str, args: argparse.Namespace, ranks) -> tuple[nn.Module, nn.
 
 def mean_step_seconds(variant: str, model: nn.Module, network: nn.Module, optimizer, batch, steps: int, ranks) -> float:
     images, labels = batch
+    idle = IdleParameters(model)
     dist.barrier()
     start = time.perf_counter()
     for _ in range(steps):
         loss = F.cross_entropy(network(images), labels)
         optimizer.zero_grad(set_to_none=False)
-        (loss if variant == "find-unused" else ranks.loss_for_backward(loss, model)).backward()
+        (loss if variant == "find-unused" else ranks.loss_for_backward(loss, idle)).backward()
         optimizer.step()
     if ranks.device.type == "cuda":
         torch.cuda.synchronize(ranks.device)

@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import stochdepth
 from stochdepth.depth import (
     GateGenerator,
+    IdleParameters,
     ResidualBlock,
     StochasticResidual,
     decay_dropped_blocks,
@@ -378,13 +379,14 @@ def test_sample_mode_shards_draw_together_what_one_process_draws():
 
 def test_idle_parameters_are_those_of_the_blocks_dropped_in_the_last_step():
     model = stochdepth.create_model("resnet20", final_survival_prob=0.2, gate_seed=1)
-    assert stochdepth.depth.idle_parameters(model) == []
+    idle = IdleParameters(model)
+    assert idle() == []
     blocks = list(stochastic_blocks(model))
     seen_drop = False
     for _ in range(5):
         model(torch.randn(2, 3, 16, 16))
         survives = model.gate_generator.step.survives
         expected = {id(p) for block, runs in zip(blocks, survives) if not runs for p in block.parameters()}
-        assert {id(p) for p in stochdepth.depth.idle_parameters(model)} == expected
+        assert {id(p) for p in idle()} == expected
         seen_drop = seen_drop or bool(expected)
     assert seen_drop

@@ -549,25 +549,38 @@ def gate_generator(model: nn.Module) -> GateGenerator:
     return gates
 
 
-def idle_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Trainable parameters of the stochastic modules with a branch that did not run in the last training step.
+class IdleParameters:
+    """Called after a training forward pass: the trainable parameters of the modules with a branch that did not run.
 
     They get no gradient from that step's backward pass. Data-parallel training needs them
     (``stochdepth.train.distributed``): PyTorch's DDP waits for a gradient of every
     parameter unless told otherwise, and the gates name the idle ones before backward, so
     no search of the autograd graph (``find_unused_parameters=True``) is needed. A branch
-    that ran on no rows of this process's batch (sample mode) counts as idle.
+    that ran on no rows of this process's batch (sample mode) counts as idle. The modules
+    and their parameters are listed once, here, so a step only reads its gates.
     """
-    gates = getattr(model, "gate_generator", None)
-    step = gates.step if isinstance(gates, GateGenerator) else None
-    if step is None:
-        return []
-    idle: list[nn.Parameter] = []
-    for block in stochastic_blocks(model):
-        branches = range(block.first_index, block.first_index + len(block.survival_probs))
-        if not all(step.survives[index] for index in branches):
-            idle.extend(param for param in block.parameters() if param.requires_grad)
-    return idle
+
+    def __init__(self, model: nn.Module) -> None:
+        gates = getattr(model, "gate_generator", None)
+        self.gates = gates if isinstance(gates, GateGenerator) else None
+        self.blocks = [
+            (
+                range(block.first_index, block.first_index + len(block.survival_probs)),
+                [param for param in block.parameters() if param.requires_grad],
+            )
+            for block in stochastic_blocks(model)
+        ]
+
+    def __call__(self) -> list[nn.Parameter]:
+        step = self.gates.step if self.gates is not None else None
+        if step is None:
+            return []
+        return [
+            param
+            for branches, params in self.blocks
+            if not all(step.survives[index] for index in branches)
+            for param in params
+        ]
 
 
 def decay_dropped_blocks(optimizer: torch.optim.Optimizer) -> RemovableHandle:

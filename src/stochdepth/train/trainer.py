@@ -30,7 +30,13 @@ from torch import nn
 
 from stochdepth.config import TrainConfig
 from stochdepth.data import Loaders, build_loaders
-from stochdepth.depth import decay_dropped_blocks, gate_generator, stochastic_blocks, survival_probs
+from stochdepth.depth import (
+    IdleParameters,
+    decay_dropped_blocks,
+    gate_generator,
+    stochastic_blocks,
+    survival_probs,
+)
 from stochdepth.train.checkpoint import CheckpointError, save_checkpoint
 from stochdepth.train.distributed import SingleProcess
 from stochdepth.train.gradients import GradientRecorder
@@ -44,20 +50,24 @@ PROGRESS_EVERY = 20
 
 
 def error_counts(model: nn.Module, loader: Any, autocast: Any, channels_last: bool) -> torch.Tensor:
-    """(misclassified, images) in ``loader``, in evaluation mode (every block, scaled by p_l), on the device."""
+    """(misclassified, images) in ``loader``, in evaluation mode (every block, scaled by p_l), on the device.
+
+    The count of misclassified images stays on the device until the end (no synchronisation per batch).
+    """
     was_training = model.training
     model.eval()
-    counts = torch.zeros(2, dtype=torch.long)
+    wrong = torch.zeros((), dtype=torch.long)
+    total = 0
     with torch.no_grad():
         for images, labels in loader:
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast():
                 logits = model(images)
-            wrong = (logits.argmax(dim=1) != labels).sum()
-            counts = counts.to(labels.device) + torch.stack([wrong, wrong.new_tensor(len(labels))])
+            wrong = wrong.to(labels.device) + (logits.argmax(dim=1) != labels).sum()
+            total += len(labels)
     model.train(was_training)
-    return counts
+    return torch.stack([wrong, wrong.new_tensor(total)])
 
 
 def error_rate(model: nn.Module, loader: Any, autocast: Any, channels_last: bool) -> float:
@@ -159,6 +169,7 @@ class Trainer:
         self.gates = gate_generator(self.model)
         self.gates.shard_rows(ranks.rank, ranks.world_size)
         self.network = ranks.wrap(self.model)
+        self.idle_parameters = IdleParameters(self.model)
         self.gradient_recorder = GradientRecorder(self.model, self.gates)
         self.expected_active_blocks = sum(survival_probs(self.model))
         optim = config.optim
@@ -352,7 +363,7 @@ class Trainer:
             logits = self.network(images)
             loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=False)
-        self.ranks.loss_for_backward(loss, self.model).backward()
+        self.ranks.loss_for_backward(loss, self.idle_parameters).backward()
         self.iteration += 1
         finite = self._finite(loss)
         if self.config.run.on_nonfinite == "skip":
