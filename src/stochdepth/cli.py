@@ -301,9 +301,14 @@ COMMANDS = {
 
 
 def _torchrun_rank() -> int | None:
-    """This process's rank when torchrun started it with others, else ``None``."""
-    world_size, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
-    return int(rank) if world_size.isdigit() and int(world_size) > 1 and rank.isdigit() else None
+    """This process's rank when torchrun started it with others, else ``None`` (also for a malformed environment)."""
+    from stochdepth.train.launch import torchrun_place
+
+    try:
+        place = torchrun_place()
+    except ValueError:
+        return None
+    return place.rank if place.world_size > 1 else None
 
 
 def _rank_prefix() -> str:

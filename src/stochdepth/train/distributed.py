@@ -16,7 +16,7 @@ How a run is split, and why it is still the single-process run:
   the global batch and each rank keeps its rows.
 - Gradients: DDP averages them. A dropped block's parameters get no gradient, and DDP's
   reducer, by default, waits for every parameter; the gates say which blocks did not run
-  before backward (:func:`~stochdepth.depth.idle_parameters`), so their parameters join the
+  before backward (:class:`~stochdepth.depth.IdleParameters`), so their parameters join the
   loss with weight zero (:meth:`ProcessGroup.loss_for_backward`) instead of DDP searching
   the autograd graph each step (``find_unused_parameters=True``; docs/benchmarks.md has the
   measurement). Their gradient is then zero, as on one process, so weight decay and
@@ -31,7 +31,6 @@ How a run is split, and why it is still the single-process run:
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -40,17 +39,13 @@ import torch.distributed as dist
 from torch import nn
 
 from stochdepth.data import Shard
-from stochdepth.depth import idle_parameters
+from stochdepth.depth import IdleParameters
+from stochdepth.train.launch import torchrun_place
 from stochdepth.train.progress import silence
 from stochdepth.train.setup import resolve_device
 from stochdepth.train.signals import PeerFailed
 
 Result = TypeVar("Result")
-
-
-def environment_rank() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) outside torchrun."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _describe(error: BaseException) -> str:
@@ -95,7 +90,7 @@ class SingleProcess:
         """The module that training steps call (DDP around ``model`` on several ranks)."""
         return model
 
-    def loss_for_backward(self, loss: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    def loss_for_backward(self, loss: torch.Tensor, idle: IdleParameters) -> torch.Tensor:
         """What backward runs from: ``loss``, plus (several ranks) what DDP needs to see every gradient."""
         return loss
 
@@ -156,12 +151,12 @@ class ProcessGroup(SingleProcess):
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
 
-    def loss_for_backward(self, loss: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    def loss_for_backward(self, loss: torch.Tensor, idle: IdleParameters) -> torch.Tensor:
         """``loss`` plus zero times the idle parameters' sum, so DDP's reducer sees every gradient (module doc)."""
-        idle = idle_parameters(model)
-        if not idle:
+        params = idle()
+        if not params:
             return loss
-        return loss + 0.0 * torch.stack([param.sum() for param in idle]).sum().to(loss.dtype)
+        return loss + 0.0 * torch.stack([param.sum() for param in params]).sum().to(loss.dtype)
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         total = values.clone()
@@ -243,14 +238,13 @@ def join(device_name: str | None) -> SingleProcess:
     for CUDA, gloo for the CPU); a process that is not rank 0 prints nothing from then on but
     its errors.
     """
-    rank, world_size = environment_rank()
+    place = torchrun_place()
     initialised = dist.is_available() and dist.is_initialized()
-    if not initialised and world_size == 1:
+    if not initialised and place.world_size == 1:
         return SingleProcess(resolve_device(device_name))
     if not dist.is_available():
         raise ValueError("this PyTorch build has no torch.distributed; run one process, without torchrun")
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    device = rank_device(device_name, local_rank)
+    device = rank_device(device_name, place.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not initialised:
