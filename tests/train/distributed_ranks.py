@@ -8,6 +8,7 @@ output for a sample does not depend on the rest of the batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -15,6 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 import torch.multiprocessing as mp
@@ -106,31 +108,38 @@ def plain_config(data_dir: Path, **options: object) -> TrainConfig:
     return TrainConfig().override(**{**base, **options})
 
 
-def recorded_training(config: TrainConfig, out: Path | None) -> dict[str, Any]:
-    """Train, keeping after every step the gates this process used and its weights."""
-    from stochdepth.train import train
+def _after_each_step(record: Callable[[Any, torch.Tensor], None]) -> Any:
+    """A patch of ``Trainer.train_step`` that calls ``record(trainer, labels)`` after each step."""
     from stochdepth.train.trainer import Trainer
 
-    steps: list[dict[str, Any]] = []
     original = Trainer.train_step
 
     def train_step(self: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:
         original(self, images, labels)
-        gates = self.gates.step
+        record(self, labels)
+
+    return mock.patch.object(Trainer, "train_step", train_step)
+
+
+def recorded_training(config: TrainConfig, out: Path | None) -> dict[str, Any]:
+    """Train, keeping after every step the gates this process used and its weights."""
+    from stochdepth.train import train
+
+    steps: list[dict[str, Any]] = []
+
+    def record(trainer: Any, labels: torch.Tensor) -> None:
+        gates = trainer.gates.step
         steps.append(
             {
                 "survives": None if gates is None else list(gates.survives),
                 "rows": None if gates is None else [None if rows is None else len(rows) for rows in gates.rows],
                 "local_batch": len(labels),
-                "params": {name: value.detach().clone() for name, value in self.model.state_dict().items()},
+                "params": {name: value.detach().clone() for name, value in trainer.model.state_dict().items()},
             }
         )
 
-    Trainer.train_step = train_step
-    try:
+    with _after_each_step(record):
         summary = train(config, out=out)
-    finally:
-        Trainer.train_step = original
     return {"summary": summary, "steps": steps}
 
 
@@ -141,9 +150,29 @@ def _outcome(run: Callable[[], Any]) -> Any:
         return {"error": type(error).__name__, "message": str(error)}
 
 
+def _no_data(*args: object, **kwargs: object) -> None:
+    """What building the loaders does on a node where the data set is missing."""
+    from stochdepth.data import DataMissing
+
+    raise DataMissing("Fashion-MNIST not found on this node")
+
+
+def _signal_at_step_five(trainer: Any, labels: torch.Tensor) -> None:
+    """A SIGTERM noted by this process alone after its fifth step (as if only it got one)."""
+    if trainer.iteration == 5:
+        trainer.stop_signal = "SIGTERM"
+
+
 def scenarios(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:
-    """Every multi-rank case the tests check, one after another in one process group (one spawn)."""
-    from stochdepth.train import train
+    """Every multi-rank case the tests check, one after another in one process group (one spawn).
+
+    Rank 1 alone gets a signal in one case and misses the data in another.
+    """
+    from stochdepth.train import train, trainer
+
+    def on_rank_one(patch: Any, run: Callable[[], Any]) -> Any:
+        with patch if rank == 1 else contextlib.nullcontext():
+            return run()
 
     return {
         "constant": _outcome(lambda: recorded_training(plain_config(data_dir, survival_rule="none"), out / "constant")),
@@ -163,50 +192,20 @@ def scenarios(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:
         ),
         "batch_not_dividing": _outcome(lambda: train(plain_config(data_dir, batch_size=15), out=out / "odd")),
         "signal_on_one_rank": _outcome(
-            lambda: _signal_on_rank_one_at_step_five(rank, lambda: train(plain_config(data_dir), out=out / "signal"))
+            lambda: on_rank_one(
+                _after_each_step(_signal_at_step_five), lambda: train(plain_config(data_dir), out=out / "signal")
+            )
         ),
         "rank_fails_at_start": _outcome(
-            lambda: _without_data_on_rank_one(rank, lambda: train(plain_config(data_dir), out=out / "failed-start"))
+            lambda: on_rank_one(
+                mock.patch.object(trainer, "build_loaders", _no_data),
+                lambda: train(plain_config(data_dir), out=out / "failed-start"),
+            )
         ),
     }
-
-
-def _without_data_on_rank_one(rank: int, run: Callable[[], Any]) -> Any:
-    """``run()`` with rank 1 on a node where the data set is missing (every rank reads it from its own disk)."""
-    from stochdepth.data import DataMissing
-    from stochdepth.train import trainer
-
-    def no_data(*args: object, **kwargs: object) -> None:
-        raise DataMissing("Fashion-MNIST not found on this node")
-
-    original = trainer.build_loaders
-    if rank == 1:
-        trainer.build_loaders = no_data
-    try:
-        return run()
-    finally:
-        trainer.build_loaders = original
 
 
 def sync_batchnorm_run(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:
     """A resnet8 run with SyncBatchNorm on CUDA (one GPU per rank), its weights and statistics after every step."""
     config = plain_config(data_dir, model="resnet8", device="cuda", sync_batchnorm=True, epochs=1, train_size=64)
     return recorded_training(config, None)
-
-
-def _signal_on_rank_one_at_step_five(rank: int, run: Callable[[], Any]) -> Any:
-    """``run()`` with a SIGTERM noted by rank 1 alone after its fifth step (as if only its process got one)."""
-    from stochdepth.train.trainer import Trainer
-
-    original = Trainer.train_step
-
-    def train_step(self: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:
-        original(self, images, labels)
-        if rank == 1 and self.iteration == 5:
-            self.stop_signal = "SIGTERM"
-
-    Trainer.train_step = train_step
-    try:
-        return run()
-    finally:
-        Trainer.train_step = original
