@@ -64,6 +64,8 @@ def _one_line_error(capsys) -> str:
         ["train", "--no-such-option"],
         ["train", "--resume", "somewhere", "--auto-resume"],
         ["train", "--init-weights", "/nonexistent/weights.safetensors"],
+        ["train", "--sync-batchnorm", "--device", "cpu"],
+        ["train", "--sync-batchnorm", "--drop-mode", "sample"],
         ["eval", "nowhere", "--device", "meta"],
         ["sweep", "--model", "resnet8"],
         ["report"],
@@ -132,6 +134,22 @@ def test_eval_of_a_foreign_run_never_downloads_or_creates(finished_run, tmp_path
     assert main(["eval", str(foreign)]) == 2
     assert "Fashion-MNIST not found" in _one_line_error(capsys)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["foreign"]
+
+
+@pytest.mark.parametrize("ranks", ["bogus", 7, [{"cuda": "no torch state"}], [None, None]])
+def test_a_checkpoint_with_malformed_per_rank_random_states_is_one_line_and_left_alone(
+    finished_run, tmp_path, ranks, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state["random_states"]["ranks"] = ranks
+    content = {key: value for key, value in state.items() if key != "checksum"}
+    torch.save({**content, "checksum": content_digest(content)}, run / "checkpoints" / "last.pt")
+    before = _snapshot(run)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    assert "does not fit this run" in _one_line_error(capsys)
+    assert _snapshot(run) == before
 
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")

@@ -293,3 +293,20 @@ def test_an_unexpected_error_under_torchrun_reaches_torchrun_s_failure_summary(m
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["train"])
     assert "RuntimeError: a bug" in (tmp_path / "error.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [{"WORLD_SIZE": "two", "RANK": "0"}, {"WORLD_SIZE": "2", "RANK": "2"}, {"WORLD_SIZE": "2", "LOCAL_RANK": "-1"}],
+)
+def test_a_malformed_torchrun_environment_is_one_line_and_exit_2(
+    environment, synthetic_data_dir, tmp_path, monkeypatch, capsys
+):
+    from stochdepth.cli import main
+
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert main(_resnet8_flags(synthetic_data_dir, tmp_path / "run")) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("stochdepth: error: torchrun's environment must") and error.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
