@@ -16,7 +16,7 @@ from typing import Any
 
 PRECISIONS = ("fp32", "bf16")
 EXPORT_FORMATS = ("safetensors", "torchscript", "exported", "onnx")
-SWEEP_OPTIONS = ("model", "survival_rule", "final_survival_prob", "drop_mode", "seed")
+SWEEP_OPTIONS = ("model", "survival_rule", "final_survival_prob", "drop_mode", "scaling", "seed")
 """The options a sweep may vary, each given several values (the axes of the paper's Fig. 8)."""
 NONFINITE_ACTIONS = ("stop", "skip")
 
@@ -66,6 +66,11 @@ class ModelConfig:
     survival_rule: str | None = _option(None, "linear (eq. 4), uniform or none (constant depth)")
     final_survival_prob: float | None = _option(None, "p_L, the last block's survival probability, in (0, 1]")
     drop_mode: str | None = _option(None, "batch (one gate per block per mini-batch, the paper) or sample")
+    scaling: str | None = _option(
+        None,
+        "paper (evaluation multiplies each branch by p_l, eq. 5) or inverted (training divides by p_l); "
+        "default: paper for this library's models, inverted for torchvision/ and timm/ ones",
+    )
     dropout_rate: float | None = _option(None, "dropout between the convolutions (Wide ResNets)")
     init_weights: str | None = _option(
         None, "start from these weights (safetensors, or a weights-only checkpoint): fine-tuning"
@@ -116,6 +121,9 @@ class RunConfig:
         False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm; CUDA, batch drop mode)"
     )
     eval_every_iters: int | None = _option(None, "evaluate every K iterations instead of every epoch")
+    test_every_eval: bool = _option(
+        True, "evaluate the test set at every evaluation (off: once, at the end, with the best-validation weights)"
+    )
     checkpoint_every_minutes: float | None = _option(
         None, "also write checkpoints/last.pt every M minutes inside an epoch (long epochs: ImageNet)"
     )
@@ -143,7 +151,11 @@ class TrainConfig:
         _text("model", model.model)
         _text("init_weights", model.init_weights, optional=True)
         _text("dataset", data.dataset)
-        for name, value in (("survival_rule", model.survival_rule), ("drop_mode", model.drop_mode)):
+        for name, value in (
+            ("survival_rule", model.survival_rule),
+            ("drop_mode", model.drop_mode),
+            ("scaling", model.scaling),
+        ):
             _text(name, value, optional=True)
         for name, value in (("data_dir", data.data_dir), ("out", run.out), ("device", run.device)):
             _text(name, value, optional=True)
@@ -152,6 +164,7 @@ class TrainConfig:
         _flag("channels_last", run.channels_last)
         _flag("compile", run.compile)
         _flag("sync_batchnorm", run.sync_batchnorm)
+        _flag("test_every_eval", run.test_every_eval)
         _integer("epochs", optim.epochs, 1, 1_000_000)
         _integer("batch_size", optim.batch_size, 1, 1_000_000)
         _integer("image_size", data.image_size, 1, 4096)

@@ -22,8 +22,14 @@ is exactly ``expected``); a size of one, which would leave BatchNorm a single sa
 zero or two with equal probability, which keeps the mean. Every sample is therefore in the
 subset with probability exactly ``survival_prob``.
 
-Evaluation: every branch runs and is multiplied by its survival probability (eq. 5). No
-rescaling happens during training.
+Scaling, ``scaling="paper"``: no rescaling in training; in evaluation every branch runs and
+is multiplied by its survival probability (eq. 5), which :func:`fold_survival` bakes into the
+weights. ``scaling="inverted"`` (the convention of timm's ``drop_path`` and torchvision's
+``StochasticDepth``, so of their pretrained weights): in training a surviving branch's output
+is divided by p_l (batch mode) or, in sample mode, by the share of the batch it ran on; in
+evaluation the plain branch runs. Both keep the expected training output equal to the
+evaluation output. The scale is the ``alpha`` of the residual addition, so it costs no
+extra tensor.
 
 Gates come from a :class:`GateGenerator`: a host-side, seeded ``torch.Generator`` owned by the
 model that draws the gates of *all* branches of a training step in one call (batch mode:
@@ -44,10 +50,12 @@ from torch.utils.hooks import RemovableHandle
 
 SURVIVAL_RULES = ("linear", "uniform", "none")
 DROP_MODES = ("batch", "sample")
+SCALINGS = ("paper", "inverted")
 
 DEFAULT_SURVIVAL_RULE = "linear"
 DEFAULT_FINAL_SURVIVAL_PROB = 0.5
 DEFAULT_DROP_MODE = "batch"
+DEFAULT_SCALING = "paper"
 
 
 @dataclass(frozen=True)
@@ -57,37 +65,47 @@ class DepthOptions:
     survival_rule: str
     final_survival_prob: float
     drop_mode: str
+    scaling: str = DEFAULT_SCALING
 
     def as_dict(self) -> dict[str, object]:
         return {
             "survival_rule": self.survival_rule,
             "final_survival_prob": self.final_survival_prob,
             "drop_mode": self.drop_mode,
+            "scaling": self.scaling,
         }
 
 
 def resolve_depth_options(
-    survival_rule: str | None = None, final_survival_prob: float | None = None, drop_mode: str | None = None
+    survival_rule: str | None = None,
+    final_survival_prob: float | None = None,
+    drop_mode: str | None = None,
+    scaling: str | None = None,
+    default_scaling: str = DEFAULT_SCALING,
 ) -> DepthOptions:
     """The options with this library's defaults filled in, checked; ``ValueError`` names what is allowed.
 
-    Defaults: linear decay (eq. 4) to p_L = 0.5, batch mode. With ``survival_rule="none"``
-    (constant depth) p_L is 1 whatever was given.
+    Defaults: linear decay (eq. 4) to p_L = 0.5, batch mode, ``default_scaling`` (the paper's
+    for this library's networks, inverted for torchvision's and timm's). With
+    ``survival_rule="none"`` (constant depth) p_L is 1 whatever was given.
     """
     survival_rule = DEFAULT_SURVIVAL_RULE if survival_rule is None else survival_rule
     drop_mode = DEFAULT_DROP_MODE if drop_mode is None else drop_mode
+    scaling = default_scaling if scaling is None else scaling
     if survival_rule not in SURVIVAL_RULES:
         raise ValueError(f"unknown survival_rule {survival_rule!r}; choose one of {', '.join(SURVIVAL_RULES)}")
     if drop_mode not in DROP_MODES:
         raise ValueError(f"unknown drop_mode {drop_mode!r}; choose one of {', '.join(DROP_MODES)}")
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown scaling {scaling!r}; choose one of {', '.join(SCALINGS)}")
     if survival_rule == "none":
-        return DepthOptions("none", 1.0, drop_mode)
+        return DepthOptions("none", 1.0, drop_mode, scaling)
     final_survival_prob = DEFAULT_FINAL_SURVIVAL_PROB if final_survival_prob is None else final_survival_prob
     if isinstance(final_survival_prob, bool) or not isinstance(final_survival_prob, (int, float)):
         raise ValueError(f"final_survival_prob must be a number in (0, 1], got {final_survival_prob!r}")
     if not 0.0 < final_survival_prob <= 1.0:
         raise ValueError(f"final_survival_prob must be in (0, 1], got {final_survival_prob}")
-    return DepthOptions(survival_rule, float(final_survival_prob), drop_mode)
+    return DepthOptions(survival_rule, float(final_survival_prob), drop_mode, scaling)
 
 
 def survival_schedule(
@@ -161,10 +179,17 @@ class GateGenerator:
     processes together drop exactly what one process would.
     """
 
-    def __init__(self, seed: int = 0, survival_probs: list[float] | None = None, drop_mode: str = "batch") -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        survival_probs: list[float] | None = None,
+        drop_mode: str = DEFAULT_DROP_MODE,
+        scaling: str = DEFAULT_SCALING,
+    ) -> None:
         self.seed = seed
         self.survival_probs = torch.tensor(survival_probs or [], dtype=torch.float64)
         self.drop_mode = drop_mode
+        self.scaling = scaling
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
         self.branches_run = 0.0
@@ -232,11 +257,31 @@ class GateGenerator:
         self.step = None
 
     def __getstate__(self) -> dict[str, object]:
-        return {**self.state_dict(), "survival_probs": self.survival_probs.tolist(), "drop_mode": self.drop_mode}
+        return {
+            **self.state_dict(),
+            "survival_probs": self.survival_probs.tolist(),
+            "drop_mode": self.drop_mode,
+            "scaling": self.scaling,
+        }
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__(int(state["seed"]), state["survival_probs"], state["drop_mode"])
+        self.__init__(int(state["seed"]), state["survival_probs"], state["drop_mode"], state["scaling"])
         self.load_state_dict(state)
+
+
+def training_scale(scaling: str, drop_mode: str, survival_prob: float, rows: int, batch_size: int) -> float:
+    """The factor on a branch that ran on ``rows`` of ``batch_size`` samples in a training step.
+
+    ``"paper"``: 1 (section 3: no rescaling in training). ``"inverted"``: 1 / p_l in batch
+    mode; in sample mode ``batch_size / rows``, the inverse of the share of the batch the
+    branch actually ran on (which has expectation p_l, so the sum's expectation over the
+    batch is the evaluation output).
+    """
+    if scaling == "paper":
+        return 1.0
+    if drop_mode == "batch":
+        return 1.0 / survival_prob
+    return batch_size / rows
 
 
 def gated_residual(
@@ -246,23 +291,26 @@ def gated_residual(
     gate: tuple[bool, torch.Tensor | None],
     post_activation: Callable[[torch.Tensor], torch.Tensor],
     dropped_returns_shortcut: bool,
+    scale: Callable[[int], float],
 ) -> torch.Tensor:
-    """``post_activation(shortcut + branch(branch_input))`` where the gate lets the branch run.
+    """``post_activation(shortcut + scale * branch(branch_input))`` where the gate lets the branch run.
 
-    ``gate`` is :meth:`GateGenerator.gate`'s answer. A dropped branch is not called. In
-    sample mode the branch runs on the surviving rows only and its output is added back into
-    those rows; with ``dropped_returns_shortcut`` the post-activation runs on those rows only
-    (the others are the shortcut, unchanged by it), so nothing full-sized is kept for backward.
+    ``gate`` is :meth:`GateGenerator.gate`'s answer and ``scale(rows)`` the branch's factor
+    when it ran on that many rows. A dropped branch is not called. In sample mode the branch
+    runs on the surviving rows only and its output is added back into those rows; with
+    ``dropped_returns_shortcut`` the post-activation runs on those rows only (the others are
+    the shortcut, unchanged by it), so nothing full-sized is kept for backward.
     """
     runs, rows = gate
     if not runs:
         return shortcut if dropped_returns_shortcut else post_activation(shortcut)
     if rows is None:
-        return post_activation(shortcut + branch(branch_input))
+        return post_activation(shortcut.add(branch(branch_input), alpha=scale(branch_input.shape[0])))
     added = branch(branch_input.index_select(0, rows)).to(shortcut.dtype)
+    alpha = scale(rows.shape[0])
     if dropped_returns_shortcut:
-        return shortcut.index_copy(0, rows, post_activation(shortcut.index_select(0, rows) + added))
-    return post_activation(shortcut.index_add(0, rows, added))
+        return shortcut.index_copy(0, rows, post_activation(shortcut.index_select(0, rows).add(added, alpha=alpha)))
+    return post_activation(shortcut.index_add(0, rows, added, alpha=alpha))
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -278,20 +326,27 @@ def stochastic_residual(
     post_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
     dropped_returns_shortcut: bool = False,
 ) -> torch.Tensor:
-    """Residual branch ``which`` of a stochastic ``block``: training gates it, evaluation scales it by p_l (eq. 5).
+    """Residual branch ``which`` of a stochastic ``block``: training gates it, evaluation runs it.
 
-    Every stochastic module (this library's blocks and the adapters of other libraries'
-    blocks) computes its residual sums here.
+    Evaluation scales the branch by p_l under the paper's scaling (eq. 5), not under the
+    inverted one (module docstring). Every stochastic module (this library's blocks and the
+    adapters of other libraries' blocks) computes its residual sums here.
     """
     survival_prob = block.survival_probs[which]
+    gates = block.gates
     post_activation = post_activation if post_activation is not None else _identity
     if not block.training:
         out = branch(branch_input)
-        if survival_prob < 1.0:
-            out = out * survival_prob
+        if gates.scaling == "paper" and survival_prob < 1.0:
+            return post_activation(shortcut.add(out, alpha=survival_prob))
         return post_activation(shortcut + out)
-    gate = block.gates.gate(block.first_index + which, branch_input.shape[0], branch_input.device)
-    return gated_residual(shortcut, branch_input, branch, gate, post_activation, dropped_returns_shortcut)
+    batch_size = branch_input.shape[0]
+    gate = gates.gate(block.first_index + which, batch_size, branch_input.device)
+
+    def scale(rows: int) -> float:
+        return training_scale(gates.scaling, gates.drop_mode, survival_prob, rows, batch_size)
+
+    return gated_residual(shortcut, branch_input, branch, gate, post_activation, dropped_returns_shortcut, scale)
 
 
 class ResidualBlock(nn.Module):
@@ -357,7 +412,7 @@ class StochasticResidual(ResidualBlock, StochasticModule):
         self.gates = gates
 
     def extra_repr(self) -> str:
-        return f"survival_prob={self.survival_prob:.4f}, drop_mode={self.gates.drop_mode}"
+        return f"survival_prob={self.survival_prob:.4f}, drop_mode={self.gates.drop_mode}, scaling={self.gates.scaling}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre_activation(x)
@@ -367,7 +422,7 @@ class StochasticResidual(ResidualBlock, StochasticModule):
         )
 
     def folded(self) -> ResidualBlock:
-        if self.survival_prob < 1.0:
+        if self.gates.scaling == "paper" and self.survival_prob < 1.0:
             scale_last_affine_layer(self.branch, self.survival_prob)
         return ResidualBlock(
             self.branch, self.shortcut, self.pre_activation, self.post_activation, self.dropped_returns_shortcut
@@ -381,10 +436,14 @@ class ResidualAdapter:
     ``num_branches(module)`` is how many residual branches the module holds (a transformer
     block holds two); ``make_stochastic(module, survival_probs, first_index, gates)`` returns
     the stochastic replacement, whose branches take gates ``first_index``, ``first_index + 1``...
+    ``default_scaling`` is the convention the module's weights are trained with: ``"inverted"``
+    for other libraries' blocks (their own drop path rescales in training), ``"paper"`` for
+    this library's.
     """
 
     num_branches: Callable[[nn.Module], int]
     make_stochastic: Callable[[nn.Module, list[float], int, GateGenerator], StochasticModule]
+    default_scaling: str = "inverted"
 
 
 _ADAPTERS: dict[type[nn.Module], ResidualAdapter] = {}
@@ -402,6 +461,7 @@ register_residual_adapter(
     ResidualAdapter(
         num_branches=lambda block: 1,
         make_stochastic=lambda block, probs, index, gates: StochasticResidual(block, probs[0], index, gates),
+        default_scaling="paper",
     ),
 )
 
@@ -442,16 +502,18 @@ def stochastic_depth(
     final_survival_prob: float | None = None,
     drop_mode: str | None = None,
     gate_seed: int = 0,
+    scaling: str | None = None,
 ) -> nn.Module:
     """Give every residual branch of ``model`` its survival probability and gate.
 
     Branches are numbered l = 1..L in the order the model registers its blocks. The model
     gets a ``gate_generator`` attribute (a :class:`GateGenerator` seeded with ``gate_seed``)
-    shared by its blocks, and a ``depth_options`` dict of the resolved options. A model in
-    which no residual block is recognised is a ``ValueError`` unless ``survival_rule`` is
-    ``"none"``. Returns ``model``, changed in place.
+    shared by its blocks, and a ``depth_options`` dict of the resolved options. ``scaling``
+    defaults to the convention the blocks were trained with: ``"paper"`` for this library's
+    blocks, ``"inverted"`` for torchvision's and timm's, so converting a trained network
+    keeps its evaluation outputs. A model in which no residual block is recognised is a
+    ``ValueError`` unless ``survival_rule`` is ``"none"``. Returns ``model``, changed in place.
     """
-    options = resolve_depth_options(survival_rule, final_survival_prob, drop_mode)
     if any(True for _ in stochastic_blocks(model)):
         raise ValueError("stochastic depth is already applied to this model")
     _refuse_existing_drop_path(model)
@@ -459,6 +521,10 @@ def stochastic_depth(
 
     external.register_adapters()
     found = find_residual_blocks(model)
+    native = {adapter.default_scaling for _, _, _, adapter in found}
+    options = resolve_depth_options(
+        survival_rule, final_survival_prob, drop_mode, scaling, "inverted" if "inverted" in native else "paper"
+    )
     if not found and options.survival_rule != "none":
         raise ValueError(
             f"no residual block found in {type(model).__name__}: stochastic depth needs residual blocks "
@@ -467,7 +533,7 @@ def stochastic_depth(
         )
     sizes = [adapter.num_branches(child) for _, _, child, adapter in found]
     probs = survival_schedule(sum(sizes), options.survival_rule, options.final_survival_prob)
-    gates = GateGenerator(gate_seed, probs, options.drop_mode)
+    gates = GateGenerator(gate_seed, probs, options.drop_mode, options.scaling)
     first = 0
     for (parent, name, child, adapter), size in zip(found, sizes):
         setattr(parent, name, adapter.make_stochastic(child, probs[first : first + size], first, gates))

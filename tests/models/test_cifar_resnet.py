@@ -56,15 +56,27 @@ def test_forward_and_backward_on_cifar_and_fashion_mnist_shapes(in_channels, siz
     assert model.eval()(x).shape == (4, 7)
 
 
-def test_transition_shortcut_is_subsampling_plus_zero_channels():
+def test_transition_shortcut_is_the_papers_average_pooling_plus_zero_channels():
+    """ResidualDrop.lua: SpatialAveragePooling(2, 2, 2, 2), then zero channels appended."""
     model = stochdepth.create_model("resnet8")
     transition = model.blocks[1]
-    x = torch.randn(2, 16, 9, 9)
+    x = torch.randn(2, 16, 8, 8)
     out = transition.shortcut(x)
-    assert out.shape == (2, 32, 5, 5)
-    torch.testing.assert_close(out[:, :16], x[:, :, ::2, ::2])
+    assert out.shape == (2, 32, 4, 4)
+    reference = x.reshape(2, 16, 4, 2, 4, 2).mean(dim=(3, 5))
+    torch.testing.assert_close(out[:, :16], reference)
     assert torch.count_nonzero(out[:, 16:]) == 0
     assert not list(transition.shortcut.parameters())
+
+
+def test_transition_shortcut_on_an_odd_size_matches_the_strided_convolution():
+    model = stochdepth.create_model("resnet8")
+    transition = model.blocks[1]
+    x = torch.randn(2, 16, 7, 7)
+    out = transition.shortcut(x)
+    assert out.shape[-2:] == transition.branch(x).shape[-2:] == (4, 4)
+    torch.testing.assert_close(out[:, :16, 3, 3], x[:, :, 6, 6])
+    torch.testing.assert_close(out[:, :16, 0, 3], x[:, :, 0:2, 6].mean(dim=-1))
 
 
 def test_a_dropped_block_returns_its_shortcut_which_its_relu_would_not_change():

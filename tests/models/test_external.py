@@ -53,12 +53,13 @@ def _trained_looking(network: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("name", NETWORKS)
-def test_blocks_are_recognised_keys_do_not_change_and_fold_restores_the_class(name):
+@pytest.mark.parametrize("scaling", ["paper", "inverted"])
+def test_blocks_are_recognised_keys_do_not_change_and_fold_restores_the_class(name, scaling):
     build, block_class, branches, size = NETWORKS[name]
     torch.manual_seed(0)
     original = _trained_looking(build()).eval()
     saved_before = copy.deepcopy(original.state_dict())
-    network = stochdepth.stochastic_depth(copy.deepcopy(original), final_survival_prob=0.5)
+    network = stochdepth.stochastic_depth(copy.deepcopy(original), final_survival_prob=0.5, scaling=scaling)
     assert len(stochdepth.survival_probs(network)) == branches
     assert list(network.state_dict()) == list(saved_before)
     network.load_state_dict(saved_before)
@@ -72,12 +73,59 @@ def test_blocks_are_recognised_keys_do_not_change_and_fold_restores_the_class(na
     with torch.no_grad():
         expected, output, unscaled = network.eval()(x), plain.eval()(x), original(x)
     torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(expected, unscaled, atol=1e-4), "eval must scale branches by p_l"
+    if scaling == "paper":
+        assert not torch.allclose(expected, unscaled, atol=1e-4), "paper scaling multiplies branches by p_l"
+    else:
+        assert torch.equal(expected, unscaled), "inverted scaling evaluates the plain network"
 
 
-def test_eval_is_shortcut_plus_survival_prob_times_branch_on_a_torchvision_block():
+@pytest.mark.parametrize("name", NETWORKS)
+def test_converting_a_trained_network_with_its_default_keeps_its_evaluation_outputs_bit_for_bit(name):
+    build, _, _, size = NETWORKS[name]
+    torch.manual_seed(1)
+    original = _trained_looking(build()).eval()
+    network = stochdepth.stochastic_depth(copy.deepcopy(original), final_survival_prob=0.3)
+    assert network.depth_options["scaling"] == "inverted"
+    x = torch.randn(4, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(network.eval()(x), original(x))
+
+
+@pytest.mark.parametrize("drop_mode", ["batch", "sample"])
+def test_inverted_training_divides_a_surviving_branch_by_its_share(drop_mode):
+    """Batch mode: 1 / p_l. Sample mode: batch / rows it ran on, so the rows it ran on get branch * batch / rows."""
     network = stochdepth.stochastic_depth(
-        _trained_looking(tv.ResNet(tv.BasicBlock, [1, 1, 1, 1])), final_survival_prob=0.2
+        _trained_looking(tv.ResNet(tv.BasicBlock, [1, 1, 1, 2])), final_survival_prob=0.5, drop_mode=drop_mode
+    )
+    block = network.layer4[1]
+    x = torch.randn(8, 512, 2, 2).relu()
+    shortcut = x
+    with torch.no_grad():
+        for _ in range(20):
+            out = block.train()(x)
+            branch = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
+            gates = network.gate_generator.step
+            index = block.first_index
+            if not gates.survives[index]:
+                torch.testing.assert_close(out, torch.relu(shortcut))
+                continue
+            rows = gates.rows[index]
+            if rows is None:
+                rows = torch.arange(8)
+                share = block.survival_probs[0] if drop_mode == "batch" else 1.0
+            else:
+                share = rows.numel() / 8
+            if gates.rows[index] is not None:
+                branch = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x[rows])))))
+                expected = torch.relu(shortcut[rows] + branch / share)
+            else:
+                expected = torch.relu(shortcut[rows] + branch[rows] / share)
+            torch.testing.assert_close(out[rows], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_eval_is_shortcut_plus_survival_prob_times_branch_under_paper_scaling():
+    network = stochdepth.stochastic_depth(
+        _trained_looking(tv.ResNet(tv.BasicBlock, [1, 1, 1, 1])), final_survival_prob=0.2, scaling="paper"
     )
     block = network.layer2[0]
     x = torch.randn(2, 64, 8, 8).relu()
@@ -110,7 +158,9 @@ def test_training_flops_fall_with_the_schedule(name, drop_mode):
 
 @pytest.mark.parametrize("survivors", [[], [1], [0, 1, 2, 3]])
 def test_sample_mode_on_a_vit_block_with_none_one_or_all_survivors(survivors, monkeypatch):
-    network = stochdepth.stochastic_depth(_vit(), survival_rule="uniform", final_survival_prob=0.5, drop_mode="sample")
+    network = stochdepth.stochastic_depth(
+        _vit(), survival_rule="uniform", final_survival_prob=0.5, drop_mode="sample", scaling="paper"
+    )
     block = network.blocks[0].train()
     rows = None if len(survivors) in (0, 4) else torch.tensor(survivors)
     monkeypatch.setattr(block.gates, "gate", lambda index, batch, device: (bool(survivors), rows))

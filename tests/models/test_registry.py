@@ -37,7 +37,13 @@ def test_arguments_left_as_none_take_the_family_defaults():
     model = stochdepth.create_model("resnet8", survival_rule=None, final_survival_prob=None, drop_mode=None)
     assert stochdepth.survival_probs(model)[-1] == pytest.approx(0.5)
     assert model.gate_generator.drop_mode == "batch"
-    assert model.depth_options == {"survival_rule": "linear", "final_survival_prob": 0.5, "drop_mode": "batch"}
+    assert model.depth_options == {
+        "survival_rule": "linear",
+        "final_survival_prob": 0.5,
+        "drop_mode": "batch",
+        "scaling": "paper",
+    }
+    assert stochdepth.create_model("torchvision/resnet18", survival_rule=None).depth_options["scaling"] == "inverted"
 
 
 def test_a_name_can_be_registered_once():

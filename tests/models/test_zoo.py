@@ -57,7 +57,7 @@ def test_backward_at_constant_depth_reaches_every_parameter(name):
     ("name", "millions"),
     [
         ("preact_resnet164", 1.7),
-        ("preact_resnet1001", 10.2),
+        ("preact_resnet1001", 10.33),
         ("wrn_16_8", 11.0),
         ("wrn_28_10", 36.5),
         ("wrn_40_4", 8.9),
@@ -68,6 +68,11 @@ def test_backward_at_constant_depth_reaches_every_parameter(name):
 )
 def test_parameter_counts_match_the_papers(name, millions):
     assert sum(param.numel() for param in _model(name).parameters()) / 1e6 == pytest.approx(millions, rel=0.05)
+
+
+def test_preact_resnet1001_has_the_parameter_count_its_docstring_states():
+    count = sum(param.numel() for param in _model("preact_resnet1001").parameters())
+    assert round(count / 1e6, 2) == 10.33
 
 
 @pytest.mark.parametrize(
@@ -117,6 +122,13 @@ def test_wrn_block_types_give_the_papers_layer_structure(block_type, depth):
     assert all(not isinstance(block.pre_activation, nn.Identity) for block in projections)
 
 
+def test_wrn_dropout_defaults_to_the_wrn_papers_cifar_rate():
+    model = wide_resnet(16, 2)
+    rates = {module.p for module in model.modules() if isinstance(module, nn.Dropout)}
+    assert rates == {0.3}
+    assert not [module for module in wide_resnet(16, 2, dropout_rate=0.0).modules() if isinstance(module, nn.Dropout)]
+
+
 @pytest.mark.parametrize("deepening_factor", [1, 2, 3, 4])
 def test_wrn_deepening_factor_stacks_that_many_3x3_convolutions(deepening_factor):
     depth = 3 * deepening_factor * 2 + 4
@@ -161,6 +173,20 @@ def test_preact_blocks_share_the_pre_activation_only_where_the_shape_changes():
             assert isinstance(block.pre_activation[0], nn.BatchNorm2d)
             assert isinstance(block.branch[0], nn.Conv2d)
     assert sum(not isinstance(block.shortcut, nn.Identity) for block in stochastic_blocks(model)) == 3
+
+
+def test_preact_stride_sits_on_the_first_1x1_convolution_as_in_the_authors_code():
+    """resnet-pre-act.lua: the bottleneck's first 1x1 convolution carries the stride, the 3x3 does not."""
+    model = _model("preact_resnet164")
+    first_strides = []
+    for block in stochastic_blocks(model):
+        first, three_by_three = _block_convolutions(block)[:2]
+        assert (first.kernel_size, three_by_three.kernel_size) == ((1, 1), (3, 3))
+        assert three_by_three.stride == (1, 1)
+        first_strides.append(first.stride[0])
+        shortcut_stride = block.shortcut.stride[0] if isinstance(block.shortcut, nn.Conv2d) else 1
+        assert first.stride[0] == shortcut_stride
+    assert first_strides.count(2) == 2
 
 
 def test_densenet_has_no_stochastic_blocks_and_refuses_another_rule():

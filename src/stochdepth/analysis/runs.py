@@ -57,7 +57,7 @@ class Run:
         Runs with equal setups are comparable, whatever their seeds and survival rules.
         """
         ignored = {
-            "model": {"survival_rule", "final_survival_prob", "drop_mode"},
+            "model": {"survival_rule", "final_survival_prob", "drop_mode", "scaling"},
             "data": {"data_dir", "download", "workers"},
             "optim": set(),
             "run": {"seed", "out", "device", "progress"},
@@ -79,7 +79,8 @@ class Run:
         if self.survival_rule == "none" or not self.survival_probs:
             return "constant depth"
         mode = ", sample" if self.config["model"].get("drop_mode") == "sample" else ""
-        return f"stochastic ({self.survival_rule}, p_L={self.final_survival_prob:g}{mode})"
+        scaling = ", inverted" if self.config["model"].get("scaling") == "inverted" else ""
+        return f"stochastic ({self.survival_rule}, p_L={self.final_survival_prob:g}{mode}{scaling})"
 
     @property
     def epochs_done(self) -> float:
@@ -91,8 +92,14 @@ class Run:
         return min(finite, key=lambda record: record["val_error"]) if finite else None
 
     def test_error_at_best_val(self) -> float | None:
+        """From the best evaluation's record, or the summary's where the test set was evaluated once, at the end."""
         best = self.best()
-        return best["test_error"] if best else None
+        if best is None:
+            return None
+        measured_once = self.summary.get("test_error_at_best_val") if self.summary else None
+        if math.isnan(best["test_error"]) and _number(measured_once):
+            return float(measured_once)
+        return best["test_error"]
 
     def final_test_error(self) -> float | None:
         return self.metrics[-1]["test_error"] if self.metrics else None

@@ -31,13 +31,18 @@ class SweepPoint:
 
 
 def run_name(config: TrainConfig) -> str:
-    """A readable, stable folder name from a resolved config: model, rule, p_L (unless constant), mode, seed."""
+    """A readable, stable folder name from a resolved config: model, rule, p_L (unless constant), mode, scaling, seed.
+
+    The mode and the scaling appear only where they differ from the paper's (batch, paper).
+    """
     model = config.model
     parts = [model.model, model.survival_rule]
     if model.survival_rule != "none":
         parts.append(f"p{model.final_survival_prob:g}")
     if model.drop_mode == "sample":
         parts.append("sample")
+    if model.scaling == "inverted" and model.survival_rule != "none":
+        parts.append("inverted")
     parts.append(f"seed{config.run.seed}")
     return "-".join(parts)
 

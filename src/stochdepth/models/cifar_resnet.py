@@ -4,9 +4,8 @@ The network the stochastic-depth paper trains on CIFAR and SVHN: a 3x3 stem with
 filters, 3 stages of n basic blocks with 16, 32 and 64 filters (the first block of the
 second and third stages halves the feature map), global average pooling and a linear
 classifier; depth 6n + 2. Basic block: Conv-BN-ReLU-Conv-BN, add, ReLU. Transition
-shortcuts are "option A": subsampling with stride 2 (as the paper's code, so odd sizes such
-as 7x7 match the strided convolution) plus zero channel padding, so the network has no
-projection parameters.
+shortcuts are "option A" as the stochastic-depth paper's code builds them: a 2x2 average
+pooling of stride 2 plus zero channel padding, so the network has no projection parameters.
 
 =========== === ============ ===================================
 name        n   parameters   multiply-adds (32x32, 10 classes)

@@ -51,16 +51,17 @@ class _SwappedBlock(StochasticModule):
 
     def extra_repr(self) -> str:
         probs = ", ".join(f"{prob:.4f}" for prob in self.survival_probs)
-        return f"survival_probs=({probs}), drop_mode={self.gates.drop_mode}"
+        return f"survival_probs=({probs}), drop_mode={self.gates.drop_mode}, scaling={self.gates.scaling}"
 
     def branch_ends(self) -> list[nn.Module]:
         """Per branch, the module whose output scale carries p_l when folding."""
         raise NotImplementedError
 
     def folded(self) -> nn.Module:
-        for prob, end in zip(self.survival_probs, self.branch_ends()):
-            if prob < 1.0:
-                _scale_output(end, prob)
+        if self.gates.scaling == "paper":
+            for prob, end in zip(self.survival_probs, self.branch_ends()):
+                if prob < 1.0:
+                    _scale_output(end, prob)
         for name in ("survival_probs", "first_index", "gates"):
             self.__dict__.pop(name, None)
         self.__class__ = self.plain_class

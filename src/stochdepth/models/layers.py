@@ -25,12 +25,12 @@ def bn_relu(channels: int) -> nn.Sequential:
 
 
 class OptionAShortcut(nn.Module):
-    """He et al. 2015's "option A" shortcut: subsample by ``stride`` and append zero channels.
+    """He et al. 2015's "option A" shortcut as the stochastic-depth paper's code builds it.
 
-    Subsampling is a strided slice (what the paper's code does with a 1x1 average pooling of
-    stride 2, so odd sizes such as 7x7 match the strided convolution); a slice keeps nothing
-    for backward, unlike a pooling layer, which matters when this shortcut is all a dropped
-    block computes.
+    ``ResidualDrop.lua`` downsamples with a ``stride`` x ``stride`` average pooling of stride
+    ``stride`` and then appends zero channels. The pooling uses ``ceil_mode`` so that an odd
+    size such as 7x7 gives the 4x4 of the strided convolution beside it (the last, partial
+    window averages the pixels it covers); on even sizes it is exactly the paper's pooling.
     """
 
     def __init__(self, stride: int, extra_channels: int) -> None:
@@ -42,7 +42,9 @@ class OptionAShortcut(nn.Module):
         return f"stride={self.stride}, extra_channels={self.extra_channels}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra_channels))
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
 
 def classifier_head(in_features: int, num_classes: int) -> nn.Sequential:

@@ -7,13 +7,16 @@ depth 9n + 2. Identity blocks keep their BN-ReLU inside the branch, so the short
 identity. Blocks that change shape share their first BN-ReLU between the 1x1 projection
 shortcut and the branch (the mechanism's shared pre-activation). Nothing follows the
 addition. The branch ends with a convolution, which is where ``fold_survival`` puts p_l.
+A block that halves the feature map has its stride on the first 1x1 convolution, as in the
+authors' code (KaimingHe/resnet-1k-layers, ``resnet-pre-act.lua``); the parameter count is
+the same wherever the stride sits.
 
-================== ===== ============
+================== ===== =============
 name               n     parameters
-================== ===== ============
+================== ===== =============
 preact_resnet164   18    1.7M
-preact_resnet1001  111   10.2M
-================== ===== ============
+preact_resnet1001  111   10.33M
+================== ===== =============
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ EXPANSION = 4
 
 
 def preact_bottleneck(in_channels: int, width: int, stride: int) -> ResidualBlock:
-    """BN-ReLU-1x1, BN-ReLU-3x3 (stride), BN-ReLU-1x1 to ``EXPANSION * width`` channels."""
+    """BN-ReLU-1x1 (stride), BN-ReLU-3x3, BN-ReLU-1x1 to ``EXPANSION * width`` channels."""
     out_channels = width * EXPANSION
     changes_shape = stride != 1 or in_channels != out_channels
-    first = [conv1x1(in_channels, width)]
-    rest = [bn_relu(width), conv3x3(width, width, stride), bn_relu(width), conv1x1(width, out_channels)]
+    first = [conv1x1(in_channels, width, stride)]
+    rest = [bn_relu(width), conv3x3(width, width), bn_relu(width), conv1x1(width, out_channels)]
     if changes_shape:
         return ResidualBlock(
             nn.Sequential(*first, *rest),
@@ -76,5 +79,5 @@ def preact_resnet164(**kwargs: object) -> nn.Module:
 
 @register_model(family="pre-activation ResNet", depth=1001)
 def preact_resnet1001(**kwargs: object) -> nn.Module:
-    """Pre-activation ResNet-1001 (n = 111), 10.2M parameters."""
+    """Pre-activation ResNet-1001 (n = 111), 10.33M parameters."""
     return preact_resnet(1001, **kwargs)

@@ -90,11 +90,13 @@ def resolve_model_depth_options(
     survival_rule: str | None = None,
     final_survival_prob: float | None = None,
     drop_mode: str | None = None,
+    scaling: str | None = None,
 ) -> DepthOptions:
     """The stochastic-depth options model ``name`` is built with: the defaults filled in, checked.
 
     A network without residual blocks (DenseNet) is always constant depth; asking it for
-    another rule is a ``ValueError``.
+    another rule is a ``ValueError``. Scaling defaults to the paper's for this library's
+    networks and to the inverted one for ``torchvision/`` and ``timm/`` names.
     """
     info = model_info(name)
     if not info.residual:
@@ -104,7 +106,8 @@ def resolve_model_depth_options(
                 f"got {survival_rule!r}"
             )
         survival_rule = "none"
-    return resolve_depth_options(survival_rule, final_survival_prob, drop_mode)
+    default_scaling = "inverted" if _external(name) else "paper"
+    return resolve_depth_options(survival_rule, final_survival_prob, drop_mode, scaling, default_scaling)
 
 
 def create_model(
@@ -116,18 +119,20 @@ def create_model(
     final_survival_prob: float | None = None,
     drop_mode: str | None = None,
     gate_seed: int = 0,
+    scaling: str | None = None,
     **family_options: object,
 ) -> nn.Module:
     """Build the registered model ``name`` with stochastic depth: the one place networks are made.
 
     ``survival_rule`` (default ``"linear"``, eq. 4), ``final_survival_prob`` (p_L, default
-    0.5) and ``drop_mode`` (default ``"batch"``) are resolved by
+    0.5), ``drop_mode`` (default ``"batch"``) and ``scaling`` (``"paper"`` here,
+    ``"inverted"`` for torchvision's and timm's networks) are resolved by
     :func:`resolve_model_depth_options`. ``family_options`` go to the family's builder
     (``dropout_rate`` for Wide ResNets, for example). Arguments that are ``None`` are left
     out, so the family's own defaults stay in force (1000 classes for the ImageNet family,
     10 elsewhere; 3 input channels); an option the family does not take is a ``ValueError``.
     """
-    options = resolve_model_depth_options(name, survival_rule, final_survival_prob, drop_mode)
+    options = resolve_model_depth_options(name, survival_rule, final_survival_prob, drop_mode, scaling)
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{label} must be a positive integer, got {value!r}")

@@ -96,7 +96,7 @@ def wide_resnet(
     *,
     block_type: tuple[int, ...] = (3, 3),
     deepening_factor: int | None = None,
-    dropout_rate: float = 0.0,
+    dropout_rate: float = 0.3,
     num_classes: int = 10,
     in_channels: int = 3,
 ) -> WideResNet:

@@ -28,7 +28,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"unknown dataset {config.data.dataset!r}; choose one of {', '.join(DATASETS)}")
     model = config.model
     info = model_info(model.model)
-    options = resolve_model_depth_options(model.model, model.survival_rule, model.final_survival_prob, model.drop_mode)
+    options = resolve_model_depth_options(
+        model.model, model.survival_rule, model.final_survival_prob, model.drop_mode, model.scaling
+    )
     if config.data.dataset == "imagenet" and config.data.image_size < info.min_image_size:
         raise ValueError(f"image_size must be at least {info.min_image_size} for {model.model}")
     if config.run.sync_batchnorm and options.drop_mode == "sample":
@@ -68,6 +70,7 @@ def build_model(config: TrainConfig, spec: DataSpec, gate_seed: int = 0) -> nn.M
         survival_rule=model.survival_rule,
         final_survival_prob=model.final_survival_prob,
         drop_mode=model.drop_mode,
+        scaling=model.scaling,
         dropout_rate=model.dropout_rate,
         gate_seed=gate_seed,
     )

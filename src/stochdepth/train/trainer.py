@@ -37,7 +37,7 @@ from stochdepth.depth import (
     stochastic_blocks,
     survival_probs,
 )
-from stochdepth.train.checkpoint import CheckpointError, save_checkpoint
+from stochdepth.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stochdepth.train.distributed import SingleProcess
 from stochdepth.train.gradients import GradientRecorder
 from stochdepth.train.progress import Progress, write_line
@@ -153,6 +153,8 @@ class Trainer:
         seed = config.run.seed
         with ranks.all_through("at start"):
             ranks.local_batch(config.optim.batch_size)
+            if not config.run.test_every_eval and ranks.world_size > 1:
+                raise ValueError("test_every_eval=False is single-process only (the best weights live on rank 0)")
             if config.run.sync_batchnorm and self.device.type != "cuda":
                 raise ValueError("--sync-batchnorm needs CUDA (PyTorch's SyncBatchNorm does not run on the CPU)")
             torch.manual_seed(seed)
@@ -188,6 +190,7 @@ class Trainer:
         self.evaluations = 0
         self.train_seconds = 0.0
         self.best = {"epoch": None, "val_error": math.inf, "test_error": math.nan}
+        self.best_weights: dict[str, torch.Tensor] | None = None
         self.final: dict[str, float] = {}
         self.window = Window.empty(self.device, optim.lr)
         self.skipped_steps = 0
@@ -298,6 +301,8 @@ class Trainer:
         self.network.train()
         while self.epoch < self.config.optim.epochs:
             self.train_epoch()
+        if not self.config.run.test_every_eval:
+            self.test_best_weights()
         summary = self.summary()
         if self.folder is not None:
             self.folder.write_json(self.folder.summary, summary)
@@ -454,7 +459,7 @@ class Trainer:
         self.ranks.broadcast_buffers(self.model)
         window = self.window
         val_error = self._error(self.loaders.val)
-        test_error = self._error(self.loaders.test)
+        test_error = self._error(self.loaders.test) if self.config.run.test_every_eval else math.nan
         loss_sum, wrong, images = window.totals(self.ranks)
         record = {
             "epoch": round(self.iteration / len(self.loaders.train), 4),
@@ -478,8 +483,30 @@ class Trainer:
         if val_error < self.best["val_error"]:
             self.best = {"epoch": record["epoch"], "val_error": val_error, "test_error": test_error}
             self.save("best")
+            if not self.config.run.test_every_eval:
+                self.best_weights = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
         write_line(self.describe(record))
         return record
+
+    def test_best_weights(self) -> None:
+        """The test error of the best-validation weights, measured once at the end (``test_every_eval=False``).
+
+        The weights are those kept in memory at the best evaluation, or, in a resumed run that
+        found no better one since, those of ``checkpoints/best.pt``. The model keeps its last
+        weights afterwards.
+        """
+        if self.best["epoch"] is None:
+            return
+        weights = self.best_weights
+        if weights is None and self.folder is not None:
+            weights = load_checkpoint(self.folder.checkpoint("best"))["model"]
+        if weights is None:
+            return
+        last = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
+        self.model.load_state_dict(weights)
+        self.best["test_error"] = self._error(self.loaders.test)
+        self.model.load_state_dict(last)
+        write_line(f"test err {self.best['test_error']:.4f} at the best validation epoch {self.best['epoch']:g}")
 
     def _error(self, loader: Any) -> float:
         """The error on ``loader``'s set: each rank counts its shard, the counts are summed."""
@@ -489,13 +516,14 @@ class Trainer:
 
     def describe(self, record: dict[str, Any]) -> str:
         """One evaluation as a line: errors, learning rate, realised vs expected blocks, speed."""
+        test = "" if math.isnan(record["test_error"]) else f"  test err {record['test_error']:.4f}"
         depth = ""
         if self.expected_active_blocks:
             depth = f"  blocks {record['mean_active_blocks']:.1f}/{self.expected_active_blocks:.1f}"
         return (
             f"epoch {record['epoch']:g}/{self.config.optim.epochs}  iter {record['iteration']}  "
             f"loss {record['train_loss']:.4f}  train err {record['train_error']:.4f}  "
-            f"val err {record['val_error']:.4f}  test err {record['test_error']:.4f}  lr {record['lr']:.4g}"
+            f"val err {record['val_error']:.4f}{test}  lr {record['lr']:.4g}"
             f"{depth}  {record['images_per_second']:.0f} img/s"
         )
 
