@@ -1,13 +1,14 @@
 """DDP training-step time of stochastic depth against constant depth, on 2 gloo ranks (CPU), side by side.
 
-A dropped block's parameters get no gradient, and DDP's reducer by default waits for a
-gradient of every parameter. Two ways out, measured here against a constant-depth DDP run:
+DDP's reducer by default waits for a gradient of every parameter, and a dropped block's
+branch does not run. Measured here against a constant-depth DDP run:
 
   constant           survival_rule="none": every parameter gets a gradient (the baseline)
-  idle-in-loss       linear decay to p_L; the parameters of the blocks the gates dropped join
-                     the loss with weight zero (what ``stochdepth train`` does under torchrun)
-  find-unused        linear decay to p_L; ``find_unused_parameters=True``: DDP searches the
-                     autograd graph after every forward pass for parameters it does not reach
+  zero-gradients     linear decay to p_L under DDP's default settings: the mechanism gives a
+                     dropped block's parameters an exact zero gradient when backward reaches
+                     the block (what every converted network does, in any loop)
+  find-unused        the same network under ``find_unused_parameters=True``: DDP also searches
+                     the autograd graph after every forward pass (the usual workaround)
 
 Both stochastic variants draw the same gates (same seed), so they compute the same blocks.
 Started plainly, it spawns 2 gloo ranks on the CPU, one thread each; started by torchrun, it
@@ -35,10 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import stochdepth
-from stochdepth.depth import IdleParameters, decay_dropped_blocks, survival_probs
+from stochdepth.depth import survival_probs
 from stochdepth.train.distributed import join
 
-VARIANTS = ("constant", "idle-in-loss", "find-unused")
+VARIANTS = ("constant", "zero-gradients", "find-unused")
 
 
 def build(variant: str, args: argparse.Namespace, ranks) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
@@ -59,19 +60,17 @@ def build(variant: str, args: argparse.Namespace, ranks) -> tuple[nn.Module, nn.
     else:
         network = ranks.wrap(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    decay_dropped_blocks(optimizer)
     return model, network, optimizer
 
 
-def mean_step_seconds(variant: str, model: nn.Module, network: nn.Module, optimizer, batch, steps: int, ranks) -> float:
+def mean_step_seconds(network: nn.Module, optimizer, batch, steps: int, ranks) -> float:
     images, labels = batch
-    idle = IdleParameters(model)
     dist.barrier()
     start = time.perf_counter()
     for _ in range(steps):
         loss = F.cross_entropy(network(images), labels)
         optimizer.zero_grad(set_to_none=False)
-        (loss if variant == "find-unused" else ranks.loss_for_backward(loss, idle)).backward()
+        loss.backward()
         optimizer.step()
     if ranks.device.type == "cuda":
         torch.cuda.synchronize(ranks.device)
@@ -93,16 +92,16 @@ def measure(args: argparse.Namespace) -> None:
     local = ranks.local_batch(args.batch_size)
     batch = (torch.randn(local, 3, 32, 32, device=ranks.device), torch.randint(0, 10, (local,), device=ranks.device))
     built = {variant: build(variant, args, ranks) for variant in VARIANTS}
-    for variant, (model, network, optimizer) in built.items():
-        mean_step_seconds(variant, model, network, optimizer, batch, 2, ranks)
+    for _, network, optimizer in built.values():
+        mean_step_seconds(network, optimizer, batch, 2, ranks)
     times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     for round_index in range(args.rounds):
         shift = round_index % len(VARIANTS)
         for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-            model, network, optimizer = built[variant]
-            times[variant].append(mean_step_seconds(variant, model, network, optimizer, batch, args.steps, ranks))
+            _, network, optimizer = built[variant]
+            times[variant].append(mean_step_seconds(network, optimizer, batch, args.steps, ranks))
     if ranks.is_main:
-        probs = survival_probs(built["idle-in-loss"][0])
+        probs = survival_probs(built["zero-gradients"][0])
         share = sum(probs) / len(probs)
         constant = statistics.median(times["constant"])
         where = torch.cuda.get_device_name(ranks.device) if ranks.device.type == "cuda" else "CPU"

@@ -75,7 +75,6 @@ def measure(title: str, variants: dict[str, nn.Module], images: torch.Tensor, ar
     for name, network in variants.items():
         network.train()
         optimizers[name] = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        stochdepth.decay_dropped_blocks(optimizers[name])
 
     def step(name: str) -> None:
         optimizers[name].zero_grad(set_to_none=False)

@@ -26,7 +26,6 @@ from torch import nn
 
 import stochdepth
 from stochdepth.data.device_loader import DeviceLoader
-from stochdepth.depth import stochastic_blocks
 
 CONFIGS = {
     "fp32": {"bf16": False, "channels_last": False, "compile": False},
@@ -84,10 +83,8 @@ def library_loop(args: argparse.Namespace, rule: str, config: dict, loader: Devi
     if config["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     if config["compile"]:
-        for block in stochastic_blocks(model):
-            block.branch.compile()
+        model.compile()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    stochdepth.decay_dropped_blocks(optimizer)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config["bf16"] else contextlib.nullcontext
 
     batches = endless(loader)

@@ -133,7 +133,6 @@ def main() -> None:
     optimizers = {}
     for name, model in variants.items():
         optimizers[name] = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-        stochdepth.decay_dropped_blocks(optimizers[name])
 
     def train_step(name: str) -> None:
         optimizers[name].zero_grad(set_to_none=False)

@@ -63,15 +63,33 @@ def test_train_prints_the_test_error_it_writes(tmp_path, synthetic_data_dir, cap
     summary = json.loads(RunFolder(out).summary.read_text())
     printed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("test error at best"))
     assert printed == (
-        f"test error at best validation (epoch 1): {summary['test_error_at_best_val']:.4f}; "
-        f"final test error: {summary['final_test_error']:.4f}; run folder: {out}"
+        f"test error at best validation (epoch 1): {100 * summary['test_error_at_best_val']:.2f}%; "
+        f"final test error: {100 * summary['final_test_error']:.2f}%; run folder: {out}"
     )
 
 
-def test_eval_reports_the_best_checkpoints_test_error(trained_run, synthetic_data_dir, capsys):
+def test_eval_reports_the_best_checkpoints_error_on_the_whole_test_set(trained_run, synthetic_data_dir, capsys):
+    """The run was evaluated on 64 test images while training; eval counts all 200 and says so."""
+    import contextlib
+
+    from stochdepth.data import build_loaders
+    from stochdepth.train import load_trained_model
+    from stochdepth.train.trainer import error_counts
+
     assert main(["eval", str(trained_run), "--data-dir", str(synthetic_data_dir)]) == 0
-    summary = json.loads(RunFolder(trained_run).summary.read_text())
-    assert f"test error {summary['test_error_at_best_val']:.4f}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    model, config, _ = load_trained_model(trained_run)
+    whole = config.override(data_dir=str(synthetic_data_dir)).data
+    whole.eval_size = None
+    loader = build_loaders(whole, 32, torch.device("cpu"), 0).test
+    wrong, total = error_counts(model, loader, contextlib.nullcontext, False).tolist()
+    assert total == 200
+    assert f"test error {100 * wrong / total:.2f}% ({wrong} of 200 test images, the whole test set)" in printed
+
+
+def test_eval_of_a_missing_folder_says_it_does_not_exist(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "no such run folder or checkpoint file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("export_format", ["safetensors", "torchscript", "exported", "onnx"])
@@ -209,3 +227,9 @@ def test_a_timm_model_without_timm_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_timm)
     with pytest.raises(ValueError, match=r"pip install 'stochdepth\[timm\]'"):
         stochdepth.create_model("timm/resnet18")
+
+
+def test_a_dataset_typo_gets_a_suggestion(tmp_path, capsys):
+    assert main(["train", "--model", "resnet8", "--dataset", "fashion-mnst", "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert "did you mean fashion-mnist" in error and not (tmp_path / "run").exists()

@@ -250,3 +250,52 @@ def test_report_never_writes_through_a_run_folders_lock_link(finished_run, tmp_p
     (run / "run.lock").symlink_to(victim)
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
     assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "timm/local-dir:../../outside/evil",
+        "timm/hf-hub:timm/resnet10t.c3_in1k",
+        "timm/../resnet18",
+        "torchvision/../../x",
+        "timm/",
+    ],
+)
+def test_model_names_that_are_paths_or_hub_references_never_reach_a_loader(name, tmp_path, capsys, monkeypatch):
+    """A name from a run folder or the command line must not download, read elsewhere, or become a path."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a model name reached the network")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    out = tmp_path / "sweep"
+    argv = [
+        "sweep",
+        "--model",
+        name,
+        "--survival-rule",
+        "linear",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "plain architecture name" in error[0]
+    assert sorted(path.name for path in tmp_path.rglob("*")) in ([], ["sweep"])
+
+
+def test_sweep_run_names_are_one_path_component_inside_the_sweep(tmp_path):
+    from stochdepth.analysis.sweep import run_name
+    from stochdepth.config import TrainConfig
+    from stochdepth.train.setup import resolve_config
+
+    config = resolve_config(TrainConfig().override(model="torchvision/resnet18", survival_rule="linear"))
+    name = run_name(config)
+    assert "/" not in name and not name.startswith(".")
+    assert (tmp_path / name).resolve().parent == tmp_path.resolve()

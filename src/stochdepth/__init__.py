@@ -18,9 +18,10 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "create_model": "stochdepth.models",
     "list_models": "stochdepth.models",
-    "decay_dropped_blocks": "stochdepth.depth",
     "fold_survival": "stochdepth.depth",
+    "gate_generator": "stochdepth.depth",
     "register_residual_adapter": "stochdepth.depth",
+    "run_every_block": "stochdepth.depth",
     "stochastic_depth": "stochdepth.depth",
     "survival_probs": "stochdepth.depth",
     "survival_schedule": "stochdepth.depth",

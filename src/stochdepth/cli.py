@@ -175,12 +175,18 @@ def _train(args: argparse.Namespace) -> None:
     if _torchrun_rank() not in (None, 0):
         return
     print(
-        f"test error at best validation (epoch {summary['best_epoch']:g}): {summary['test_error_at_best_val']:.4f}; "
-        f"final test error: {summary['final_test_error']:.4f}; run folder: {out}"
+        f"test error at best validation (epoch {summary['best_epoch']:g}): "
+        f"{_percent(summary['test_error_at_best_val'])}; final test error: {_percent(summary['final_test_error'])}; "
+        f"run folder: {out}"
     )
     depth = _depth_line(out)
     if depth:
         print(depth)
+
+
+def _percent(fraction: object) -> str:
+    """A fraction as people read errors: ``7.86%`` (the JSON files keep fractions)."""
+    return f"{100 * fraction:.2f}%" if _is_number(fraction) else "n/a"
 
 
 def _is_number(value: object) -> bool:
@@ -214,11 +220,12 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from stochdepth.data import build_loaders
     from stochdepth.train import load_trained_model
-    from stochdepth.train.trainer import error_rate
+    from stochdepth.train.trainer import error_counts
 
     model, config, spec = load_trained_model(args.source, args.checkpoint, args.device)
     data = config.override(data_dir=args.data_dir).data
     data.download = False
+    data.eval_size = None
     if args.data_dir is None:
         data.data_dir = None
     device = next(model.parameters()).device
@@ -228,8 +235,11 @@ def _evaluate(args: argparse.Namespace) -> None:
             f"the data found ({loaders.spec.num_classes} classes, {loaders.spec.in_channels} channels) does not "
             f"fit the network ({spec.num_classes} classes, {spec.in_channels} channels)"
         )
-    test_error = error_rate(model, loaders.test, contextlib.nullcontext, False)
-    print(f"{args.source}: test error {test_error:.4f} on {config.data.dataset}")
+    wrong, total = error_counts(model, loaders.test, contextlib.nullcontext, False).tolist()
+    print(
+        f"{args.source}: test error {_percent(wrong / total)} ({wrong:,} of {total:,} test images, the whole "
+        f"test set) on {config.data.dataset}"
+    )
 
 
 def _check_export_target(out: Path, source: Path, force: bool) -> None:
@@ -284,6 +294,11 @@ def _list(args: argparse.Namespace) -> None:
         info = model_info(name)
         depth = "" if info.residual else "  (no residual blocks: constant depth only)"
         print(f"  {name:<20} {info.family:<22} depth {info.depth:<5} {count_parameters(name) / 1e6:6.2f}M{depth}")
+    print(
+        "  torchvision/<name>, timm/<name>  any torchvision or timm classification network with recognised residual "
+        "blocks\n    (list them: python -c 'import torchvision; print(torchvision.models.list_models())', "
+        "timm.list_models())"
+    )
     print("presets:")
     for name in list_presets():
         print(f"  {name:<24} {describe_preset(name)}")

@@ -63,9 +63,13 @@ class ModelConfig:
     """Which network, and its stochastic-depth settings (Huang et al. 2016, section 3)."""
 
     model: str = _option("resnet110", "registered model name (stochdepth list)")
-    survival_rule: str | None = _option(None, "linear (eq. 4), uniform or none (constant depth)")
-    final_survival_prob: float | None = _option(None, "p_L, the last block's survival probability, in (0, 1]")
-    drop_mode: str | None = _option(None, "batch (one gate per block per mini-batch, the paper) or sample")
+    survival_rule: str | None = _option(None, "linear (eq. 4), uniform or none (constant depth); default: linear")
+    final_survival_prob: float | None = _option(
+        None, "p_L, the last block's survival probability, in (0, 1]; 1 is constant depth; default: 0.5"
+    )
+    drop_mode: str | None = _option(
+        None, "batch (one gate per block per mini-batch, the paper) or sample; default: batch"
+    )
     scaling: str | None = _option(
         None,
         "paper (evaluation multiplies each branch by p_l, eq. 5) or inverted (training divides by p_l); "
@@ -111,12 +115,16 @@ class OptimConfig:
 class RunConfig:
     """Where the run goes, its seed, device and numerics, and how often it evaluates."""
 
-    out: str | None = _option(None, "run folder (config.json, metrics.jsonl, summary.json, checkpoints/)")
+    out: str | None = _option(
+        None,
+        "run folder (config.json, metrics.jsonl, summary.json, checkpoints/); "
+        "default: runs/<preset or model>-<dataset>",
+    )
     seed: int = _option(0, "seeds model initialisation, data order, augmentation and gates")
     device: str | None = _option(None, "cpu, cuda, cuda:1, ... (default: cuda if available)")
     precision: str = _option("fp32", "fp32 or bf16 (autocast)")
     channels_last: bool = _option(False, "channels-last memory format (CUDA)")
-    compile: bool = _option(False, "torch.compile the block branches (not the gate logic)")
+    compile: bool = _option(False, "torch.compile the model (the gate logic runs eagerly, the branches compiled)")
     sync_batchnorm: bool = _option(
         False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm; CUDA, batch drop mode)"
     )

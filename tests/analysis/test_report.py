@@ -53,6 +53,13 @@ def test_sweep_names_runs_readably_and_gives_constant_depth_once(sweep):
     assert {path.name for path in (out / "runs").iterdir()} == NAMES
 
 
+def test_p_l_of_one_is_the_constant_depth_run_trained_once(sweep):
+    base, _ = sweep
+    grid = {"survival_rule": ["none", "linear", "uniform"], "final_survival_prob": [0.5, 1.0], "seed": [1]}
+    names = sorted(point.name for point in sweep_grid(base, grid))
+    assert names == ["resnet8-linear-p0.5-seed1", "resnet8-none-seed1", "resnet8-uniform-p0.5-seed1"]
+
+
 def test_a_densenet_sweep_is_named_constant_depth_and_refuses_a_rule(sweep):
     base, _ = sweep
     points = sweep_grid(base.override(model="densenet_bc_100_12"), {"final_survival_prob": [0.3, 0.7], "seed": [1]})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def run_name(config: TrainConfig) -> str:
     The mode and the scaling appear only where they differ from the paper's (batch, paper).
     """
     model = config.model
-    parts = [model.model, model.survival_rule]
+    parts = [_path_safe(model.model), model.survival_rule]
     if model.survival_rule != "none":
         parts.append(f"p{model.final_survival_prob:g}")
     if model.drop_mode == "sample":
@@ -45,6 +46,11 @@ def run_name(config: TrainConfig) -> str:
         parts.append("inverted")
     parts.append(f"seed{config.run.seed}")
     return "-".join(parts)
+
+
+def _path_safe(text: str) -> str:
+    """``text`` as one path component: anything but letters, digits, ``_``, ``.``, ``-`` becomes ``_``, no ``..``."""
+    return re.sub(r"\.\.+", "_", re.sub(r"[^A-Za-z0-9_.\-]", "_", text)).lstrip(".") or "_"
 
 
 def sweep_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[SweepPoint]:
@@ -77,8 +83,12 @@ def run_sweep(
     except OSError as error:
         raise ValueError(f"cannot write the sweep into {out}: {error.strerror or error}") from None
     done: dict[str, str] = {}
+    runs = (out / "runs").resolve()
     for index, point in enumerate(points, 1):
-        folder = RunFolder(out / "runs" / point.name)
+        path = (runs / point.name).resolve()
+        if path.parent != runs:
+            raise ValueError(f"run {point.name!r} would be written outside {runs}")
+        folder = RunFolder(path)
         print(f"[{index}/{len(points)}] {point.name}", flush=True)
         done[point.name] = _advance(point, folder, progress)
     return done

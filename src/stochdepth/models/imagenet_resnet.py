@@ -5,7 +5,7 @@ blocks (1x1, 3x3, 1x1 with 64/128/256/512 bottleneck widths, 4x as many output c
 global average pooling and a linear classifier; the stride sits on the 3x3 convolution and
 the first block of each stage has a 1x1 projection shortcut with BatchNorm. This is exactly
 torchvision's ``ResNet`` with ``Bottleneck`` blocks, so the family *is* torchvision's classes:
-stochastic depth reaches them through the torchvision adapter (``models/external.py``), and
+stochastic depth reaches them through the torchvision adapter (``depth/adapters/torchvision_blocks.py``), and
 torchvision's pretrained weights load into the paper's ImageNet preset as they are. The
 paper's ImageNet run uses the 152-layer network.
 

@@ -9,6 +9,7 @@ every family, goes through the same door (timm's ``build_model_with_cfg`` patter
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,10 +74,23 @@ def _external(name: str) -> str | None:
     return next((library for prefix, library in EXTERNAL_PREFIXES.items() if name.startswith(prefix)), None)
 
 
+EXTERNAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+"""What may follow ``torchvision/`` or ``timm/``: a plain architecture name. Never a path, and never
+timm's ``hf-hub:`` or ``local-dir:`` forms, which read configurations from the network or the disk
+(a model name can come from an untrusted run folder or checkpoint)."""
+
+
 def model_info(name: str) -> ModelInfo:
     """The registry's description of model ``name``; ``ValueError`` (with suggestions) if unknown."""
     library = _external(name) if isinstance(name, str) else None
     if library is not None:
+        architecture = name.split("/", 1)[1]
+        if not EXTERNAL_NAME.fullmatch(architecture) or ".." in architecture:
+            raise ValueError(
+                f"model {name!r}: after {library}/ only a plain architecture name is accepted (letters, digits, "
+                "_ . -), not a path or a hub/local reference; build such a network in Python and apply "
+                "stochdepth.stochastic_depth to it"
+            )
         return ModelInfo(name, library, 0, residual=True, min_image_size=32)
     if name not in _ENTRIES:
         close = difflib.get_close_matches(name, _ENTRIES, n=3)
@@ -118,7 +132,7 @@ def create_model(
     survival_rule: str | None = None,
     final_survival_prob: float | None = None,
     drop_mode: str | None = None,
-    gate_seed: int = 0,
+    gate_seed: int | None = None,
     scaling: str | None = None,
     **family_options: object,
 ) -> nn.Module:
@@ -127,7 +141,8 @@ def create_model(
     ``survival_rule`` (default ``"linear"``, eq. 4), ``final_survival_prob`` (p_L, default
     0.5), ``drop_mode`` (default ``"batch"``) and ``scaling`` (``"paper"`` here,
     ``"inverted"`` for torchvision's and timm's networks) are resolved by
-    :func:`resolve_model_depth_options`. ``family_options`` go to the family's builder
+    :func:`resolve_model_depth_options`. ``gate_seed`` defaults to what ``torch.manual_seed`` set
+    (:func:`~stochdepth.stochastic_depth`). ``family_options`` go to the family's builder
     (``dropout_rate`` for Wide ResNets, for example). Arguments that are ``None`` are left
     out, so the family's own defaults stay in force (1000 classes for the ImageNet family,
     10 elsewhere; 3 input channels); an option the family does not take is a ``ValueError``.

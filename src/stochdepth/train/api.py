@@ -149,6 +149,8 @@ def _record_start(folder: RunFolder, trainer: Trainer, plan: Plan) -> None:
 def checkpoint_path(source: str | Path, checkpoint: str = "best") -> Path:
     """The checkpoint ``source`` names: a ``.pt`` file itself, or a run folder's ``checkpoints/<checkpoint>.pt``."""
     source = Path(source)
+    if not source.exists():
+        raise ValueError(f"{source}: no such run folder or checkpoint file")
     return source if source.is_file() else RunFolder(source).checkpoint(checkpoint)
 
 

@@ -14,13 +14,11 @@ How a run is split, and why it is still the single-process run:
 - Gates: every rank's :class:`~stochdepth.depth.GateGenerator` has the same seed and
   draws in lockstep, so batch mode drops the same blocks everywhere; sample mode draws for
   the global batch and each rank keeps its rows.
-- Gradients: DDP averages them. A dropped block's parameters get no gradient, and DDP's
-  reducer, by default, waits for every parameter; the gates say which blocks did not run
-  before backward (:class:`~stochdepth.depth.IdleParameters`), so their parameters join the
-  loss with weight zero (:meth:`ProcessGroup.loss_for_backward`) instead of DDP searching
-  the autograd graph each step (``find_unused_parameters=True``; docs/benchmarks.md has the
-  measurement). Their gradient is then zero, as on one process, so weight decay and
-  momentum still apply (:func:`~stochdepth.depth.decay_dropped_blocks`).
+- Gradients: DDP (default settings) averages them. A dropped block's parameters get an
+  exact zero gradient from the mechanism itself (``stochdepth.depth.residual``), so DDP's
+  reducer sees every parameter without searching the autograd graph each step
+  (``find_unused_parameters=True``; docs/benchmarks.md has the measurement), and weight
+  decay and momentum apply to them as on one process.
 - Decisions the host makes (stop on a signal, a timed checkpoint, a progress line) are
   agreed by all ranks every step (:meth:`ProcessGroup.agree`, on a gloo group, so a GPU
   never waits for it); everything else is decided by the step count.
@@ -39,7 +37,6 @@ import torch.distributed as dist
 from torch import nn
 
 from stochdepth.data import Shard
-from stochdepth.depth import IdleParameters
 from stochdepth.train.launch import torchrun_place
 from stochdepth.train.progress import silence
 from stochdepth.train.setup import resolve_device
@@ -89,10 +86,6 @@ class SingleProcess:
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module that training steps call (DDP around ``model`` on several ranks)."""
         return model
-
-    def loss_for_backward(self, loss: torch.Tensor, idle: IdleParameters) -> torch.Tensor:
-        """What backward runs from: ``loss``, plus (several ranks) what DDP needs to see every gradient."""
-        return loss
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` summed over the ranks (a tensor on the training device)."""
@@ -150,13 +143,6 @@ class ProcessGroup(SingleProcess):
                 param.grad = torch.zeros_like(param)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
-
-    def loss_for_backward(self, loss: torch.Tensor, idle: IdleParameters) -> torch.Tensor:
-        """``loss`` plus zero times the idle parameters' sum, so DDP's reducer sees every gradient (module doc)."""
-        params = idle()
-        if not params:
-            return loss
-        return loss + 0.0 * torch.stack([param.sum() for param in params]).sum().to(loss.dtype)
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         total = values.clone()

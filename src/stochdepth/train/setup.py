@@ -8,6 +8,7 @@ sweep names, the report, ``eval``, ``export``) reads the resolved values.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from pathlib import Path
 
 import torch
@@ -25,7 +26,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     """
     config.check()
     if config.data.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {config.data.dataset!r}; choose one of {', '.join(DATASETS)}")
+        close = difflib.get_close_matches(config.data.dataset, DATASETS, n=2)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown dataset {config.data.dataset!r}{hint}; choose one of {', '.join(DATASETS)}")
     model = config.model
     info = model_info(model.model)
     options = resolve_model_depth_options(

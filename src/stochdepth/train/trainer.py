@@ -31,10 +31,7 @@ from torch import nn
 from stochdepth.config import TrainConfig
 from stochdepth.data import Loaders, build_loaders
 from stochdepth.depth import (
-    IdleParameters,
-    decay_dropped_blocks,
     gate_generator,
-    stochastic_blocks,
     survival_probs,
 )
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -166,12 +163,9 @@ class Trainer:
         if config.run.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if config.run.compile:
-            for block in stochastic_blocks(self.model):
-                block.branch.compile()
+            self.model.compile()
         self.gates = gate_generator(self.model)
-        self.gates.shard_rows(ranks.rank, ranks.world_size)
         self.network = ranks.wrap(self.model)
-        self.idle_parameters = IdleParameters(self.model)
         self.gradient_recorder = GradientRecorder(self.model, self.gates)
         self.expected_active_blocks = sum(survival_probs(self.model))
         optim = config.optim
@@ -183,7 +177,6 @@ class Trainer:
             nesterov=optim.momentum > 0,
             weight_decay=optim.weight_decay,
         )
-        decay_dropped_blocks(self.optimizer)
         self.scheduler = EpochSchedule(self.optimizer, optim)
         self.epoch = 0
         self.iteration = 0
@@ -359,8 +352,9 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """One SGD step; a non-finite loss or gradient stops the run or skips the step.
 
-        Gradients stay allocated (``set_to_none=False``) so that dropped blocks get a zero
-        gradient, hence weight decay and momentum, without a fresh allocation each step.
+        Gradients stay allocated (``set_to_none=False``): no fresh allocation each step. A
+        dropped block's parameters get a zero gradient from the mechanism, hence weight decay
+        and momentum, as in the paper's code.
         """
         if self.config.run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -368,7 +362,7 @@ class Trainer:
             logits = self.network(images)
             loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=False)
-        self.ranks.loss_for_backward(loss, self.idle_parameters).backward()
+        loss.backward()
         self.iteration += 1
         finite = self._finite(loss)
         if self.config.run.on_nonfinite == "skip":
@@ -519,7 +513,10 @@ class Trainer:
         test = "" if math.isnan(record["test_error"]) else f"  test err {record['test_error']:.4f}"
         depth = ""
         if self.expected_active_blocks:
-            depth = f"  blocks {record['mean_active_blocks']:.1f}/{self.expected_active_blocks:.1f}"
+            depth = (
+                f"  blocks run {record['mean_active_blocks']:.1f} (expected {self.expected_active_blocks:.1f} "
+                f"of {len(self.gates.survival_probs)})"
+            )
         return (
             f"epoch {record['epoch']:g}/{self.config.optim.epochs}  iter {record['iteration']}  "
             f"loss {record['train_loss']:.4f}  train err {record['train_error']:.4f}  "

@@ -1,4 +1,4 @@
-"""The stochastic-depth mechanism: schedules, gates, skipping, eval scaling, optimizer updates."""
+"""The stochastic-depth mechanism: schedules, gates, skipping, eval scaling, zero gradients for dropped blocks."""
 
 import copy
 import itertools
@@ -12,10 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import stochdepth
 from stochdepth.depth import (
     GateGenerator,
-    IdleParameters,
     ResidualBlock,
     StochasticResidual,
-    decay_dropped_blocks,
     stochastic_blocks,
     survival_schedule,
     survivor_counts,
@@ -236,42 +234,50 @@ def test_sample_mode_on_one_by_one_maps_never_leaves_batchnorm_one_sample():
     x = torch.randn(2, 4, 1, 1, requires_grad=True)
     calls = _record_branch_calls(nn.Sequential(block))
     for _ in range(40):
+        block.gates.begin_step()
         block(x).sum().backward()
     assert set(calls[0]) == {2}
     assert len(calls[0]) < 40
 
 
-def test_a_dropped_batch_mode_block_returns_its_shortcut_and_its_branch_gets_no_gradient():
+@pytest.mark.parametrize("input_requires_grad", [True, False])
+def test_a_dropped_batch_mode_block_returns_its_shortcut_and_its_branch_gets_an_exact_zero_gradient(
+    input_requires_grad,
+):
     block = _single_block(0.5, "batch")
-    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    x = torch.randn(2, 4, 5, 5, requires_grad=input_requires_grad)
     calls = _record_branch_calls(nn.Sequential(block))
+    dropped = 0
     for _ in range(30):
         before = len(calls[0])
         for param in block.parameters():
             param.grad = None
+        block.gates.begin_step()
         output = block(x)
-        output.sum().backward()
+        (output * 2).sum().backward()
         if len(calls[0]) == before:
+            dropped += 1
             assert torch.equal(output, x)
-            assert all(param.grad is None for param in block.branch.parameters())
-    assert 0 < len(calls[0]) < 30
+            assert all(param.grad is not None and not param.grad.any() for param in block.branch.parameters())
+        else:
+            assert all(param.grad is not None and param.grad.any() for param in block.branch[0].parameters())
+    assert 0 < dropped < 30
 
 
-def test_dropped_blocks_still_get_weight_decay_and_momentum():
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_dropped_blocks_still_get_weight_decay_and_momentum_with_a_plain_optimizer(set_to_none):
     model = stochdepth.create_model("resnet8", survival_rule="uniform", final_survival_prob=0.5, gate_seed=2)
     learning_rate, momentum, weight_decay = 0.1, 0.9, 1e-2
     optimizer = torch.optim.SGD(
         model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay, nesterov=True
     )
-    assert decay_dropped_blocks(optimizer) is decay_dropped_blocks(optimizer)
-    assert len(optimizer._optimizer_step_pre_hooks) == 1
     calls = _record_branch_calls(model)
     x, target = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
     dropped_weights = None
     for _ in range(10):
         before = [len(record) for record in calls]
         weights = [block.branch[0].weight.detach().clone() for block in model.blocks]
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad(set_to_none=set_to_none)
         nn.functional.cross_entropy(model(x), target).backward()
         optimizer.step()
         dropped = [index for index, (record, count) in enumerate(zip(calls, before)) if len(record) == count]
@@ -284,24 +290,6 @@ def test_dropped_blocks_still_get_weight_decay_and_momentum():
     expected = weight - learning_rate * (1 + momentum) * weight_decay * weight
     torch.testing.assert_close(model.blocks[index].branch[0].weight.detach(), expected)
     assert "momentum_buffer" in optimizer.state[model.blocks[index].branch[0].weight]
-    grads = [param.grad for param in model.parameters()]
-    optimizer.zero_grad(set_to_none=False)
-    nn.functional.cross_entropy(model(x), target).backward()
-    optimizer.step()
-    assert all(param.grad is grad for param, grad in zip(model.parameters(), grads)), "gradients re-allocated"
-
-
-def test_without_the_hook_sgd_skips_dropped_blocks():
-    """The failure the hook exists for: PyTorch's default leaves dropped parameters untouched."""
-    block = _single_block(1e-9, "batch")
-    optimizer = torch.optim.SGD(block.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
-    weight = block.branch[0].weight.detach().clone()
-    block(torch.randn(2, 4, 3, 3, requires_grad=True)).sum().backward()
-    optimizer.step()
-    assert torch.equal(block.branch[0].weight.detach(), weight)
-    decay_dropped_blocks(optimizer)
-    optimizer.step()
-    assert not torch.equal(block.branch[0].weight.detach(), weight)
 
 
 class _TwoLayer(nn.Module):
@@ -332,22 +320,22 @@ class _UserBlock(nn.Module):
 
 
 def test_registered_adapters_are_found_by_module_type_in_forward_order(monkeypatch):
-    from stochdepth import depth
+    from stochdepth.depth import residual
 
-    monkeypatch.setattr(depth, "_ADAPTERS", dict(depth._ADAPTERS))
+    monkeypatch.setattr(residual, "_ADAPTERS", dict(residual._ADAPTERS))
     made = []
 
     def make(block, probs, index, gates):
         made.append((index, probs))
         return StochasticResidual(ResidualBlock(block.body), probs[0], index, gates)
 
-    stochdepth.register_residual_adapter(_UserBlock, depth.ResidualAdapter(lambda block: 1, make))
+    stochdepth.register_residual_adapter(_UserBlock, residual.ResidualAdapter(lambda block: 1, make))
     network = nn.Sequential(nn.Conv2d(3, 4, 1), _UserBlock(), ResidualBlock(nn.Conv2d(4, 4, 1)), _UserBlock())
     stochdepth.stochastic_depth(network, survival_rule="linear", final_survival_prob=0.4)
     assert [index for index, _ in made] == [0, 2]
     assert stochdepth.survival_probs(network) == pytest.approx([0.8, 0.6, 0.4])
     with pytest.raises(ValueError, match="already registered"):
-        stochdepth.register_residual_adapter(_UserBlock, depth.ResidualAdapter(lambda block: 1, make))
+        stochdepth.register_residual_adapter(_UserBlock, residual.ResidualAdapter(lambda block: 1, make))
 
 
 def _rows_run(step, index: int) -> list[int]:
@@ -358,35 +346,30 @@ def _rows_run(step, index: int) -> list[int]:
     return rows.tolist()
 
 
-def test_sample_mode_shards_draw_together_what_one_process_draws():
+def test_sample_mode_shards_draw_together_what_one_process_draws(monkeypatch):
+    """With torch.distributed initialised, each rank keeps its rows of gates drawn for the global batch."""
+    from stochdepth.depth import gates as gates_module
+
     probs = [0.9, 0.6, 0.3, 0.1]
     whole = GateGenerator(8, probs, "sample")
     shards = [GateGenerator(8, probs, "sample") for _ in range(2)]
-    for index, gates in enumerate(shards):
-        gates.shard_rows(index, 2)
     cpu = torch.device("cpu")
     for _ in range(40):
         step = whole.draw_step(6, cpu)
-        parts = [gates.draw_step(3, cpu) for gates in shards]
+        parts = []
+        for rank, gates in enumerate(shards):
+            monkeypatch.setattr(gates_module, "data_parallel_position", lambda rank=rank: (rank, 2))
+            parts.append(gates.draw_step(3, cpu))
+        monkeypatch.undo()
         assert parts[0].runs_anywhere == parts[1].runs_anywhere == step.survives
         for branch in range(len(probs)):
             together = _rows_run(parts[0], branch) + [row + 3 for row in _rows_run(parts[1], branch)]
             assert together == _rows_run(step, branch)
     assert shards[0].branches_run == shards[1].branches_run == pytest.approx(whole.branches_run)
-    with pytest.raises(ValueError, match="shard 2 of 2"):
-        whole.shard_rows(2, 2)
 
 
-def test_idle_parameters_are_those_of_the_blocks_dropped_in_the_last_step():
-    model = stochdepth.create_model("resnet20", final_survival_prob=0.2, gate_seed=1)
-    idle = IdleParameters(model)
-    assert idle() == []
-    blocks = list(stochastic_blocks(model))
-    seen_drop = False
-    for _ in range(5):
-        model(torch.randn(2, 3, 16, 16))
-        survives = model.gate_generator.step.survives
-        expected = {id(p) for block, runs in zip(blocks, survives) if not runs for p in block.parameters()}
-        assert {id(p) for p in idle()} == expected
-        seen_drop = seen_drop or bool(expected)
-    assert seen_drop
+@pytest.mark.parametrize("survival_rule", ["linear", "uniform"])
+def test_a_final_survival_prob_of_one_is_constant_depth_under_either_rule(survival_rule):
+    model = stochdepth.create_model("resnet8", survival_rule=survival_rule, final_survival_prob=1.0)
+    assert model.depth_options["survival_rule"] == "none"
+    assert stochdepth.survival_probs(model) == [1.0] * 3

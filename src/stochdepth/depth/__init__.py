@@ -1,0 +1,69 @@
+"""The stochastic-depth mechanism: survival schedules, gates, skipping and scaling.
+
+Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016, section 3. This package is
+the one place where the mechanism lives, and it knows no model family and no trainer:
+
+- ``schedule``: the options and the survival probabilities p_l (eq. 4);
+- ``gates``: what a training step is, and the host-side generator of its gates;
+- ``residual``: the residual sum of a stochastic block (skip, scale, zero gradients for
+  what was skipped) and the registry of adapters;
+- ``adapters``: torchvision's and timm's blocks, made stochastic in place;
+- ``apply``: :func:`stochastic_depth`, :func:`fold_survival` and friends.
+
+Model families only declare :class:`ResidualBlock` parts; :func:`stochastic_depth` finds the
+residual blocks of any network and turns each into a stochastic module.
+"""
+
+from stochdepth.depth.apply import (
+    find_residual_blocks,
+    fold_survival,
+    gate_generator,
+    run_every_block,
+    stochastic_blocks,
+    stochastic_depth,
+    survival_probs,
+)
+from stochdepth.depth.gates import GateGenerator, StepGates, survivor_counts
+from stochdepth.depth.residual import (
+    ResidualAdapter,
+    ResidualBlock,
+    StochasticModule,
+    StochasticResidual,
+    register_residual_adapter,
+    scale_last_affine_layer,
+    stochastic_residual,
+)
+from stochdepth.depth.schedule import (
+    DROP_MODES,
+    SCALINGS,
+    SURVIVAL_RULES,
+    DepthOptions,
+    resolve_depth_options,
+    survival_schedule,
+)
+
+__all__ = [
+    "DROP_MODES",
+    "SCALINGS",
+    "SURVIVAL_RULES",
+    "DepthOptions",
+    "GateGenerator",
+    "ResidualAdapter",
+    "ResidualBlock",
+    "StepGates",
+    "StochasticModule",
+    "StochasticResidual",
+    "find_residual_blocks",
+    "fold_survival",
+    "gate_generator",
+    "register_residual_adapter",
+    "resolve_depth_options",
+    "run_every_block",
+    "scale_last_affine_layer",
+    "stochastic_blocks",
+    "stochastic_depth",
+    "stochastic_residual",
+    "survival_probs",
+    "survival_schedule",
+    "survivor_counts",
+]

@@ -1,0 +1,105 @@
+"""Stochastic depth that really skips on the networks users already have: torchvision and timm.
+
+Each adapter teaches the mechanism's discovery rule one block class of another library
+(:func:`~stochdepth.register_residual_adapter`). A recognised block is made stochastic *in
+place*: its class is swapped for a subclass whose ``forward`` computes the same residual sum
+through :func:`~stochdepth.depth.residual.stochastic_residual` (a dropped branch is not run).
+Its submodules stay where they are, so state-dict keys do not change: weights saved before
+the conversion load after it and the other way round, and :func:`~stochdepth.fold_survival`
+swaps the original class back. The classes are defined at module level, so a converted
+network pickles (``torch.save`` of the whole module, ``torch.multiprocessing``).
+
+Each subclass declares its ``plain_class``, its branch count (``branches``), what a branch
+computes, which parameters only that branch uses, and where its output scale sits for
+folding. Recognised: torchvision's ``BasicBlock`` and ``Bottleneck`` (``torchvision_blocks``)
+and timm's ResNet ``BasicBlock``/``Bottleneck`` and Vision Transformer ``Block``
+(``timm_blocks``; registered once timm has been imported, which it has if the network came
+from it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from stochdepth.depth.gates import GateGenerator
+from stochdepth.depth.residual import (
+    ResidualAdapter,
+    StochasticModule,
+    register_residual_adapter,
+    scale_last_affine_layer,
+)
+
+
+class SwappedBlock(StochasticModule):
+    """A library's block with its class swapped; ``folded`` swaps it back (p_l in the weights under paper scaling)."""
+
+    plain_class: type[nn.Module]
+    branches: int = 1
+
+    def extra_repr(self) -> str:
+        probs = ", ".join(f"{prob:.4f}" for prob in self.survival_probs)
+        return f"survival_probs=({probs}), drop_mode={self.gates.drop_mode}, scaling={self.gates.scaling}"
+
+    def branch_ends(self) -> list[nn.Module]:
+        """Per branch, the module whose output scale carries p_l when folding."""
+        raise NotImplementedError
+
+    def folded(self) -> nn.Module:
+        if self.gates.scaling == "paper":
+            for prob, end in zip(self.survival_probs, self.branch_ends()):
+                if prob < 1.0:
+                    _scale_output(end, prob)
+        for name in ("survival_probs", "first_index", "gates"):
+            self.__dict__.pop(name, None)
+        self.__class__ = self.plain_class
+        return self
+
+    @classmethod
+    def adapter(cls) -> ResidualAdapter:
+        return ResidualAdapter(num_branches=lambda block: cls.branches, make_stochastic=cls.swap_in)
+
+    @classmethod
+    def swap_in(cls, block: nn.Module, probs: list[float], first: int, gates: GateGenerator) -> nn.Module:
+        block.__class__ = cls
+        block.survival_probs = tuple(probs)
+        block.first_index = first
+        block.gates = gates
+        return block
+
+
+def parameters_outside(block: nn.Module, *excluded: nn.Module | None) -> Iterable[nn.Parameter]:
+    """``block``'s parameters that do not belong to ``excluded`` modules (its shortcut, say)."""
+    left_out = {id(param) for module in excluded if module is not None for param in module.parameters()}
+    return [param for param in block.parameters() if id(param) not in left_out]
+
+
+def _scale_output(module: nn.Module, scale: float) -> None:
+    """Multiply ``module``'s output by ``scale`` through its weights (a LayerScale's gamma or the last affine layer)."""
+    gamma = getattr(module, "gamma", None)
+    if isinstance(gamma, nn.Parameter):
+        with torch.no_grad():
+            gamma.mul_(scale)
+        return
+    scale_last_affine_layer(module, scale)
+
+
+_LIBRARIES = {
+    "torchvision": "stochdepth.depth.adapters.torchvision_blocks",
+    "timm": "stochdepth.depth.adapters.timm_blocks",
+}
+_REGISTERED: set[str] = set()
+
+
+def register_adapters() -> None:
+    """Register the torchvision adapters, and timm's once timm is imported (idempotent)."""
+    for library, module_name in _LIBRARIES.items():
+        if library in _REGISTERED or (library == "timm" and "timm" not in sys.modules):
+            continue
+        _REGISTERED.add(library)
+        for stochastic in importlib.import_module(module_name).ADAPTED:
+            register_residual_adapter(stochastic.plain_class, stochastic.adapter())

@@ -1,0 +1,178 @@
+"""Applying the mechanism to a network: find its residual blocks, make them stochastic, fold them back."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from stochdepth.depth.gates import GateGenerator, common_seed
+from stochdepth.depth.residual import ResidualAdapter, StochasticModule, adapter_for
+from stochdepth.depth.schedule import resolve_depth_options, survival_schedule
+
+
+def _children_in_order(
+    model: nn.Module, stop: Callable[[nn.Module], bool]
+) -> Iterator[tuple[nn.Module, str, nn.Module]]:
+    """(parent, name, child) in registration order, not descending into children where ``stop`` holds."""
+    for name, child in model.named_children():
+        yield model, name, child
+        if not stop(child):
+            yield from _children_in_order(child, stop)
+
+
+def find_residual_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, ResidualAdapter]]:
+    """The residual blocks of ``model`` (declared ``ResidualBlock``\\ s and registered adapter types).
+
+    Registration order, which every family in this library makes the forward order.
+    """
+
+    def recognised(module: nn.Module) -> bool:
+        return isinstance(module, StochasticModule) or adapter_for(module) is not None
+
+    return [
+        (parent, name, child, adapter_for(child))
+        for parent, name, child in _children_in_order(model, recognised)
+        if adapter_for(child) is not None and not isinstance(child, StochasticModule)
+    ]
+
+
+@torch.compiler.disable
+def begin_gate_step(module: nn.Module, args: object) -> None:
+    """The converted module's forward pre-hook: a training-mode call begins a step (``stochdepth.depth.gates``)."""
+    if module.training:
+        module.gate_generator.begin_step()
+
+
+def stochastic_depth(
+    model: nn.Module,
+    survival_rule: str | None = None,
+    final_survival_prob: float | None = None,
+    drop_mode: str | None = None,
+    gate_seed: int | None = None,
+    scaling: str | None = None,
+) -> nn.Module:
+    """Give every residual branch of ``model`` its survival probability and gate; returns ``model``, changed in place.
+
+    Branches are numbered l = 1..L in the order the model registers its blocks. The model
+    gets a ``gate_generator`` attribute (a :class:`~stochdepth.depth.gates.GateGenerator`)
+    shared by its blocks, a ``depth_options`` dict of the resolved options, and a forward
+    pre-hook that begins a gate step at each training-mode call.
+
+    ``gate_seed`` defaults to ``torch.initial_seed()`` (what ``torch.manual_seed`` set), taken
+    from rank 0 when ``torch.distributed`` is initialised (a broadcast: every rank converts), so
+    every rank drops the same blocks even when each rank was seeded differently (timm's
+    ``train.py`` does). A given ``gate_seed`` is used as it is, with no communication. ``scaling``
+    defaults to the convention the blocks were trained with: ``"paper"`` for this library's
+    blocks, ``"inverted"`` for torchvision's and timm's, so converting a trained network
+    keeps its evaluation outputs. A model in which no residual block is recognised is a
+    ``ValueError`` unless ``survival_rule`` is ``"none"``.
+    """
+    if any(True for _ in stochastic_blocks(model)):
+        raise ValueError("stochastic depth is already applied to this model")
+    _refuse_existing_drop_path(model)
+    from stochdepth.depth.adapters import register_adapters
+
+    register_adapters()
+    found = find_residual_blocks(model)
+    native = {adapter.default_scaling for _, _, _, adapter in found}
+    options = resolve_depth_options(
+        survival_rule, final_survival_prob, drop_mode, scaling, "inverted" if "inverted" in native else "paper"
+    )
+    if not found and options.survival_rule != "none":
+        raise ValueError(
+            f"no residual block found in {type(model).__name__}: stochastic depth needs residual blocks "
+            "(this library's ResidualBlock, or a type registered with register_residual_adapter); "
+            "use survival_rule='none' for constant depth"
+        )
+    seed = common_seed(torch.initial_seed() & (2**63 - 1)) if gate_seed is None else gate_seed
+    sizes = [adapter.num_branches(child) for _, _, child, adapter in found]
+    probs = survival_schedule(sum(sizes), options.survival_rule, options.final_survival_prob)
+    gates = GateGenerator(seed, probs, options.drop_mode, options.scaling)
+    first = 0
+    for (parent, name, child, adapter), size in zip(found, sizes):
+        setattr(parent, name, adapter.make_stochastic(child, probs[first : first + size], first, gates))
+        first += size
+    model.gate_generator = gates
+    model.depth_options = options.as_dict()
+    model.register_forward_pre_hook(begin_gate_step)
+    return model
+
+
+def _refuse_existing_drop_path(model: nn.Module) -> None:
+    """Never stack two: a network built with its library's own drop path (a mask multiply) is refused."""
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        rate = getattr(module, "drop_prob", None) if kind == "DropPath" else None
+        rate = getattr(module, "p", None) if kind == "StochasticDepth" else rate
+        if isinstance(rate, (int, float)) and rate > 0:
+            raise ValueError(
+                f"{type(model).__name__} already has {kind} {name!r} with rate {rate}: build it with a rate of zero "
+                "(timm: drop_path_rate=0; torchvision: stochastic_depth_prob=0), then apply stochastic depth"
+            )
+
+
+def stochastic_blocks(model: nn.Module) -> Iterator[StochasticModule]:
+    """The model's stochastic residual modules, in order."""
+    return (module for module in model.modules() if isinstance(module, StochasticModule))
+
+
+def survival_probs(model: nn.Module) -> list[float]:
+    """p_l of every residual branch of ``model``, in order ([] for a network without any)."""
+    return [prob for block in stochastic_blocks(model) for prob in block.survival_probs]
+
+
+def gate_generator(model: nn.Module) -> GateGenerator:
+    """The :class:`~stochdepth.depth.gates.GateGenerator` that :func:`stochastic_depth` gave ``model``.
+
+    Its ``state_dict()`` / ``load_state_dict()`` carry the gate sequence in a checkpoint of
+    your own (``checkpoint["gates"] = gate_generator(model).state_dict()``); they are kept out
+    of the model's ``state_dict`` so that the weights load into the plain network unchanged.
+    """
+    gates = getattr(model, "gate_generator", None)
+    if not isinstance(gates, GateGenerator):
+        raise ValueError("this model has no gate generator; apply stochdepth.stochastic_depth to it first")
+    return gates
+
+
+@contextlib.contextmanager
+def run_every_block(model: nn.Module) -> Iterator[None]:
+    """Within the block every residual branch runs, combined as in evaluation, even in training mode.
+
+    For recalibrating BatchNorm statistics of the network that evaluation runs
+    (``torch.optim.swa_utils.update_bn``, or a few training-mode passes under ``no_grad``):
+    with blocks dropped, the BatchNorm layers inside dropped branches would see nothing.
+    """
+    with gate_generator(model).running_every_block():
+        yield
+
+
+def fold_survival(model: nn.Module) -> nn.Module:
+    """An evaluation-only copy of ``model`` that is a plain network again.
+
+    Under the paper's scaling the weight and bias of each branch's last affine layer (a
+    BatchNorm in post-activation families, the last convolution in pre-activation ones) are
+    multiplied by p_l, which scales the branch's output by p_l exactly as eq. 5 does at test
+    time; under the inverted scaling evaluation is already the plain network. Each stochastic
+    module becomes its plain counterpart (the original class for other libraries' blocks), so
+    the result has no stochastic parts, costs what a plain network costs, and exports with
+    ``torch.export``. The input model is not changed.
+    """
+    folded = copy.deepcopy(model).eval()
+    stochastic = [
+        (parent, name, child)
+        for parent in folded.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, StochasticModule)
+    ]
+    for parent, name, child in stochastic:
+        setattr(parent, name, child.folded())
+    folded.__dict__.pop("gate_generator", None)
+    folded.__dict__.pop("depth_options", None)
+    for key, hook in list(folded._forward_pre_hooks.items()):
+        if hook is begin_gate_step:
+            del folded._forward_pre_hooks[key]
+    return folded

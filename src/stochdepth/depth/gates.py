@@ -1,0 +1,204 @@
+"""Gates: which residual branches run in a training step, drawn on the host from a seeded generator.
+
+What a step is: every training-mode call of the network that :func:`~stochdepth.stochastic_depth`
+converted begins one (a forward pre-hook on that module calls :meth:`GateGenerator.begin_step`),
+and the first branch that asks for its gate in it draws the gates of *all* branches at once.
+Everything else in that step reuses them: activation checkpointing that recomputes a block
+(reentrant or not, timm's ``set_grad_checkpointing``), and a branch called twice. Gradient
+accumulation is one step per micro-batch, as the paper's per-mini-batch gates are. An EMA
+copy or a teacher is another module with its own generator, so it never shifts the trained
+network's sequence. A user who calls the blocks without calling the converted module must
+call :meth:`GateGenerator.begin_step` (``stochdepth.gate_generator(model).begin_step()``)
+before each step.
+
+Batch mode draws one vector of L uniforms; sample mode the L subset sizes and one L x batch
+matrix. Drawing never waits for the device, and the sequence is a function of the seed and
+the number of steps only. When ``torch.distributed`` is initialised, sample mode draws for
+the global batch (this rank's batch times the world size, equal batches assumed) and keeps
+this rank's rows, so N ranks drop exactly what one process would on the global batch; batch
+mode is the same on every rank as long as the seeds are (see :func:`common_seed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from stochdepth.depth.schedule import DEFAULT_DROP_MODE, DEFAULT_SCALING
+
+
+def survivor_counts(
+    survival_probs: torch.Tensor, batch_size: int, rounding_draws: torch.Tensor, split_draws: torch.Tensor
+) -> torch.Tensor:
+    """How many samples run each branch in sample mode.
+
+    With ``expected = survival_prob * batch_size`` the count is ``floor(expected)`` or
+    ``floor(expected) + 1``: ``rounding_draws`` (uniforms in [0, 1), one per branch) round
+    stochastically, so the mean is exactly ``expected``. A count of one, which would leave
+    BatchNorm a single sample, becomes zero or two with equal probability (``split_draws``),
+    which keeps the mean. Every sample is in the subset with probability exactly p_l.
+    """
+    expected = survival_probs.double() * batch_size
+    counts = expected.floor() + (rounding_draws.double() < expected - expected.floor()).double()
+    counts = counts.clamp(max=batch_size).long()
+    if batch_size >= 2:
+        counts = torch.where(counts == 1, torch.where(split_draws < 0.5, 2, 0), counts)
+    return counts
+
+
+def data_parallel_position() -> tuple[int, int]:
+    """(this process's rank, world size) when ``torch.distributed`` is initialised, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def common_seed(seed: int) -> int:
+    """``seed`` as rank 0 has it when ``torch.distributed`` is initialised (a broadcast), else ``seed``.
+
+    timm's ``train.py`` seeds every rank differently; gates must still agree across ranks.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return seed
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    value = torch.tensor([seed], dtype=torch.int64, device=device)
+    dist.broadcast(value, src=0)
+    return int(value.item())
+
+
+@dataclass
+class StepGates:
+    """The gates of one training step: per branch, whether (batch) or on which rows (sample) it runs.
+
+    ``survives`` and ``rows`` are this process's; ``runs_anywhere`` says whether the branch
+    runs on any row of the global batch (sample mode in data-parallel training: on another
+    process's rows, perhaps).
+    """
+
+    survives: list[bool]
+    rows: list[torch.Tensor | None]
+    batch_size: int
+    runs_anywhere: list[bool]
+
+
+class GateGenerator:
+    """The model's host-side source of gates: a seeded CPU ``torch.Generator`` (module docstring).
+
+    It knows every branch's survival probability, the drop mode and the scaling convention.
+    Its state (:meth:`state_dict`) belongs in a checkpoint so that a resumed run draws the
+    gates an uninterrupted run would have drawn; it is not in the model's ``state_dict``, so
+    the weights stay loadable into the plain network.
+
+    ``branches_run`` counts the residual branches that ran in training (a sample-mode branch
+    counts the fraction of the global batch it ran on): the realised depth, which a trainer
+    reads and resets with :meth:`take_branches_run`. While ``every_block`` is set
+    (:func:`~stochdepth.run_every_block`) every branch runs as in evaluation.
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        survival_probs: list[float] | None = None,
+        drop_mode: str = DEFAULT_DROP_MODE,
+        scaling: str = DEFAULT_SCALING,
+    ) -> None:
+        self.seed = seed
+        self.survival_probs = torch.tensor(survival_probs or [], dtype=torch.float64)
+        self.drop_mode = drop_mode
+        self.scaling = scaling
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed)
+        self.branches_run = 0.0
+        self.step: StepGates | None = None
+        self.every_block = False
+
+    def begin_step(self) -> None:
+        """The next gate asked for draws a new step's gates (the converted module's pre-hook calls this)."""
+        self.step = None
+
+    def take_branches_run(self) -> float:
+        """The branches run since the last call, and reset the count."""
+        count, self.branches_run = self.branches_run, 0.0
+        return count
+
+    def draw_step(self, batch_size: int, device: torch.device) -> StepGates:
+        """Draw every branch's gate for one training step (one host call per kind of draw)."""
+        probs = self.survival_probs
+        count = len(probs)
+        if self.drop_mode == "batch":
+            survives = (torch.rand(count, generator=self.generator, dtype=torch.float64) < probs).tolist()
+            runs_anywhere = survives
+            rows: list[torch.Tensor | None] = [None] * count
+            self.branches_run += float(sum(survives))
+        else:
+            shard, shards = data_parallel_position()
+            full = batch_size * shards
+            draws = torch.rand(2, count, generator=self.generator, dtype=torch.float64)
+            counts = survivor_counts(probs, full, draws[0], draws[1])
+            order = torch.rand(count, full, generator=self.generator).argsort(dim=1)
+            keep = torch.zeros(count, full, dtype=torch.bool)
+            keep.scatter_(1, order, torch.arange(full).expand(count, -1) < counts[:, None])
+            self.branches_run += counts.sum().item() / full
+            runs_anywhere = (counts > 0).tolist()
+            keep = keep[:, shard * batch_size : (shard + 1) * batch_size]
+            counts = keep.sum(dim=1)
+            flat = keep.nonzero()[:, 1]
+            if device.type == "cuda":
+                flat = flat.pin_memory()
+            flat = flat.to(device, non_blocking=True)
+            sizes = counts.tolist()
+            ends = counts.cumsum(0).tolist()
+            survives = [size > 0 for size in sizes]
+            rows = [None if size in (0, batch_size) else flat[end - size : end] for size, end in zip(sizes, ends)]
+        self.step = StepGates(survives, rows, batch_size, runs_anywhere)
+        return self.step
+
+    @torch.compiler.disable
+    def gate(self, index: int, batch_size: int, device: torch.device) -> tuple[bool, torch.Tensor | None]:
+        """Branch ``index``'s gate in this step: (runs at all, rows it runs on or ``None`` for all).
+
+        The step's gates are drawn by the first request after :meth:`begin_step` (or for a
+        batch of another size); later requests, a recomputation's included, reuse them.
+        Never compiled: a host decision, drawn eagerly under ``torch.compile``.
+        """
+        step = self.step
+        if step is None or step.batch_size != batch_size:
+            step = self.draw_step(batch_size, device)
+        return step.survives[index], step.rows[index]
+
+    @contextlib.contextmanager
+    def running_every_block(self) -> Iterator[None]:
+        """Within the block every branch runs, scaled as in evaluation, whatever the modules' training flags."""
+        before, self.every_block = self.every_block, True
+        try:
+            yield
+        finally:
+            self.every_block = before
+
+    def state_dict(self) -> dict[str, object]:
+        return {"seed": self.seed, "state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.seed = int(state["seed"])
+        self.generator.set_state(state["state"])
+        self.step = None
+
+    def __getstate__(self) -> dict[str, object]:
+        """Plain Python values only, so a converted module pickles and crosses ``torch.multiprocessing``."""
+        return {
+            "seed": self.seed,
+            "state": bytes(self.generator.get_state().tolist()),
+            "survival_probs": self.survival_probs.tolist(),
+            "drop_mode": self.drop_mode,
+            "scaling": self.scaling,
+        }
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(int(state["seed"]), state["survival_probs"], state["drop_mode"], state["scaling"])
+        self.generator.set_state(torch.tensor(list(state["state"]), dtype=torch.uint8))

@@ -1,0 +1,307 @@
+"""The residual sum of a stochastic block: skip, scale, and exact zero gradients for what was skipped.
+
+Huang et al. 2016, section 3. Training, ``drop_mode="batch"`` (the paper): one Bernoulli gate
+per residual branch per step; a dropped branch is *not executed*, forward or backward, which
+is where the training-time saving comes from. Where the block declares that its
+post-addition activation leaves the shortcut unchanged (a ReLU after a parameter-free
+shortcut of a ReLU output), a dropped block returns the shortcut itself, H_l = id(H_{l-1})
+as in eq. 2, and keeps no activation for backward. ``drop_mode="sample"``: the branch runs
+on the surviving rows only (gathered, then added back), so compute and saved activations
+fall with the survival probability.
+
+Scaling, ``"paper"``: no rescaling in training; in evaluation each branch is multiplied by
+p_l (eq. 5), which :func:`~stochdepth.fold_survival` bakes into the weights. ``"inverted"``
+(timm's ``drop_path``, torchvision's ``StochasticDepth``, so their pretrained weights): in
+training a surviving branch is divided by p_l (batch mode) or by the share of the batch it
+ran on (sample mode); evaluation runs the plain branch. The scale is the ``alpha`` of the
+residual addition, so it costs no extra tensor.
+
+A dropped branch's parameters get an *exact zero gradient* in backward (not none): PyTorch's
+DDP with its default settings waits for every parameter's gradient, and SGD applies weight
+decay and momentum only to parameters with a gradient, as the paper's code did to dropped
+blocks. The zero gradients are produced when backward reaches the block's output (a hook on
+that tensor), so forward keeps no copy of any activation for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from stochdepth.depth.gates import GateGenerator
+
+AFFINE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.conv._ConvNd, nn.Linear, nn.LayerNorm)
+
+
+def training_scale(scaling: str, drop_mode: str, survival_prob: float, rows: int, batch_size: int) -> float:
+    """The factor on a branch that ran on ``rows`` of ``batch_size`` samples in a training step.
+
+    ``"paper"``: 1 (section 3: no rescaling in training). ``"inverted"``: 1 / p_l in batch
+    mode; in sample mode ``batch_size / rows``, the inverse of the share of the batch the
+    branch ran on (whose expectation is p_l).
+    """
+    if scaling == "paper":
+        return 1.0
+    if drop_mode == "batch":
+        return 1.0 / survival_prob
+    return batch_size / rows
+
+
+class _ZeroGradients:
+    """A tensor hook: when backward reaches the tensor, give ``parameters`` a zero gradient.
+
+    The zero gradients go through autograd (a nested backward from the parameters), so the
+    hooks others put on their gradient accumulation (DDP's reducer) fire as for any gradient.
+    """
+
+    def __init__(self, parameters: list[nn.Parameter]) -> None:
+        self.parameters = parameters
+
+    def __call__(self, grad: torch.Tensor) -> None:
+        torch.autograd.backward(self.parameters, [torch.zeros_like(param) for param in self.parameters])
+
+
+class _ZeroGradientsThrough(torch.autograd.Function):
+    """``output`` unchanged (a view), with ``parameters`` as inputs that get a zero gradient.
+
+    Used only where ``output`` does not require a gradient (a frozen network before the
+    block), so no hook can be put on it.
+    """
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, *parameters: torch.Tensor) -> torch.Tensor:
+        ctx.shapes = [(param.shape, param.dtype, param.device) for param in parameters]
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, *[torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.shapes])
+
+
+@torch.compiler.disable
+def give_zero_gradients(output: torch.Tensor, parameters: Iterable[nn.Parameter]) -> torch.Tensor:
+    """``output``, arranged so that backward through it gives ``parameters`` a zero gradient."""
+    trainable = [param for param in parameters if param.requires_grad]
+    if not trainable or not torch.is_grad_enabled():
+        return output
+    if output.requires_grad:
+        output.register_hook(_ZeroGradients(trainable))
+        return output
+    return _ZeroGradientsThrough.apply(output, *trainable)
+
+
+def gated_residual(
+    shortcut: torch.Tensor,
+    branch_input: torch.Tensor,
+    branch: Callable[[torch.Tensor], torch.Tensor],
+    rows: torch.Tensor | None,
+    post_activation: Callable[[torch.Tensor], torch.Tensor],
+    dropped_returns_shortcut: bool,
+    scale: Callable[[int], float],
+) -> torch.Tensor:
+    """``post_activation(shortcut + scale * branch(branch_input))`` for a branch that runs, on ``rows`` only if given.
+
+    ``scale(rows)`` is the branch's factor when it ran on that many rows. In sample mode the
+    branch's output is added back into its rows; with ``dropped_returns_shortcut`` the
+    post-activation runs on those rows only (the others are the shortcut, unchanged by it),
+    so nothing full-sized is kept for backward.
+    """
+    if rows is None:
+        return post_activation(shortcut.add(branch(branch_input), alpha=scale(branch_input.shape[0])))
+    added = branch(branch_input.index_select(0, rows)).to(shortcut.dtype)
+    alpha = scale(rows.shape[0])
+    if dropped_returns_shortcut:
+        return shortcut.index_copy(0, rows, post_activation(shortcut.index_select(0, rows).add(added, alpha=alpha)))
+    return post_activation(shortcut.index_add(0, rows, added, alpha=alpha))
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+class StochasticModule(nn.Module):
+    """What every stochastic residual module provides: its branches' p_l, gates, parameters and a plain copy.
+
+    Branch ``k`` of the module draws gate ``first_index + k`` of its :class:`GateGenerator`.
+    """
+
+    survival_probs: tuple[float, ...]
+    first_index: int
+    gates: GateGenerator
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        """The parameters that only branch ``which`` uses (they get a zero gradient when it is dropped)."""
+        raise NotImplementedError
+
+    def folded(self) -> nn.Module:
+        """A plain module with each p_l multiplied into its branch under the paper's scaling (eq. 5)."""
+        raise NotImplementedError
+
+
+@torch.compiler.disable(recursive=False)
+def stochastic_residual(
+    shortcut: torch.Tensor,
+    branch_input: torch.Tensor,
+    branch: Callable[[torch.Tensor], torch.Tensor],
+    block: StochasticModule,
+    which: int = 0,
+    post_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dropped_returns_shortcut: bool = False,
+) -> torch.Tensor:
+    """Residual branch ``which`` of a stochastic ``block``: training gates it, evaluation runs it.
+
+    Evaluation (or :func:`~stochdepth.run_every_block`) scales the branch by p_l under the
+    paper's scaling, not under the inverted one. Every stochastic module (this library's
+    blocks and the adapters of other libraries' blocks) computes its residual sums here.
+    Under ``torch.compile`` this function runs eagerly (the gates are host decisions, and a
+    new gate pattern must not recompile) while the branch it calls is compiled.
+    """
+    survival_prob = block.survival_probs[which]
+    gates = block.gates
+    post_activation = post_activation if post_activation is not None else _identity
+    if not block.training or gates.every_block:
+        out = branch(branch_input)
+        if gates.scaling == "paper" and survival_prob < 1.0:
+            return post_activation(shortcut.add(out, alpha=survival_prob))
+        return post_activation(shortcut + out)
+    batch_size = branch_input.shape[0]
+    runs, rows = gates.gate(block.first_index + which, batch_size, branch_input.device)
+    if not runs:
+        out = shortcut if dropped_returns_shortcut else post_activation(shortcut)
+        return give_zero_gradients(out, block.branch_parameters(which))
+
+    def scale(ran: int) -> float:
+        return training_scale(gates.scaling, gates.drop_mode, survival_prob, ran, batch_size)
+
+    return gated_residual(shortcut, branch_input, branch, rows, post_activation, dropped_returns_shortcut, scale)
+
+
+class ResidualBlock(nn.Module):
+    """A plain residual block: ``post_activation(shortcut(y) + branch(y))``, ``y = pre_activation(x)``.
+
+    This is what a model family declares. ``pre_activation`` is the part shared by both
+    paths (the BN-ReLU that pre-activation families apply before a projection shortcut
+    and the branch); when the shortcut is an identity, a pre-activation belongs in the
+    branch instead. The branch must end with its last affine layer (a BatchNorm or a
+    convolution, possibly followed by layers that are identities in evaluation), which is
+    where :func:`~stochdepth.fold_survival` puts the survival probability.
+
+    ``dropped_returns_shortcut`` declares that ``post_activation(shortcut(y)) == shortcut(y)``
+    for every input the block sees (a ReLU after an identity or option-A shortcut of a ReLU
+    output): the paper's eq. 2 then gives a dropped block's output as the shortcut itself.
+    """
+
+    def __init__(
+        self,
+        branch: nn.Module,
+        shortcut: nn.Module | None = None,
+        pre_activation: nn.Module | None = None,
+        post_activation: nn.Module | None = None,
+        dropped_returns_shortcut: bool = False,
+    ) -> None:
+        super().__init__()
+        self.pre_activation = pre_activation if pre_activation is not None else nn.Identity()
+        self.shortcut = shortcut if shortcut is not None else nn.Identity()
+        self.branch = branch
+        self.post_activation = post_activation if post_activation is not None else nn.Identity()
+        self.dropped_returns_shortcut = dropped_returns_shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre_activation(x)
+        return self.post_activation(self.shortcut(x) + self.branch(x))
+
+
+class StochasticResidual(ResidualBlock, StochasticModule):
+    """A :class:`ResidualBlock` with stochastic depth (module docstring for the behaviour)."""
+
+    def __init__(self, block: ResidualBlock, survival_prob: float, index: int, gates: GateGenerator) -> None:
+        super().__init__(
+            block.branch, block.shortcut, block.pre_activation, block.post_activation, block.dropped_returns_shortcut
+        )
+        self.survival_prob = survival_prob
+        self.survival_probs = (survival_prob,)
+        self.first_index = index
+        self.gates = gates
+
+    def extra_repr(self) -> str:
+        return f"survival_prob={self.survival_prob:.4f}, drop_mode={self.gates.drop_mode}, scaling={self.gates.scaling}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre_activation(x)
+        shortcut = self.shortcut(x)
+        return stochastic_residual(
+            shortcut, x, self.branch, self, 0, self.post_activation, self.dropped_returns_shortcut
+        )
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        return self.branch.parameters()
+
+    def folded(self) -> ResidualBlock:
+        if self.gates.scaling == "paper" and self.survival_prob < 1.0:
+            scale_last_affine_layer(self.branch, self.survival_prob)
+        return ResidualBlock(
+            self.branch, self.shortcut, self.pre_activation, self.post_activation, self.dropped_returns_shortcut
+        )
+
+
+@dataclass(frozen=True)
+class ResidualAdapter:
+    """How the mechanism recognises one module type as residual branches and makes it stochastic.
+
+    ``num_branches(module)`` is how many residual branches the module holds (a transformer
+    block holds two); ``make_stochastic(module, survival_probs, first_index, gates)`` returns
+    the stochastic replacement, whose branches take gates ``first_index``, ``first_index + 1``...
+    ``default_scaling`` is the convention the module's weights are trained with: ``"inverted"``
+    for other libraries' blocks (their own drop path rescales in training), ``"paper"`` for
+    this library's.
+    """
+
+    num_branches: Callable[[nn.Module], int]
+    make_stochastic: Callable[[nn.Module, list[float], int, GateGenerator], StochasticModule]
+    default_scaling: str = "inverted"
+
+
+_ADAPTERS: dict[type[nn.Module], ResidualAdapter] = {}
+
+
+def register_residual_adapter(module_type: type[nn.Module], adapter: ResidualAdapter) -> None:
+    """Teach the discovery rule a module type (and its subclasses); a type is registered once."""
+    if module_type in _ADAPTERS:
+        raise ValueError(f"a residual adapter for {module_type.__name__} is already registered")
+    _ADAPTERS[module_type] = adapter
+
+
+def adapter_for(module: nn.Module) -> ResidualAdapter | None:
+    """The adapter registered for ``module``'s type or its nearest registered base class."""
+    return next((_ADAPTERS[kind] for kind in type(module).__mro__ if kind in _ADAPTERS), None)
+
+
+def _make_stochastic_residual(block: nn.Module, probs: list[float], index: int, gates: GateGenerator) -> nn.Module:
+    return StochasticResidual(block, probs[0], index, gates)
+
+
+def _one_branch(block: nn.Module) -> int:
+    return 1
+
+
+register_residual_adapter(
+    ResidualBlock,
+    ResidualAdapter(num_branches=_one_branch, make_stochastic=_make_stochastic_residual, default_scaling="paper"),
+)
+
+
+def scale_last_affine_layer(branch: nn.Module, scale: float) -> None:
+    """Multiply the weight and bias of ``branch``'s last affine layer by ``scale`` (in place)."""
+    affine = [module for module in branch.modules() if isinstance(module, AFFINE_LAYERS)]
+    if not affine:
+        raise ValueError(f"branch has no affine layer to fold a survival probability into: {branch}")
+    last = affine[-1]
+    if last.weight is None:
+        raise ValueError(f"the branch's last affine layer has no weight to scale: {last}")
+    with torch.no_grad():
+        last.weight.mul_(scale)
+        if last.bias is not None:
+            last.bias.mul_(scale)

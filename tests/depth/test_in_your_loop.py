@@ -1,0 +1,258 @@
+"""A converted network inside the stacks users train with: their own loop, DDP, checkpointing, pickling, compile."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import stochdepth
+from stochdepth.depth import stochastic_blocks
+from tests.depth.user_loops import plain_ddp_loop, small_resnet, train_mode_forward
+from tests.train.distributed_ranks import run_ranks
+
+
+@pytest.mark.parametrize(("drop_mode", "final_survival_prob"), [("batch", 0.5), ("sample", 0.15)])
+def test_default_ddp_in_a_users_loop_trains_with_dropped_blocks_and_ranks_seeded_differently(
+    drop_mode, final_survival_prob, tmp_path
+):
+    job = functools.partial(plain_ddp_loop, drop_mode=drop_mode, final_survival_prob=final_survival_prob)
+    ranks = run_ranks(job, tmp_path)
+    assert all("error" not in rank for rank in ranks), [rank.get("traceback") for rank in ranks]
+    first, second = ranks
+    assert first["seed"] == second["seed"], "the gate seed is taken from rank 0"
+    decayed, idle_on_one_rank = 0, 0
+    for one, other in zip(first["steps"], second["steps"]):
+        assert one["runs_anywhere"] == other["runs_anywhere"]
+        if drop_mode == "batch":
+            assert one["survives"] == other["survives"]
+        idle_on_one_rank += sum(mine != theirs for mine, theirs in zip(one["survives"], other["survives"]))
+        for name, value in one["after"].items():
+            assert torch.equal(value, other["after"][name]), f"{name} differs across ranks"
+        for block, runs in enumerate(one["runs_anywhere"]):
+            if not runs:
+                name = f"layer{block + 1}.0.conv1.weight"
+                moved = one["after"][name] - one["before"][name]
+                assert moved.abs().sum() > 0, "weight decay moves a dropped block"
+                decayed += 1
+    if drop_mode == "batch":
+        assert decayed > 0, "no block was dropped in 6 steps"
+    else:
+        assert idle_on_one_rank > 0, "no block ran on one rank's rows only (the case DDP would fail on)"
+
+
+def _checkpointed_stages(model: nn.Module, use_reentrant: bool) -> nn.Module:
+    """``model`` whose residual blocks run under ``torch.utils.checkpoint`` (recomputed in backward)."""
+
+    class Checkpointed(nn.Module):
+        def __init__(self, blocks: nn.Sequential) -> None:
+            super().__init__()
+            self.inner = blocks
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.inner:
+                x = checkpoint(block, x, use_reentrant=use_reentrant)
+            return x
+
+    model.blocks = Checkpointed(model.blocks)
+    return model
+
+
+def _gradients(model: nn.Module, x: torch.Tensor, steps: int) -> list[dict[str, torch.Tensor]]:
+    grads = []
+    for _ in range(steps):
+        model.zero_grad()
+        model(x).square().mean().backward()
+        grads.append({name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None})
+    return grads
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+@pytest.mark.parametrize("drop_mode", ["batch", "sample"])
+def test_activation_checkpointing_recomputes_with_the_gates_the_forward_used(use_reentrant, drop_mode):
+    plain = stochdepth.create_model("resnet20", final_survival_prob=0.3, drop_mode=drop_mode, gate_seed=5).train()
+    checkpointed = _checkpointed_stages(copy.deepcopy(plain), use_reentrant)
+    x = torch.randn(6, 3, 16, 16, requires_grad=use_reentrant)
+    expected, measured = _gradients(plain, x, 5), _gradients(checkpointed, x, 5)
+    for one, other in zip(expected, measured):
+        assert one.keys() == {name.replace("blocks.inner.", "blocks.") for name in other}
+        for name, grad in other.items():
+            torch.testing.assert_close(grad, one[name.replace("blocks.inner.", "blocks.")], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("drop_mode", ["batch", "sample"])
+def test_timm_gradient_checkpointing_gives_the_gradients_of_the_plain_run(drop_mode):
+    vit = pytest.importorskip("timm.models.vision_transformer")
+    torch.manual_seed(0)
+    network = vit.VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=5)
+    plain = stochdepth.stochastic_depth(network, final_survival_prob=0.4, drop_mode=drop_mode, gate_seed=3).train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.set_grad_checkpointing(True)
+    x = torch.randn(4, 3, 16, 16)
+    for one, other in zip(_gradients(plain, x, 5), _gradients(checkpointed, x, 5)):
+        assert one.keys() == other.keys()
+        for name, grad in one.items():
+            torch.testing.assert_close(other[name], grad, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_accumulation_and_an_eval_copy_do_not_shift_the_gate_sequence():
+    model = stochdepth.create_model("resnet20", final_survival_prob=0.3, gate_seed=9).train()
+    reference = copy.deepcopy(model)
+    teacher = copy.deepcopy(model).eval()
+    x = torch.randn(2, 3, 8, 8)
+    sequence, expected = [], []
+    for _ in range(6):
+        for micro_batch in x.split(1):
+            model(micro_batch).sum().backward()
+            sequence.append(stochdepth.gate_generator(model).step.survives)
+            with torch.no_grad():
+                teacher(micro_batch)
+        for micro_batch in x.split(1):
+            reference(micro_batch)
+            expected.append(stochdepth.gate_generator(reference).step.survives)
+    assert sequence == expected
+    assert len({tuple(gates) for gates in sequence}) > 1
+
+
+def test_a_converted_torchvision_network_pickles_whole_and_crosses_torch_multiprocessing(tmp_path):
+    model = stochdepth.stochastic_depth(small_resnet(), final_survival_prob=0.5, gate_seed=4)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert [type(block) for block in stochastic_blocks(loaded)] == [type(block) for block in stochastic_blocks(model)]
+    assert all(block.gates is loaded.gate_generator for block in stochastic_blocks(loaded))
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    loaded.train()
+    torch.testing.assert_close(loaded(x), model(x))
+    assert loaded.gate_generator.step.survives == model.gate_generator.step.survives
+    out = tmp_path / "child.pt"
+    context = mp.get_context("spawn")
+    child = context.Process(target=train_mode_forward, args=(model, str(out)))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 0
+    assert torch.load(out)["shape"] == (2, 4)
+
+
+def test_the_gate_seed_follows_torch_manual_seed_unless_given():
+    def gates_after(seed: int, **options: object) -> list[list[bool]]:
+        torch.manual_seed(seed)
+        model = stochdepth.create_model("resnet20", final_survival_prob=0.3, **options).train()
+        draws = []
+        for _ in range(10):
+            model(torch.randn(1, 3, 8, 8))
+            draws.append(stochdepth.gate_generator(model).step.survives)
+        return draws
+
+    assert gates_after(1) == gates_after(1)
+    assert gates_after(1) != gates_after(2)
+    assert gates_after(1, gate_seed=7) == gates_after(2, gate_seed=7)
+
+
+def test_update_bn_under_run_every_block_recalibrates_every_batchnorm():
+    model = stochdepth.create_model("resnet20", final_survival_prob=0.05, gate_seed=1)
+    loader = [torch.randn(8, 3, 8, 8) for _ in range(3)]
+
+    def at_reset(model: nn.Module) -> int:
+        return sum(
+            bool(torch.equal(module.running_mean, torch.zeros_like(module.running_mean)))
+            for module in model.modules()
+            if isinstance(module, nn.BatchNorm2d)
+        )
+
+    dropped = copy.deepcopy(model)
+    torch.optim.swa_utils.update_bn(loader, dropped)
+    assert at_reset(dropped) > 0, "with blocks dropped, some BatchNorm layers see nothing"
+    with stochdepth.run_every_block(model):
+        torch.optim.swa_utils.update_bn(loader, model)
+    assert at_reset(model) == 0
+
+
+def _compile_counter() -> tuple[list[int], object]:
+    compiled = []
+
+    def backend(graph_module: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> object:
+        compiled.append(1)
+        return graph_module.forward
+
+    return compiled, backend
+
+
+@pytest.mark.parametrize(
+    ("drop_mode", "source"),
+    [
+        ("sample", "torchvision"),
+        pytest.param("batch", "torchvision", marks=pytest.mark.slow),
+        pytest.param("batch", "library", marks=pytest.mark.slow),
+        pytest.param("sample", "library", marks=pytest.mark.slow),
+    ],
+)
+def test_a_compiled_converted_network_skips_like_the_eager_one_with_bounded_recompiles(drop_mode, source):
+    torch._dynamo.reset()
+    if source == "library":
+        eager = stochdepth.create_model("resnet20", final_survival_prob=0.4, drop_mode=drop_mode, gate_seed=2)
+        x = torch.randn(6, 3, 8, 8)
+    else:
+        eager = stochdepth.stochastic_depth(small_resnet(), final_survival_prob=0.4, drop_mode=drop_mode, gate_seed=2)
+        x = torch.randn(6, 3, 32, 32)
+    compiled_model = copy.deepcopy(eager).train()
+    eager.train()
+    graphs, backend = _compile_counter()
+    compiled_model.compile(backend=backend)
+    counts, patterns = [], set()
+    for _ in range(12):
+        expected, output = eager(x), compiled_model(x)
+        torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+        output.sum().backward()
+        step = stochdepth.gate_generator(compiled_model).step
+        patterns.add(
+            tuple(step.survives) if drop_mode == "batch" else tuple(len(r) if r is not None else -1 for r in step.rows)
+        )
+        dropped = [block for block, runs in zip(stochastic_blocks(compiled_model), step.survives) if not runs]
+        for block in dropped:
+            assert all(not param.grad.any() for param in block.branch_parameters(0))
+        compiled_model.zero_grad()
+        counts.append(len(graphs))
+    assert len(patterns) > 3, "the gates changed from step to step"
+    # The bound: every compiled frame compiles at most twice, once with static shapes and, in sample
+    # mode, once more with a dynamic batch dimension when a branch first meets another subset size.
+    assert counts[-1] <= 2 * counts[0], f"graphs compiled after each step: {counts}"
+
+
+@pytest.mark.parametrize("drop_mode", ["batch", "sample"])
+def test_lightning_ddp_strategy_trains_a_converted_network_with_no_change_to_the_users_code(drop_mode, tmp_path):
+    pytest.importorskip("lightning")
+    script = Path(__file__).with_name("lightning_ddp.py")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), drop_mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = (torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2))
+    assert len(first["steps"]) == len(second["steps"]) == 6
+    moved = 0
+    for one, other in zip(first["steps"], second["steps"]):
+        assert one["runs_anywhere"] == other["runs_anywhere"]
+        assert all(torch.equal(mine, theirs) for mine, theirs in zip(one["conv1"], other["conv1"]))
+    dropped_first = [not runs for runs in first["steps"][0]["runs_anywhere"]]
+    for block, dropped in enumerate(dropped_first):
+        if dropped:
+            moved += not torch.equal(first["steps"][0]["conv1"][block], first["before"][block])
+    assert moved == sum(dropped_first), "weight decay moves the blocks dropped in the first step"

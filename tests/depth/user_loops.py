@@ -1,0 +1,57 @@
+"""What users write around a converted network, run on spawned gloo ranks (spawned processes import this by name)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchvision.models import resnet as tv
+
+import stochdepth
+
+
+def small_resnet(num_classes: int = 4) -> nn.Module:
+    return tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
+
+
+def plain_ddp_loop(rank: int, out: Path, drop_mode: str, final_survival_prob: float) -> dict[str, Any]:
+    """timm's train.py order: join the group, seed each rank differently, build, convert, wrap in default DDP."""
+    dist.init_process_group("gloo")
+    try:
+        torch.manual_seed(100 + rank)
+        model = stochdepth.stochastic_depth(
+            small_resnet(), survival_rule="uniform", final_survival_prob=final_survival_prob, drop_mode=drop_mode
+        )
+        ddp = nn.parallel.DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.1)
+        data = torch.Generator().manual_seed(rank)
+        steps = []
+        for _ in range(6):
+            images, labels = torch.randn(4, 3, 48, 48, generator=data), torch.randint(0, 4, (4,), generator=data)
+            before = {name: value.detach().clone() for name, value in model.named_parameters()}
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(ddp(images), labels).backward()
+            optimizer.step()
+            step = stochdepth.gate_generator(model).step
+            steps.append(
+                {
+                    "survives": list(step.survives),
+                    "runs_anywhere": list(step.runs_anywhere),
+                    "before": before,
+                    "after": {name: value.detach().clone() for name, value in model.named_parameters()},
+                }
+            )
+        return {"steps": steps, "seed": stochdepth.gate_generator(model).seed}
+    finally:
+        dist.destroy_process_group()
+
+
+def train_mode_forward(model: nn.Module, out: str) -> None:
+    """Run by ``torch.multiprocessing.spawn`` with a converted network as its argument."""
+    model.train()
+    output = model(torch.randn(2, 3, 32, 32))
+    output.sum().backward()
+    torch.save({"shape": tuple(output.shape), "steps": stochdepth.gate_generator(model).step is not None}, out)
