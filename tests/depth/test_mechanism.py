@@ -373,3 +373,29 @@ def test_a_final_survival_prob_of_one_is_constant_depth_under_either_rule(surviv
     model = stochdepth.create_model("resnet8", survival_rule=survival_rule, final_survival_prob=1.0)
     assert model.depth_options["survival_rule"] == "none"
     assert stochdepth.survival_probs(model) == [1.0] * 3
+
+
+@pytest.mark.parametrize("survivors", [[2], [0, 3, 4], [1, 2, 3, 4, 5]])
+def test_sample_mode_gradients_equal_the_mask_multiply_reference_with_the_same_gates(survivors, monkeypatch):
+    """Running on the surviving rows (their gathered copy not kept for backward) is a per-sample mask multiply."""
+    branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1))
+    block = StochasticResidual(
+        ResidualBlock(branch, post_activation=nn.ReLU(), dropped_returns_shortcut=True),
+        0.5,
+        0,
+        GateGenerator(0, [0.5], "sample"),
+    ).train()
+    rows = torch.tensor(survivors)
+    monkeypatch.setattr(block.gates, "gate", lambda index, batch, device: (True, rows))
+    x = (torch.randn(6, 4, 5, 5).abs() + 0.1).requires_grad_()
+    reference_x = x.detach().clone().requires_grad_()
+    weights = torch.randn(6, 4, 5, 5)
+    (block(x) * weights).sum().backward()
+    ours = [param.grad.clone() for param in branch.parameters()]
+    branch.zero_grad()
+    mask = torch.zeros(6, 1, 1, 1)
+    mask[rows] = 1.0
+    (torch.relu(reference_x + mask * branch(reference_x)) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, reference_x.grad)
+    for mine, theirs in zip(ours, branch.parameters()):
+        torch.testing.assert_close(mine, theirs.grad)

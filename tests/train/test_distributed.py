@@ -199,6 +199,7 @@ def _resnet8_flags(data_dir: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.slow
 def test_torchrun_with_device_cuda_on_a_gloo_only_machine_names_each_rank(synthetic_data_dir, tmp_path):
     flags = _resnet8_flags(synthetic_data_dir, tmp_path / "run")
     process = _torchrun(*flags[: flags.index("--device")], "--device", "cuda", "--out", str(tmp_path / "run"))
@@ -209,6 +210,7 @@ def test_torchrun_with_device_cuda_on_a_gloo_only_machine_names_each_rank(synthe
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_two_rank_run_restarted_with_auto_resume_ends_like_an_uninterrupted_one(synthetic_data_dir, tmp_path):
     every_step = ("--checkpoint-every-minutes", "0", "--auto-resume")
     reference = _torchrun(*_resnet8_flags(synthetic_data_dir, tmp_path / "reference", *every_step))

@@ -14,6 +14,7 @@ TIMING_KEYS = {"epoch_seconds", "images_per_second"}
 
 
 @pytest.mark.skipif(not REAL_FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+@pytest.mark.slow
 def test_two_epochs_on_a_fashion_mnist_subset_beat_chance_by_far(tmp_path, tiny_config):
     config = tiny_config.override(
         data_dir=str(REAL_FASHION_MNIST.parent), train_size=4000, eval_size=1000, batch_size=64, epochs=2, seed=0
@@ -145,3 +146,22 @@ def test_without_a_terminal_progress_is_a_plain_line_at_an_interval(tmp_path, ti
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch 1/1: batch")]
     assert [line.split()[3] for line in lines] == [f"{step}/8" for step in range(1, 9)]
     assert all("loss" in line and "\r" not in line and "\x1b" not in line for line in lines)
+
+
+def test_testing_once_gives_the_best_validation_weights_test_error_of_an_every_eval_run(tmp_path, tiny_config):
+    """--no-test-every-eval: the same training, the test set evaluated once, with the best-validation weights."""
+    every = train(tiny_config, out=tmp_path / "every")
+    once = train(tiny_config.override(test_every_eval=False), out=tmp_path / "once")
+    records = RunFolder(tmp_path / "once").read_metrics()
+    assert all(math.isnan(record["test_error"]) for record in records)
+    assert [record["val_error"] for record in records] == [
+        record["val_error"] for record in RunFolder(tmp_path / "every").read_metrics()
+    ]
+    assert once["best_epoch"] == every["best_epoch"]
+    assert once["test_error_at_best_val"] == every["test_error_at_best_val"]
+    assert once["final_test_error"] is None
+
+    from stochdepth.analysis.runs import find_runs
+
+    runs, _ = find_runs([tmp_path / "once"])
+    assert runs[0].test_error_at_best_val() == every["test_error_at_best_val"]

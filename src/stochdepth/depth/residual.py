@@ -7,7 +7,8 @@ post-addition activation leaves the shortcut unchanged (a ReLU after a parameter
 shortcut of a ReLU output), a dropped block returns the shortcut itself, H_l = id(H_{l-1})
 as in eq. 2, and keeps no activation for backward. ``drop_mode="sample"``: the branch runs
 on the surviving rows only (gathered, then added back), so compute and saved activations
-fall with the survival probability.
+fall with the survival probability; the gathered rows themselves are not kept for backward
+(they are gathered again from the block input, which is kept anyway).
 
 Scaling, ``"paper"``: no rescaling in training; in evaluation each branch is multiplied by
 p_l (eq. 5), which :func:`~stochdepth.fold_survival` bakes into the weights. ``"inverted"``
@@ -25,6 +26,7 @@ that tensor), so forward keeps no copy of any activation for them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -93,6 +95,35 @@ def give_zero_gradients(output: torch.Tensor, parameters: Iterable[nn.Parameter]
     return _ZeroGradientsThrough.apply(output, *trainable)
 
 
+class _Regather:
+    """What is saved for backward instead of a branch's gathered input rows: gather them again."""
+
+
+def _gathered_rows_not_saved(
+    gathered: torch.Tensor, source: torch.Tensor, rows: torch.Tensor
+) -> contextlib.AbstractContextManager:
+    """Saved-tensor hooks under which a layer that saves ``gathered`` (the branch's first) keeps nothing new.
+
+    In sample mode the branch runs on ``source.index_select(0, rows)``, a new tensor that its
+    first layer would keep for backward, while ``source`` (the block input) is kept alive anyway.
+    The hooks save a marker instead and gather the rows again from ``source`` when backward
+    needs them: a little recomputation for one activation of the surviving rows less memory.
+    Left out under ``torch.compile`` (the compiled graph decides what it saves) and when
+    nothing needs gradients.
+    """
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    marker = _Regather()
+
+    def pack(tensor: torch.Tensor) -> object:
+        return marker if tensor is gathered else tensor
+
+    def unpack(packed: object) -> torch.Tensor:
+        return source.index_select(0, rows) if packed is marker else packed
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
 def gated_residual(
     shortcut: torch.Tensor,
     branch_input: torch.Tensor,
@@ -111,7 +142,9 @@ def gated_residual(
     """
     if rows is None:
         return post_activation(shortcut.add(branch(branch_input), alpha=scale(branch_input.shape[0])))
-    added = branch(branch_input.index_select(0, rows)).to(shortcut.dtype)
+    gathered = branch_input.index_select(0, rows)
+    with _gathered_rows_not_saved(gathered, branch_input, rows):
+        added = branch(gathered).to(shortcut.dtype)
     alpha = scale(rows.shape[0])
     if dropped_returns_shortcut:
         return shortcut.index_copy(0, rows, post_activation(shortcut.index_select(0, rows).add(added, alpha=alpha)))

@@ -28,13 +28,19 @@ def first_convolution(module: nn.Module) -> nn.Conv2d:
     raise ValueError(f"no convolution in {type(module).__name__}")
 
 
+def _branch_module(block: nn.Module) -> nn.Module:
+    """The block's branch where it is a module of its own (this library's blocks), else the block itself."""
+    branch = getattr(block, "branch", None)
+    return branch if isinstance(branch, nn.Module) else block
+
+
 class GradientRecorder:
     """Reads the stem's and each block's first-convolution mean absolute gradient."""
 
     def __init__(self, model: nn.Module, gates: GateGenerator) -> None:
         self.stem = first_convolution(model)
         blocks = list(stochastic_blocks(model))
-        self.block_convolutions = [first_convolution(getattr(block, "branch", block)) for block in blocks]
+        self.block_convolutions = [first_convolution(_branch_module(block)) for block in blocks]
         self.block_indices = [block.first_index for block in blocks]
         self.gates = gates
 

@@ -529,7 +529,7 @@ class Trainer:
             "best_epoch": self.best["epoch"],
             "best_val_error": self.best["val_error"] if self.best["epoch"] is not None else None,
             "test_error_at_best_val": self.best["test_error"] if self.best["epoch"] is not None else None,
-            "final_test_error": self.final.get("test_error"),
+            "final_test_error": self.final.get("test_error") if self.config.run.test_every_eval else None,
             "final_val_error": self.final.get("val_error"),
             "train_seconds": self.train_seconds,
             "epochs": self.epoch,
