@@ -23,6 +23,63 @@ def _vit(**options) -> nn.Module:
     )
 
 
+def _tv_convnext() -> nn.Module:
+    from torchvision.models import convnext
+
+    settings = [convnext.CNBlockConfig(8, 16, 1), convnext.CNBlockConfig(16, None, 1)]
+    return convnext.ConvNeXt(settings, stochastic_depth_prob=0.0, layer_scale=0.5, num_classes=5)
+
+
+def _tv_swin(version: int) -> nn.Module:
+    from torchvision.models import swin_transformer as swin
+
+    options = {} if version == 1 else {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2}
+    return swin.SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=8,
+        depths=[1, 1],
+        num_heads=[1, 2],
+        window_size=[2, 2],
+        stochastic_depth_prob=0.0,
+        num_classes=5,
+        **options,
+    )
+
+
+def _tv_vit() -> nn.Module:
+    from torchvision.models import vision_transformer
+
+    network = vision_transformer.VisionTransformer(
+        image_size=16, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5
+    )
+    nn.init.normal_(network.heads.head.weight)  # torchvision starts it at zero: every output would be 0
+    return network
+
+
+def _tv_efficientnet() -> nn.Module:
+    """Stem, a FusedMBConv and an MBConv with skips, an MBConv that halves the map (no skip), head."""
+    from functools import partial
+
+    from torchvision.models import efficientnet as effnet
+
+    norm = partial(nn.BatchNorm2d, eps=1e-3)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        effnet.FusedMBConv(effnet.FusedMBConvConfig(2, 3, 1, 8, 8, 1), 0.0, norm),
+        effnet.MBConv(effnet.MBConvConfig(4, 3, 1, 8, 8, 1), 0.0, norm),
+        effnet.MBConv(effnet.MBConvConfig(4, 3, 2, 8, 16, 1), 0.0, norm),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+
+
+def _tv_block(module_name: str, class_name: str) -> type:
+    import importlib
+
+    return getattr(importlib.import_module(f"torchvision.models.{module_name}"), class_name)
+
+
 NETWORKS = {
     "torchvision-basic": (lambda: tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], num_classes=5), tv.BasicBlock, 4, 32),
     "torchvision-bottleneck": (lambda: tv.ResNet(tv.Bottleneck, [1, 1, 2, 1], num_classes=5), tv.Bottleneck, 5, 32),
@@ -39,6 +96,11 @@ NETWORKS = {
         32,
     ),
     "timm-vit": (_vit, vit.Block, 6, 16),
+    "torchvision-convnext": (_tv_convnext, _tv_block("convnext", "CNBlock"), 2, 32),
+    "torchvision-swin": (lambda: _tv_swin(1), _tv_block("swin_transformer", "SwinTransformerBlock"), 4, 32),
+    "torchvision-swin-v2": (lambda: _tv_swin(2), _tv_block("swin_transformer", "SwinTransformerBlockV2"), 4, 32),
+    "torchvision-vit": (_tv_vit, _tv_block("vision_transformer", "EncoderBlock"), 4, 16),
+    "torchvision-efficientnet": (_tv_efficientnet, _tv_block("efficientnet", "MBConv"), 2, 16),
     "timm-vit-layerscale": (lambda: _vit(init_values=0.1), vit.Block, 6, 16),
 }
 
@@ -142,7 +204,10 @@ def _flops(network: nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize("name", ["torchvision-bottleneck", "timm-vit"])
+@pytest.mark.parametrize(
+    "name",
+    ["torchvision-bottleneck", "timm-vit", "torchvision-swin", "torchvision-convnext", "torchvision-efficientnet"],
+)
 @pytest.mark.parametrize("drop_mode", ["batch", "sample"])
 def test_training_flops_fall_with_the_schedule(name, drop_mode):
     build, _, _, size = NETWORKS[name]
@@ -215,3 +280,12 @@ def test_a_folded_torchvision_network_exports_with_torch_export():
     program = torch.export.export(folded, (x,))
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), network.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_torchvision_names_build_with_their_own_drop_path_handed_to_the_schedule():
+    import torchvision
+
+    network = stochdepth.create_model("torchvision/efficientnet_b0", num_classes=5, final_survival_prob=0.8)
+    assert len(stochdepth.survival_probs(network)) == 9, "the 9 of 16 MBConv blocks that have a skip"
+    rates = [module.p for module in network.modules() if isinstance(module, torchvision.ops.StochasticDepth)]
+    assert rates and set(rates) == {0.0}

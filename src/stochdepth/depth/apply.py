@@ -27,7 +27,8 @@ def _children_in_order(
 def find_residual_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, ResidualAdapter]]:
     """The residual blocks of ``model`` (declared ``ResidualBlock``\\ s and registered adapter types).
 
-    Registration order, which every family in this library makes the forward order.
+    Registration order, which every family in this library makes the forward order. A module
+    of a registered type with no residual branch (an EfficientNet block without a skip) is left out.
     """
 
     def recognised(module: nn.Module) -> bool:
@@ -36,7 +37,9 @@ def find_residual_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Modu
     return [
         (parent, name, child, adapter_for(child))
         for parent, name, child in _children_in_order(model, recognised)
-        if adapter_for(child) is not None and not isinstance(child, StochasticModule)
+        if adapter_for(child) is not None
+        and not isinstance(child, StochasticModule)
+        and adapter_for(child).num_branches(child) > 0
     ]
 
 

@@ -184,6 +184,9 @@ def _external_builder(name: str) -> ModelBuilder:
             network = torchvision.models.get_model(model, weights=None, num_classes=num_classes)
         except ValueError:
             raise ValueError(f"torchvision has no model {model!r}") from None
+        for module in network.modules():
+            if isinstance(module, torchvision.ops.StochasticDepth):
+                module.p = 0.0  # its own drop path (a mask multiply) gives way to the library's schedule
         if in_channels != 3:
             stem = getattr(network, "conv1", None)
             if not isinstance(stem, nn.Conv2d):

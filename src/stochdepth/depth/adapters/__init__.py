@@ -11,10 +11,10 @@ network pickles (``torch.save`` of the whole module, ``torch.multiprocessing``).
 
 Each subclass declares its ``plain_class``, its branch count (``branches``), what a branch
 computes, which parameters only that branch uses, and where its output scale sits for
-folding. Recognised: torchvision's ``BasicBlock`` and ``Bottleneck`` (``torchvision_blocks``)
-and timm's ResNet ``BasicBlock``/``Bottleneck`` and Vision Transformer ``Block``
-(``timm_blocks``; registered once timm has been imported, which it has if the network came
-from it).
+folding. Recognised: torchvision's ResNet, ConvNeXt, Swin (V1, V2), Vision Transformer and
+EfficientNet (V1, V2) blocks (``torchvision_blocks``), and timm's ResNet ``BasicBlock``/
+``Bottleneck`` and Vision Transformer ``Block`` (``timm_blocks``; registered once timm has been
+imported, which it has if the network came from it).
 """
 
 from __future__ import annotations
@@ -54,14 +54,22 @@ class SwappedBlock(StochasticModule):
             for prob, end in zip(self.survival_probs, self.branch_ends()):
                 if prob < 1.0:
                     _scale_output(end, prob)
+        return self._swap_back()
+
+    def _swap_back(self) -> nn.Module:
         for name in ("survival_probs", "first_index", "gates"):
             self.__dict__.pop(name, None)
         self.__class__ = self.plain_class
         return self
 
     @classmethod
+    def count_branches(cls, block: nn.Module) -> int:
+        """How many residual branches ``block`` holds (0: not residual, left plain)."""
+        return cls.branches
+
+    @classmethod
     def adapter(cls) -> ResidualAdapter:
-        return ResidualAdapter(num_branches=lambda block: cls.branches, make_stochastic=cls.swap_in)
+        return ResidualAdapter(num_branches=cls.count_branches, make_stochastic=cls.swap_in)
 
     @classmethod
     def swap_in(cls, block: nn.Module, probs: list[float], first: int, gates: GateGenerator) -> nn.Module:

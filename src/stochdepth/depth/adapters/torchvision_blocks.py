@@ -1,4 +1,13 @@
-"""torchvision's ResNet blocks (resnet18 to resnet152, wide_resnet50_2/101_2, resnext)."""
+"""torchvision's residual blocks.
+
+ResNets (resnet18 to resnet152, wide_resnet50_2/101_2, resnext: ``BasicBlock``, ``Bottleneck``),
+ConvNeXt (``CNBlock``: the branch ends with its layer scale), Swin and Swin V2
+(``SwinTransformerBlock``/``SwinTransformerBlockV2``: attention and MLP, two branches), the
+Vision Transformer (``EncoderBlock``: attention with its dropout, and MLP, two branches) and
+EfficientNet / EfficientNet V2 (``MBConv``/``FusedMBConv`` with a skip connection; a block
+without one is not residual and stays plain). Each network's own ``StochasticDepth`` (a mask
+multiply) is not called by the converted block; a non-zero rate is refused at conversion.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torchvision.models import resnet
+from torchvision.models import convnext, efficientnet, resnet, swin_transformer, vision_transformer
 
 from stochdepth.depth.adapters import SwappedBlock, parameters_outside
 from stochdepth.depth.residual import stochastic_residual
@@ -47,4 +56,119 @@ class TorchvisionBottleneck(TorchvisionBlock, resnet.Bottleneck):
         return [self.bn3]
 
 
-ADAPTED = (TorchvisionBasicBlock, TorchvisionBottleneck)
+class TorchvisionConvNeXtBlock(SwappedBlock, convnext.CNBlock):
+    """``input + layer_scale * block(input)``; p_l folds into the layer scale."""
+
+    plain_class = convnext.CNBlock
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return stochastic_residual(x, x, self.branch, self, 0)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_scale * self.block(x)
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        return self.parameters()
+
+    def folded(self) -> nn.Module:
+        if self.gates.scaling == "paper" and self.survival_probs[0] < 1.0:
+            with torch.no_grad():
+                self.layer_scale.mul_(self.survival_probs[0])
+        return self._swap_back()
+
+
+class TorchvisionSwinBlock(SwappedBlock):
+    """Attention and MLP, each a gated branch; V1 normalises before each, V2 after."""
+
+    branches = 2
+    post_norm = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = stochastic_residual(x, x, self.attention_branch, self, 0)
+        return stochastic_residual(x, x, self.mlp_branch, self, 1)
+
+    def attention_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm1(self.attn(x)) if self.post_norm else self.attn(self.norm1(x))
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.mlp(x)) if self.post_norm else self.mlp(self.norm2(x))
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        modules = (self.norm1, self.attn) if which == 0 else (self.norm2, self.mlp)
+        return [param for module in modules for param in module.parameters()]
+
+    def branch_ends(self) -> list[nn.Module]:
+        if self.post_norm:
+            return [self.norm1, self.norm2]
+        return [self.attn.proj, self.mlp]
+
+
+class TorchvisionSwinBlockV1(TorchvisionSwinBlock, swin_transformer.SwinTransformerBlock):
+    plain_class = swin_transformer.SwinTransformerBlock
+
+
+class TorchvisionSwinBlockV2(TorchvisionSwinBlock, swin_transformer.SwinTransformerBlockV2):
+    plain_class = swin_transformer.SwinTransformerBlockV2
+    post_norm = True
+
+
+class TorchvisionEncoderBlock(SwappedBlock, vision_transformer.EncoderBlock):
+    """The Vision Transformer's block: attention (with its dropout) and MLP, two gated branches."""
+
+    plain_class = vision_transformer.EncoderBlock
+    branches = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = stochastic_residual(x, x, self.attention_branch, self, 0)
+        return stochastic_residual(x, x, self.mlp_branch, self, 1)
+
+    def attention_branch(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.ln_1(x)
+        return self.dropout(self.self_attention(x, x, x, need_weights=False)[0])
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.ln_2(x))
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        modules = (self.ln_1, self.self_attention) if which == 0 else (self.ln_2, self.mlp)
+        return [param for module in modules for param in module.parameters()]
+
+    def branch_ends(self) -> list[nn.Module]:
+        return [self.self_attention.out_proj, self.mlp]
+
+
+class TorchvisionInvertedResidual(SwappedBlock):
+    """EfficientNet's ``MBConv`` / ``FusedMBConv``: ``input + block(input)`` where the block has a skip."""
+
+    @classmethod
+    def count_branches(cls, block: nn.Module) -> int:
+        return 1 if block.use_res_connect else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return stochastic_residual(x, x, self.block, self, 0)
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        return self.block.parameters()
+
+    def branch_ends(self) -> list[nn.Module]:
+        return [self.block]
+
+
+class TorchvisionMBConv(TorchvisionInvertedResidual, efficientnet.MBConv):
+    plain_class = efficientnet.MBConv
+
+
+class TorchvisionFusedMBConv(TorchvisionInvertedResidual, efficientnet.FusedMBConv):
+    plain_class = efficientnet.FusedMBConv
+
+
+ADAPTED = (
+    TorchvisionBasicBlock,
+    TorchvisionBottleneck,
+    TorchvisionConvNeXtBlock,
+    TorchvisionSwinBlockV1,
+    TorchvisionSwinBlockV2,
+    TorchvisionEncoderBlock,
+    TorchvisionMBConv,
+    TorchvisionFusedMBConv,
+)
