@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import typing
@@ -186,20 +187,19 @@ def _train(args: argparse.Namespace) -> None:
 
 def _percent(fraction: object) -> str:
     """A fraction as people read errors: ``7.86%`` (the JSON files keep fractions)."""
-    return f"{100 * fraction:.2f}%" if _is_number(fraction) else "n/a"
+    from stochdepth.analysis.runs import is_number
 
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{100 * fraction:.2f}%" if is_number(fraction) and math.isfinite(fraction) else "n/a"
 
 
 def _depth_line(run: str | Path) -> str | None:
     """What stochastic depth did over the run: residual branches run per step, realised and expected."""
+    from stochdepth.analysis.runs import is_number
     from stochdepth.train.run_folder import RunFolder
 
     records = RunFolder(run).read_metrics()
     numbers = ("iteration", "mean_active_blocks", "expected_active_blocks")
-    if not records or not all(_is_number(record.get(key)) for record in records for key in numbers):
+    if not records or not all(is_number(record.get(key)) for record in records for key in numbers):
         return None
     if not records[0]["expected_active_blocks"]:
         return None

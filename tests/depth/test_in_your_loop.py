@@ -22,11 +22,20 @@ from tests.depth.user_loops import plain_ddp_loop, small_resnet, train_mode_forw
 from tests.train.distributed_ranks import run_ranks
 
 
-@pytest.mark.parametrize(("drop_mode", "final_survival_prob"), [("batch", 0.5), ("sample", 0.15)])
-def test_default_ddp_in_a_users_loop_trains_with_dropped_blocks_and_ranks_seeded_differently(
-    drop_mode, final_survival_prob, tmp_path
+@pytest.mark.parametrize(
+    ("drop_mode", "final_survival_prob", "find_unused_parameters"),
+    [("batch", 0.5, False), ("sample", 0.15, False), ("batch", 0.5, True)],
+)
+def test_ddp_in_a_users_loop_trains_with_dropped_blocks_and_ranks_seeded_differently(
+    drop_mode, final_survival_prob, find_unused_parameters, tmp_path
 ):
-    job = functools.partial(plain_ddp_loop, drop_mode=drop_mode, final_survival_prob=final_survival_prob)
+    """Default DDP, and the usual workaround users may already have (find_unused_parameters=True)."""
+    job = functools.partial(
+        plain_ddp_loop,
+        drop_mode=drop_mode,
+        final_survival_prob=final_survival_prob,
+        find_unused_parameters=find_unused_parameters,
+    )
     ranks = run_ranks(job, tmp_path)
     assert all("error" not in rank for rank in ranks), [rank.get("traceback") for rank in ranks]
     first, second = ranks

@@ -17,7 +17,9 @@ def small_resnet(num_classes: int = 4) -> nn.Module:
     return tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
 
 
-def plain_ddp_loop(rank: int, out: Path, drop_mode: str, final_survival_prob: float) -> dict[str, Any]:
+def plain_ddp_loop(
+    rank: int, out: Path, drop_mode: str, final_survival_prob: float, find_unused_parameters: bool = False
+) -> dict[str, Any]:
     """timm's train.py order: join the group, seed each rank differently, build, convert, wrap in default DDP."""
     dist.init_process_group("gloo")
     try:
@@ -25,7 +27,7 @@ def plain_ddp_loop(rank: int, out: Path, drop_mode: str, final_survival_prob: fl
         model = stochdepth.stochastic_depth(
             small_resnet(), survival_rule="uniform", final_survival_prob=final_survival_prob, drop_mode=drop_mode
         )
-        ddp = nn.parallel.DistributedDataParallel(model)
+        ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.1)
         data = torch.Generator().manual_seed(rank)
         steps = []

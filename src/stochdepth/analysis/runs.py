@@ -60,7 +60,7 @@ class Run:
             "model": {"survival_rule", "final_survival_prob", "drop_mode", "scaling"},
             "data": {"data_dir", "download", "workers"},
             "optim": set(),
-            "run": {"seed", "out", "device", "progress"},
+            "run": {"seed", "out", "device"},
         }
         return {
             f"{section}.{key}": value
@@ -97,7 +97,7 @@ class Run:
         if best is None:
             return None
         measured_once = self.summary.get("test_error_at_best_val") if self.summary else None
-        if math.isnan(best["test_error"]) and _number(measured_once):
+        if math.isnan(best["test_error"]) and is_number(measured_once):
             return float(measured_once)
         return best["test_error"]
 
@@ -108,19 +108,20 @@ class Run:
         return sum(record["epoch_seconds"] for record in self.metrics)
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A JSON number (``bool`` is not one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_records(folder: RunFolder, metrics: list[dict[str, Any]], gradients: list[dict[str, Any]]) -> None:
     """Refuse records a report cannot use (a run folder from elsewhere is untrusted input)."""
     for number, record in enumerate(metrics, 1):
-        if not all(_number(record.get(key)) for key in METRIC_KEYS):
+        if not all(is_number(record.get(key)) for key in METRIC_KEYS):
             raise ValueError(f"{folder.metrics}: line {number} lacks numbers for {', '.join(METRIC_KEYS)}")
     for number, record in enumerate(gradients, 1):
         blocks = record.get("blocks")
         values = [record.get("stem"), *(blocks if isinstance(blocks, list) else [""])]
-        if not _number(record.get("iteration")) or not all(v is None or _number(v) for v in values):
+        if not is_number(record.get("iteration")) or not all(v is None or is_number(v) for v in values):
             raise ValueError(f"{folder.gradients}: line {number} is not a gradient record")
 
 
@@ -128,7 +129,7 @@ def _read_run(path: Path) -> Run:
     folder = RunFolder(path)
     _, config = folder.read_config()
     probs = config.get("survival_probs", [])
-    if not isinstance(probs, list) or not all(_number(prob) and 0 <= prob <= 1 for prob in probs):
+    if not isinstance(probs, list) or not all(is_number(prob) and 0 <= prob <= 1 for prob in probs):
         raise ValueError(f"{folder.config}: survival_probs must be a list of probabilities")
     summary = json.loads(folder.summary.read_text()) if folder.summary.is_file() else None
     if summary is not None and not isinstance(summary, dict):

@@ -20,8 +20,9 @@ residual addition, so it costs no extra tensor.
 A dropped branch's parameters get an *exact zero gradient* in backward (not none): PyTorch's
 DDP with its default settings waits for every parameter's gradient, and SGD applies weight
 decay and momentum only to parameters with a gradient, as the paper's code did to dropped
-blocks. The zero gradients are produced when backward reaches the block's output (a hook on
-that tensor), so forward keeps no copy of any activation for them.
+blocks. The block's output passes through a small autograd function that takes the
+parameters as inputs and gives them zeros in backward; the output is a view of the shortcut,
+so no activation is copied.
 """
 
 from __future__ import annotations
@@ -52,25 +53,12 @@ def training_scale(scaling: str, drop_mode: str, survival_prob: float, rows: int
     return batch_size / rows
 
 
-class _ZeroGradients:
-    """A tensor hook: when backward reaches the tensor, give ``parameters`` a zero gradient.
-
-    The zero gradients go through autograd (a nested backward from the parameters), so the
-    hooks others put on their gradient accumulation (DDP's reducer) fire as for any gradient.
-    """
-
-    def __init__(self, parameters: list[nn.Parameter]) -> None:
-        self.parameters = parameters
-
-    def __call__(self, grad: torch.Tensor) -> None:
-        torch.autograd.backward(self.parameters, [torch.zeros_like(param) for param in self.parameters])
-
-
 class _ZeroGradientsThrough(torch.autograd.Function):
-    """``output`` unchanged (a view), with ``parameters`` as inputs that get a zero gradient.
+    """``output`` unchanged (returned as a view), with ``parameters`` as inputs whose gradient is zero.
 
-    Used only where ``output`` does not require a gradient (a frozen network before the
-    block), so no hook can be put on it.
+    The parameters become edges of the autograd graph, so their gradient accumulators run in
+    backward like any other's: DDP's reducer counts them as ready whether or not it searches
+    the graph (``find_unused_parameters``), and activation checkpointing recomputes them.
     """
 
     @staticmethod
@@ -80,17 +68,19 @@ class _ZeroGradientsThrough(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return (None, *[torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.shapes])
+        zeros = [torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.shapes]
+        return (grad if ctx.needs_input_grad[0] else None, *zeros)
 
 
 @torch.compiler.disable
 def give_zero_gradients(output: torch.Tensor, parameters: Iterable[nn.Parameter]) -> torch.Tensor:
-    """``output``, arranged so that backward through it gives ``parameters`` a zero gradient."""
+    """``output``, as a view through which backward gives ``parameters`` an exact zero gradient.
+
+    PyTorch forbids modifying such a view in place: the output of a dropped block must not be
+    changed in place by what follows it (no block of torchvision, timm or this library does).
+    """
     trainable = [param for param in parameters if param.requires_grad]
     if not trainable or not torch.is_grad_enabled():
-        return output
-    if output.requires_grad:
-        output.register_hook(_ZeroGradients(trainable))
         return output
     return _ZeroGradientsThrough.apply(output, *trainable)
 

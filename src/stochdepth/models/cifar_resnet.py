@@ -73,14 +73,49 @@ def cifar_resnet(depth: int, *, num_classes: int = 10, in_channels: int = 3) -> 
     return CifarResNet((depth - 2) // 6, num_classes, in_channels)
 
 
-def _register_depth(depth: int) -> None:
-    def builder(**kwargs: object) -> nn.Module:
-        return cifar_resnet(depth, **kwargs)
-
-    builder.__name__ = f"resnet{depth}"
-    builder.__doc__ = f"CIFAR ResNet-{depth} (n = {(depth - 2) // 6})."
-    register_model(family="CIFAR ResNet", depth=depth)(builder)
+@register_model(family="CIFAR ResNet", depth=8)
+def resnet8(**kwargs: object) -> nn.Module:
+    """CIFAR ResNet-8 (n = 1): the smallest, for tests and quick checks."""
+    return cifar_resnet(8, **kwargs)
 
 
-for _depth in (8, 20, 32, 44, 56, 110, 152, 1202):
-    _register_depth(_depth)
+@register_model(family="CIFAR ResNet", depth=20)
+def resnet20(**kwargs: object) -> nn.Module:
+    """CIFAR ResNet-20 (n = 3)."""
+    return cifar_resnet(20, **kwargs)
+
+
+@register_model(family="CIFAR ResNet", depth=32)
+def resnet32(**kwargs: object) -> nn.Module:
+    """CIFAR ResNet-32 (n = 5)."""
+    return cifar_resnet(32, **kwargs)
+
+
+@register_model(family="CIFAR ResNet", depth=44)
+def resnet44(**kwargs: object) -> nn.Module:
+    """CIFAR ResNet-44 (n = 7)."""
+    return cifar_resnet(44, **kwargs)
+
+
+@register_model(family="CIFAR ResNet", depth=56)
+def resnet56(**kwargs: object) -> nn.Module:
+    """CIFAR ResNet-56 (n = 9)."""
+    return cifar_resnet(56, **kwargs)
+
+
+@register_model(family="CIFAR ResNet", depth=110)
+def resnet110(**kwargs: object) -> nn.Module:
+    """CIFAR ResNet-110 (n = 18): the paper's CIFAR network."""
+    return cifar_resnet(110, **kwargs)
+
+
+@register_model(family="CIFAR ResNet", depth=152)
+def resnet152(**kwargs: object) -> nn.Module:
+    """CIFAR-style ResNet-152 (n = 25): the paper's SVHN network."""
+    return cifar_resnet(152, **kwargs)
+
+
+@register_model(family="CIFAR ResNet", depth=1202)
+def resnet1202(**kwargs: object) -> nn.Module:
+    """CIFAR ResNet-1202 (n = 200): the paper's deepest network."""
+    return cifar_resnet(1202, **kwargs)
