@@ -165,3 +165,8 @@ def test_testing_once_gives_the_best_validation_weights_test_error_of_an_every_e
 
     runs, _ = find_runs([tmp_path / "once"])
     assert runs[0].test_error_at_best_val() == every["test_error_at_best_val"]
+
+    from stochdepth.analysis.report import write_report
+
+    report, _ = write_report([tmp_path / "once"], tmp_path / "report")
+    assert f"| {100 * every['test_error_at_best_val']:.2f} |" in report.read_text()

@@ -55,14 +55,18 @@ def error_curves(runs: list[Run], title: str, path: Path) -> Path:
     """Test error and training loss against epochs, one line per setting (mean over seeds).
 
     Each line is marked where its mean validation error is lowest (the model the paper's
-    selection would keep), at the line's own test error there.
+    selection would keep), at the line's own test error there. Runs that evaluated the test
+    set only once, at the end, show their validation error instead.
     """
     figure, (error_axis, loss_axis) = plt.subplots(1, 2, figsize=FIGURE_SIZE)
+    tested = any(not math.isnan(record["test_error"]) for run in runs for record in run.metrics)
+    shown = "test_error" if tested else "val_error"
+    name = "test error" if tested else "validation error (the test set was evaluated once, at the end)"
     for setting, members in _by_setting(runs).items():
         members = [run for run in members if run.metrics]
         if not members:
             continue
-        epochs, errors = _mean_curve(members, "test_error")
+        epochs, errors = _mean_curve(members, shown)
         (line,) = error_axis.plot(epochs, [PERCENT * value for value in errors], label=setting)
         _, validation = _mean_curve(members, "val_error")
         best = min(range(len(validation)), key=lambda index: (math.isnan(validation[index]), validation[index]))
@@ -70,7 +74,7 @@ def error_curves(runs: list[Run], title: str, path: Path) -> Path:
         epochs, losses = _mean_curve(members, "train_loss")
         loss_axis.plot(epochs, losses, label=setting, color=line.get_color())
     error_axis.plot([], [], "o", color="grey", label="lowest mean validation error")
-    error_axis.set(xlabel="epoch", ylabel="test error (%)", title="test error")
+    error_axis.set(xlabel="epoch", ylabel=f"{name.split(' (')[0]} (%)", title=name)
     loss_axis.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
     figure.suptitle(title)
     for axis in (error_axis, loss_axis):

@@ -15,6 +15,7 @@ unfinished runs are marked "incomplete".
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import statistics
@@ -115,7 +116,8 @@ def _count(members: list[Run]) -> str:
 
 
 def _values(members: list[Run], read: Callable[[Run], float | None]) -> list[float]:
-    return [value for value in map(read, members) if value is not None]
+    """The finite values ``read`` gives for ``members`` (a run that tested once, at its end, has no final one)."""
+    return [value for value in map(read, members) if value is not None and math.isfinite(value)]
 
 
 def results_table(groups: list[Group]) -> list[str]:
@@ -183,7 +185,8 @@ def runs_table(runs: list[Run], base: Path) -> list[str]:
     for run in sorted(runs, key=lambda run: str(run.path)):
         best = run.best()
         name = run.path.relative_to(base) if run.path.is_relative_to(base) else run.path
-        val, test = (_percent([best["val_error"]]), _percent([best["test_error"]])) if best else ("—", "—")
+        test = _percent(_values([run], Run.test_error_at_best_val))
+        val = _percent([best["val_error"]]) if best else "—"
         lines.append(f"| {cell(name)} | {run.status} | {run.epochs_done:g} / {run.planned_epochs} | {val} | {test} |")
     return lines
 
