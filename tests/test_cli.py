@@ -136,6 +136,8 @@ def _bad(argv, capsys) -> str:
         (["--dataset", "mnist"], "unknown dataset"),
         (["--survival-rule", "cosine"], "linear, uniform, none"),
         (["--drop-mode", "row"], "batch, sample"),
+        (["--scaling", "half"], "paper, inverted"),
+        (["--model", "torchvision/../x"], "plain architecture name"),
         (["--epochs", "0"], "epochs must be an integer in [1, 1000000]"),
         (["--precision", "fp8"], "fp32, bf16"),
     ],

@@ -44,6 +44,7 @@ def test_uniform_and_none_schedules():
     [
         ({"survival_rule": "cosine"}, "linear, uniform, none"),
         ({"drop_mode": "row"}, "batch, sample"),
+        ({"scaling": "half"}, "paper, inverted"),
         ({"final_survival_prob": 0.0}, r"\(0, 1\]"),
         ({"final_survival_prob": 1.5}, r"\(0, 1\]"),
         ({"final_survival_prob": -0.1}, r"\(0, 1\]"),
