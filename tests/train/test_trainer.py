@@ -170,3 +170,8 @@ def test_testing_once_gives_the_best_validation_weights_test_error_of_an_every_e
 
     report, _ = write_report([tmp_path / "once"], tmp_path / "report")
     assert f"| {100 * every['test_error_at_best_val']:.2f} |" in report.read_text()
+
+
+def test_testing_once_needs_a_run_folder(tiny_config):
+    with pytest.raises(ValueError, match="needs one process and a run folder"):
+        train(tiny_config.override(test_every_eval=False), out=None)

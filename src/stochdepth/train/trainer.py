@@ -150,8 +150,10 @@ class Trainer:
         seed = config.run.seed
         with ranks.all_through("at start"):
             ranks.local_batch(config.optim.batch_size)
-            if not config.run.test_every_eval and ranks.world_size > 1:
-                raise ValueError("test_every_eval=False is single-process only (the best weights live on rank 0)")
+            if not config.run.test_every_eval and (ranks.world_size > 1 or folder is None):
+                raise ValueError(
+                    "test_every_eval=False needs one process and a run folder (it tests checkpoints/best.pt at the end)"
+                )
             if config.run.sync_batchnorm and self.device.type != "cuda":
                 raise ValueError("--sync-batchnorm needs CUDA (PyTorch's SyncBatchNorm does not run on the CPU)")
             torch.manual_seed(seed)
@@ -183,7 +185,6 @@ class Trainer:
         self.evaluations = 0
         self.train_seconds = 0.0
         self.best = {"epoch": None, "val_error": math.inf, "test_error": math.nan}
-        self.best_weights: dict[str, torch.Tensor] | None = None
         self.final: dict[str, float] = {}
         self.window = Window.empty(self.device, optim.lr)
         self.skipped_steps = 0
@@ -477,29 +478,18 @@ class Trainer:
         if val_error < self.best["val_error"]:
             self.best = {"epoch": record["epoch"], "val_error": val_error, "test_error": test_error}
             self.save("best")
-            if not self.config.run.test_every_eval:
-                self.best_weights = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
         write_line(self.describe(record))
         return record
 
     def test_best_weights(self) -> None:
-        """The test error of the best-validation weights, measured once at the end (``test_every_eval=False``).
+        """The test error of ``checkpoints/best.pt``'s weights, measured once at the end (``test_every_eval=False``).
 
-        The weights are those kept in memory at the best evaluation, or, in a resumed run that
-        found no better one since, those of ``checkpoints/best.pt``. The model keeps its last
-        weights afterwards.
+        The model keeps those weights afterwards; ``last.pt`` already holds the last ones.
         """
         if self.best["epoch"] is None:
             return
-        weights = self.best_weights
-        if weights is None and self.folder is not None:
-            weights = load_checkpoint(self.folder.checkpoint("best"))["model"]
-        if weights is None:
-            return
-        last = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
-        self.model.load_state_dict(weights)
+        self.model.load_state_dict(load_checkpoint(self.folder.checkpoint("best"))["model"])
         self.best["test_error"] = self._error(self.loaders.test)
-        self.model.load_state_dict(last)
         write_line(f"test err {self.best['test_error']:.4f} at the best validation epoch {self.best['epoch']:g}")
 
     def _error(self, loader: Any) -> float:
