@@ -1,6 +1,7 @@
 """Real skipping on torchvision's and timm's networks: recognition, state-dict keys, eval scaling, folding, FLOPs."""
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -74,10 +75,59 @@ def _tv_efficientnet() -> nn.Module:
     )
 
 
-def _tv_block(module_name: str, class_name: str) -> type:
-    import importlib
+def _timm_convnext(version: int, **options) -> nn.Module:
+    from timm.models import convnext
 
+    layer_scale = {"ls_init_value": 0.5} if version == 1 else {"use_grn": True, "ls_init_value": None}
+    return convnext.ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), num_classes=5, **layer_scale, **options)
+
+
+def _timm_swin(version: int, **options) -> nn.Module:
+    from timm.models import swin_transformer, swin_transformer_v2
+
+    kind = swin_transformer.SwinTransformer if version == 1 else swin_transformer_v2.SwinTransformerV2
+    options = {"drop_path_rate": 0.0, **options}
+    return kind(img_size=32, window_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2), num_classes=5, **options)
+
+
+def _timm_efficientnet(**options) -> nn.Module:
+    """A depthwise-separable, an inverted-residual (one halving the map, one with a skip) and edge-residual blocks."""
+    from timm.models._efficientnet_builder import decode_arch_def
+    from timm.models.efficientnet import EfficientNet
+
+    arch = [["ds_r1_k3_s1_e1_c8"], ["ir_r2_k3_s2_e4_c16_se0.25"], ["er_r2_k3_s1_e4_c16"]]
+    return EfficientNet(decode_arch_def(arch), num_features=32, stem_size=8, num_classes=5, **options)
+
+
+def _timm_eva(**options) -> nn.Module:
+    from timm.models import eva
+
+    return eva.Eva(
+        img_size=16,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=5,
+        use_rot_pos_emb=True,
+        head_init_scale=1.0,
+        **options,
+    )
+
+
+def _timm_regnet(**options) -> nn.Module:
+    from timm.models import regnet
+
+    config = regnet.RegNetCfg(depth=6, w0=8, wa=8.0, wm=2.0, group_size=8, stem_width=8, se_ratio=0.25)
+    return regnet.RegNet(config, num_classes=5, **options)
+
+
+def _tv_block(module_name: str, class_name: str) -> type:
     return getattr(importlib.import_module(f"torchvision.models.{module_name}"), class_name)
+
+
+def _timm_block(module_name: str, class_name: str) -> type:
+    return getattr(importlib.import_module(f"timm.models.{module_name}"), class_name)
 
 
 NETWORKS = {
@@ -102,6 +152,24 @@ NETWORKS = {
     "torchvision-vit": (_tv_vit, _tv_block("vision_transformer", "EncoderBlock"), 4, 16),
     "torchvision-efficientnet": (_tv_efficientnet, _tv_block("efficientnet", "MBConv"), 2, 16),
     "timm-vit-layerscale": (lambda: _vit(init_values=0.1), vit.Block, 6, 16),
+    "timm-convnext": (lambda **o: _timm_convnext(1, **o), _timm_block("convnext", "ConvNeXtBlock"), 4, 32),
+    "timm-convnext-v2": (lambda **o: _timm_convnext(2, **o), _timm_block("convnext", "ConvNeXtBlock"), 4, 32),
+    "timm-swin": (lambda **o: _timm_swin(1, **o), _timm_block("swin_transformer", "SwinTransformerBlock"), 4, 32),
+    "timm-swin-v2": (
+        lambda **o: _timm_swin(2, **o),
+        _timm_block("swin_transformer_v2", "SwinTransformerV2Block"),
+        4,
+        32,
+    ),
+    "timm-efficientnet": (_timm_efficientnet, _timm_block("_efficientnet_blocks", "InvertedResidual"), 4, 32),
+    "timm-eva": (lambda **o: _timm_eva(init_values=0.1, **o), _timm_block("eva", "EvaBlock"), 4, 16),
+    "timm-eva-post-norm": (
+        lambda **o: _timm_eva(use_post_norm=True, **o),
+        _timm_block("eva", "EvaBlockPostNorm"),
+        4,
+        16,
+    ),
+    "timm-regnet": (_timm_regnet, _timm_block("regnet", "Bottleneck"), 6, 32),
 }
 
 
@@ -204,21 +272,143 @@ def _flops(network: nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["torchvision-bottleneck", "timm-vit", "torchvision-swin", "torchvision-convnext", "torchvision-efficientnet"],
-)
+@pytest.mark.parametrize("name", NETWORKS)
 @pytest.mark.parametrize("drop_mode", ["batch", "sample"])
-def test_training_flops_fall_with_the_schedule(name, drop_mode):
+def test_training_flops_fall_to_the_schedules_share_within_a_binomial_bound(name, drop_mode):
+    """Mean FLOPs over n steps: fixed + p * branches, within 4 standard errors of independent Bernoulli gates.
+
+    The branches' FLOPs B are what a network with every branch dropped saves; per step the
+    count is fixed + sum_l g_l b_l with Var <= p (1 - p) B^2 (sum b_l^2 <= B^2).
+    """
     build, _, _, size = NETWORKS[name]
     x = torch.randn(8, 3, size, size)
-    full = _flops(build().train(), x)
+    full = _flops(stochdepth.stochastic_depth(build(), survival_rule="none").train(), x)
+    bare = _flops(stochdepth.stochastic_depth(build(), survival_rule="uniform", final_survival_prob=1e-9).train(), x)
+    survival, steps = 0.3, 40
     network = stochdepth.stochastic_depth(
-        build(), survival_rule="uniform", final_survival_prob=0.3, drop_mode=drop_mode
-    )
-    network.train()
-    mean = sum(_flops(network, x) for _ in range(30)) / 30
-    assert mean < 0.75 * full
+        build(), survival_rule="uniform", final_survival_prob=survival, drop_mode=drop_mode
+    ).train()
+    mean = sum(_flops(network, x) for _ in range(steps)) / steps
+    branches = full - bare
+    assert branches > 0.3 * full, "the branches are most of the network's work"
+    bound = 4 * branches * (survival * (1 - survival) / steps) ** 0.5
+    assert abs(mean - (bare + survival * branches)) <= bound
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_constant_depth_trains_exactly_as_the_original(name):
+    build, _, _, size = NETWORKS[name]
+    torch.manual_seed(2)
+    original = _trained_looking(build()).train()
+    network = stochdepth.stochastic_depth(copy.deepcopy(original), survival_rule="none").train()
+    x = torch.randn(4, 3, size, size)
+    expected, output = original(x), network(x)
+    assert torch.equal(output, expected)
+    expected.sum().backward()
+    output.sum().backward()
+    for (key, mine), theirs in zip(network.named_parameters(), original.parameters()):
+        assert torch.equal(mine.grad, theirs.grad), key
+
+
+class _ReplayedDropPath(nn.Module):
+    """A mask multiply that replays given (mask, scale) pairs in call order: the drop path the adapters replace."""
+
+    def __init__(self, replay: list[tuple[torch.Tensor, float]]) -> None:
+        super().__init__()
+        self.replay = replay
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask, scale = self.replay.pop(0)
+        return x * mask.view(-1, *[1] * (x.dim() - 1)) * scale
+
+
+WITH_DROP_PATH = {
+    "timm-basic": lambda **o: timm_resnet.ResNet(timm_resnet.BasicBlock, [1, 1, 1, 1], num_classes=5, **o),
+    "timm-vit": lambda **o: _vit(init_values=0.1, **o),
+    "timm-convnext": NETWORKS["timm-convnext"][0],
+    "timm-convnext-v2": NETWORKS["timm-convnext-v2"][0],
+    "timm-swin": NETWORKS["timm-swin"][0],
+    "timm-swin-v2": NETWORKS["timm-swin-v2"][0],
+    "timm-efficientnet": _timm_efficientnet,
+    "timm-eva": NETWORKS["timm-eva"][0],
+    "timm-eva-post-norm": NETWORKS["timm-eva-post-norm"][0],
+    "timm-regnet": _timm_regnet,
+}
+"""Networks built with their own drop path at a rate: the conversion takes the rates over."""
+
+
+def _native_rates(network: nn.Module) -> list[float]:
+    """The rates of timm's DropPath layers in blocks that use them (EfficientNet's blocks without a skip do not)."""
+    return [
+        float(child.drop_prob)
+        for module in network.modules()
+        if getattr(module, "has_skip", True)
+        for child in module.children()
+        if type(child).__name__ == "DropPath"
+    ]
+
+
+@pytest.mark.parametrize("name", WITH_DROP_PATH)
+def test_a_networks_own_drop_path_rates_become_its_schedule_exactly(name):
+    network = WITH_DROP_PATH[name](drop_path_rate=0.4)
+    rates = _native_rates(network)
+    converted = stochdepth.stochastic_depth(network)
+    assert converted.depth_options["survival_rule"] == "native"
+    probs = stochdepth.survival_probs(converted)
+    assert probs[0] == 1.0, "the first block's rate is 0 (timm then builds no DropPath)"
+    assert [prob for prob in probs if prob < 1.0] == pytest.approx([1.0 - rate for rate in rates], abs=1e-7)
+    assert min(probs) == pytest.approx(1.0 - max(rates), abs=1e-7)
+    assert converted.depth_options["final_survival_prob"] == pytest.approx(min(probs))
+    with pytest.raises(ValueError, match="own drop-path rates .* become the schedule"):
+        stochdepth.stochastic_depth(WITH_DROP_PATH[name](drop_path_rate=0.4), final_survival_prob=0.5)
+
+
+WITH_BATCHNORM_IN_BRANCHES = ("timm-basic", "timm-efficientnet", "timm-regnet")
+
+
+@pytest.mark.parametrize(
+    ("name", "drop_mode"),
+    [(name, "batch") for name in WITH_DROP_PATH]
+    + [(name, "sample") for name in WITH_DROP_PATH if name not in WITH_BATCHNORM_IN_BRANCHES],
+)
+def test_gradients_equal_the_networks_own_mask_multiply_with_the_same_gates(name, drop_mode):
+    """The converted network skips; the original multiplies by the same masks: same outputs and gradients.
+
+    In sample mode a BatchNorm inside a branch normalises over the surviving rows only, so the
+    comparison there is for networks without BatchNorm in their branches.
+    """
+    build = WITH_DROP_PATH[name]
+    torch.manual_seed(3)
+    original = _trained_looking(build(drop_path_rate=0.5)).train()
+    network = stochdepth.stochastic_depth(copy.deepcopy(original), drop_mode=drop_mode).train()
+    size = NETWORKS[name][3] if name in NETWORKS else 32
+    x = torch.randn(6, 3, size, size)
+    output = network(x)
+    output.square().sum().backward()
+    step, gates = network.gate_generator.step, network.gate_generator
+    replay = []
+    for index, prob in enumerate(stochdepth.survival_probs(network)):
+        if prob == 1.0:
+            continue  # rate 0: the original has no DropPath there
+        rows = step.rows[index]
+        mask = torch.zeros(6)
+        if step.survives[index]:
+            mask[slice(None) if rows is None else rows] = 1.0
+        ran = int(mask.sum()) or 1
+        replay.append((mask, stochdepth.depth.residual.training_scale(gates.scaling, drop_mode, prob, ran, 6)))
+    kept = sum(int(mask.sum()) for mask, _ in replay)
+    assert 0 < kept < 6 * len(replay), "some branches ran, some were dropped"
+    for module in list(original.modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child).__name__ == "DropPath":
+                setattr(module, child_name, _ReplayedDropPath(replay))
+    expected = original(x)
+    expected.square().sum().backward()
+    assert not replay, "every branch's drop path was called once"
+    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+    for (key, mine), theirs in zip(network.named_parameters(), original.parameters()):
+        scale = float(theirs.grad.abs().max())
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-5 * scale + 1e-6, msg=key)
 
 
 @pytest.mark.parametrize("survivors", [[], [1], [0, 1, 2, 3]])
@@ -242,13 +432,45 @@ def test_sample_mode_on_a_vit_block_with_none_one_or_all_survivors(survivors, mo
     assert grad is not None and bool(grad.any()) == bool(survivors), "a dropped branch gets an exact zero gradient"
 
 
-def test_a_network_with_its_own_drop_path_is_refused_and_one_without_blocks_is_named():
-    with pytest.raises(ValueError, match="build it with a rate of zero"):
-        stochdepth.stochastic_depth(_vit(drop_path_rate=0.1))
-    with pytest.raises(ValueError, match="no residual block found in AlexNet"):
-        import torchvision
+def test_torchvisions_own_stochastic_depth_rates_become_the_schedule():
+    """torchvision ramps block i of L (from 0) to rate * i / L: p_l = 1 - rate (l - 1) / L."""
+    from torchvision.models import convnext
 
+    settings = [convnext.CNBlockConfig(8, 16, 2), convnext.CNBlockConfig(16, None, 2)]
+    network = convnext.ConvNeXt(settings, stochastic_depth_prob=0.4, layer_scale=0.5, num_classes=5)
+    converted = stochdepth.stochastic_depth(network)
+    assert stochdepth.survival_probs(converted) == pytest.approx([1.0 - 0.4 * block / 4 for block in range(4)])
+    assert converted.depth_options["survival_rule"] == "native"
+
+
+def test_a_drop_path_outside_recognised_blocks_is_refused_and_unrecognised_blocks_are_named():
+    from timm.models._efficientnet_blocks import CondConvResidual
+
+    network = _timm_efficientnet()
+    network.blocks[1][1].__class__ = CondConvResidual  # a subclass with a forward of its own
+    assert len(stochdepth.survival_probs(stochdepth.stochastic_depth(copy.deepcopy(network)))) == 3
+    network.blocks[1][1].drop_path = timm.layers.DropPath(0.2)
+    with pytest.raises(ValueError, match="DropPath 'blocks.1.1.drop_path' with rate 0.2 in a block that is not"):
+        stochdepth.stochastic_depth(network)
+    import torchvision
+
+    with pytest.raises(ValueError, match="no residual block found in AlexNet: "):
         stochdepth.stochastic_depth(torchvision.models.alexnet(num_classes=5))
+    blocks = nn.Sequential(network.blocks[1][1])
+    with pytest.raises(ValueError, match=r"found CondConvResidual \(not recognised\): "):
+        stochdepth.stochastic_depth(blocks)
+
+
+def test_a_branch_that_ends_in_an_activation_folds_only_under_inverted_scaling():
+    from timm.models._efficientnet_blocks import ConvBnAct
+
+    network = nn.Sequential(ConvBnAct(8, 8, 3, skip=True), ConvBnAct(8, 8, 3, skip=False))
+    converted = stochdepth.stochastic_depth(copy.deepcopy(network), final_survival_prob=0.5)
+    assert len(stochdepth.survival_probs(converted)) == 1
+    assert type(stochdepth.fold_survival(converted)[0]) is ConvBnAct
+    paper = stochdepth.stochastic_depth(network, final_survival_prob=0.5, scaling="paper")
+    with pytest.raises(ValueError, match="cannot fold p_l into TimmConvBnAct: its branch ends with an activation"):
+        stochdepth.fold_survival(paper)
 
 
 def test_dropped_torchvision_blocks_get_weight_decay_from_a_plain_optimizer():

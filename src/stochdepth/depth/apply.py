@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import torch
 from torch import nn
 
+from stochdepth.depth.adapters import native_drop_rate, register_adapters
 from stochdepth.depth.gates import GateGenerator, common_seed
 from stochdepth.depth.residual import ResidualAdapter, StochasticModule, adapter_for
 from stochdepth.depth.schedule import resolve_depth_options, survival_schedule
@@ -65,6 +67,16 @@ def stochastic_depth(
     shared by its blocks, a ``depth_options`` dict of the resolved options, and a forward
     pre-hook that begins a gate step at each training-mode call.
 
+    A network built with its own drop path (timm's ``drop_path_rate``, torchvision's
+    ``stochastic_depth_prob``) keeps its schedule: each branch's p_l is 1 minus the rate its
+    own drop-path layer holds, exactly (``survival_rule`` is then ``"native"``, p_L the smallest
+    p_l), and the converted block skips instead of multiplying by a mask. Both libraries ramp
+    the rate linearly over the blocks: timm from 0 at the first block to ``drop_path_rate`` r
+    at the last, so p_l = 1 - r (l - 1) / (L - 1), the paper's eq. 4 with p_L = 1 - r but
+    starting one block later (the first block never drops); torchvision's p_l = 1 - r (l - 1) / L
+    reaches only 1 - r (L - 1) / L. Giving ``survival_rule`` or ``final_survival_prob`` for such a
+    network is a ``ValueError`` (build it with a rate of zero to choose another schedule).
+
     ``gate_seed`` defaults to ``torch.initial_seed()`` (what ``torch.manual_seed`` set), taken
     from rank 0 when ``torch.distributed`` is initialised (a broadcast: every rank converts), so
     every rank drops the same blocks even when each rank was seeded differently (timm's
@@ -72,28 +84,36 @@ def stochastic_depth(
     defaults to the convention the blocks were trained with: ``"paper"`` for this library's
     blocks, ``"inverted"`` for torchvision's and timm's, so converting a trained network
     keeps its evaluation outputs. A model in which no residual block is recognised is a
-    ``ValueError`` unless ``survival_rule`` is ``"none"``.
+    ``ValueError`` naming the block types it found, unless ``survival_rule`` is ``"none"``.
     """
     if any(True for _ in stochastic_blocks(model)):
         raise ValueError("stochastic depth is already applied to this model")
-    _refuse_existing_drop_path(model)
-    from stochdepth.depth.adapters import register_adapters
-
     register_adapters()
     found = find_residual_blocks(model)
-    native = {adapter.default_scaling for _, _, _, adapter in found}
-    options = resolve_depth_options(
-        survival_rule, final_survival_prob, drop_mode, scaling, "inverted" if "inverted" in native else "paper"
-    )
-    if not found and options.survival_rule != "none":
-        raise ValueError(
-            f"no residual block found in {type(model).__name__}: stochastic depth needs residual blocks "
-            "(this library's ResidualBlock, or a type registered with register_residual_adapter); "
-            "use survival_rule='none' for constant depth"
-        )
-    seed = common_seed(torch.initial_seed() & (2**63 - 1)) if gate_seed is None else gate_seed
     sizes = [adapter.num_branches(child) for _, _, child, adapter in found]
-    probs = survival_schedule(sum(sizes), options.survival_rule, options.final_survival_prob)
+    native_rates = [
+        rate for (_, _, child, adapter), size in zip(found, sizes) for rate in _native_rates(child, adapter, size)
+    ]
+    native = {adapter.default_scaling for _, _, _, adapter in found}
+    default_scaling = "inverted" if "inverted" in native else "paper"
+    if any(native_rates):
+        if survival_rule is not None or final_survival_prob is not None:
+            raise ValueError(
+                f"{type(model).__name__} was built with its own drop-path rates (up to {max(native_rates):g}), which "
+                "become the schedule: leave survival_rule and final_survival_prob unset, or build it with a rate of "
+                "zero (timm: drop_path_rate=0; torchvision: stochastic_depth_prob=0) to choose another"
+            )
+        probs = [1.0 - rate for rate in native_rates]
+        options = replace(
+            resolve_depth_options("uniform", min(probs), drop_mode, scaling, default_scaling), survival_rule="native"
+        )
+    else:
+        options = resolve_depth_options(survival_rule, final_survival_prob, drop_mode, scaling, default_scaling)
+        probs = survival_schedule(sum(sizes), options.survival_rule, options.final_survival_prob)
+    if not found and options.survival_rule != "none":
+        raise ValueError(_no_blocks_message(model))
+    _refuse_drop_path_outside(model)
+    seed = common_seed(torch.initial_seed() & (2**63 - 1)) if gate_seed is None else gate_seed
     gates = GateGenerator(seed, probs, options.drop_mode, options.scaling)
     first = 0
     for (parent, name, child, adapter), size in zip(found, sizes):
@@ -105,17 +125,51 @@ def stochastic_depth(
     return model
 
 
-def _refuse_existing_drop_path(model: nn.Module) -> None:
-    """Never stack two: a network built with its library's own drop path (a mask multiply) is refused."""
+def _native_rates(block: nn.Module, adapter: ResidualAdapter, size: int) -> list[float]:
+    """Per branch of ``block``, the rate of its own drop-path layer (0 where it has none)."""
+    rates = [native_drop_rate(module) for module in adapter.native_drop_paths(block)]
+    return rates if rates else [0.0] * size
+
+
+def _refuse_drop_path_outside(model: nn.Module) -> None:
+    """Never stack two: a drop path with a non-zero rate that no recognised block owns is refused.
+
+    A recognised block without a residual branch (an EfficientNet block without a skip) owns
+    its drop path too: it never calls it.
+    """
+    owned = {
+        id(drop_path)
+        for module in model.modules()
+        if (adapter := adapter_for(module)) is not None
+        for drop_path in adapter.native_drop_paths(module)
+        if drop_path is not None
+    }
     for name, module in model.named_modules():
-        kind = type(module).__name__
-        rate = getattr(module, "drop_prob", None) if kind == "DropPath" else None
-        rate = getattr(module, "p", None) if kind == "StochasticDepth" else rate
-        if isinstance(rate, (int, float)) and rate > 0:
+        rate = native_drop_rate(module)
+        if rate > 0 and id(module) not in owned:
             raise ValueError(
-                f"{type(model).__name__} already has {kind} {name!r} with rate {rate}: build it with a rate of zero "
-                "(timm: drop_path_rate=0; torchvision: stochastic_depth_prob=0), then apply stochastic depth"
+                f"{type(model).__name__} has {type(module).__name__} {name!r} with rate {rate} in a block that is "
+                "not recognised: build it with a rate of zero (timm: drop_path_rate=0; torchvision: "
+                "stochastic_depth_prob=0), then apply stochastic depth"
             )
+
+
+def _no_blocks_message(model: nn.Module) -> str:
+    """Says that no residual block was recognised, naming the block-like module types that were found."""
+    candidates = sorted(
+        {
+            type(module).__name__
+            for module in model.modules()
+            if any(word in type(module).__name__ for word in ("Block", "Residual", "Bottleneck"))
+            or any(type(child).__name__ in ("DropPath", "StochasticDepth") for child in module.children())
+        }
+    )
+    found = f"; found {', '.join(candidates)} (not recognised)" if candidates else ""
+    return (
+        f"no residual block found in {type(model).__name__}{found}: stochastic depth needs residual blocks (this "
+        "library's ResidualBlock, or a type registered with register_residual_adapter); use survival_rule='none' "
+        "for constant depth"
+    )
 
 
 def stochastic_blocks(model: nn.Module) -> Iterator[StochasticModule]:

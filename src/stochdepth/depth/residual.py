@@ -279,12 +279,15 @@ class ResidualAdapter:
     the stochastic replacement, whose branches take gates ``first_index``, ``first_index + 1``...
     ``default_scaling`` is the convention the module's weights are trained with: ``"inverted"``
     for other libraries' blocks (their own drop path rescales in training), ``"paper"`` for
-    this library's.
+    this library's. ``native_drop_paths(module)`` lists, per branch, the module's own drop-path
+    layer (timm's ``DropPath``, torchvision's ``StochasticDepth``) or ``None``: their rates are
+    taken over as the schedule (:func:`~stochdepth.stochastic_depth`).
     """
 
     num_branches: Callable[[nn.Module], int]
     make_stochastic: Callable[[nn.Module, list[float], int, GateGenerator], StochasticModule]
     default_scaling: str = "inverted"
+    native_drop_paths: Callable[[nn.Module], list[nn.Module | None]] = lambda module: []
 
 
 _ADAPTERS: dict[type[nn.Module], ResidualAdapter] = {}

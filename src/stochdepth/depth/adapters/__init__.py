@@ -10,11 +10,14 @@ swaps the original class back. The classes are defined at module level, so a con
 network pickles (``torch.save`` of the whole module, ``torch.multiprocessing``).
 
 Each subclass declares its ``plain_class``, its branch count (``branches``), what a branch
-computes, which parameters only that branch uses, and where its output scale sits for
-folding. Recognised: torchvision's ResNet, ConvNeXt, Swin (V1, V2), Vision Transformer and
-EfficientNet (V1, V2) blocks (``torchvision_blocks``), and timm's ResNet ``BasicBlock``/
-``Bottleneck`` and Vision Transformer ``Block`` (``timm_blocks``; registered once timm has been
-imported, which it has if the network came from it).
+computes, which parameters only that branch uses, where its output scale sits for folding,
+and the attribute names of its own drop-path layers (``drop_paths``, one per branch), whose
+rates the conversion takes over. A subclass of a recognised class with a ``forward`` of its
+own is not recognised (it computes something else). Recognised: torchvision's ResNet,
+ConvNeXt, Swin (V1, V2), Vision Transformer and EfficientNet (V1, V2) blocks
+(``torchvision_blocks``), and timm's ResNet, ConvNeXt (V1, V2), Swin (V1, V2), Vision
+Transformer (ViT, DeiT), EVA, EfficientNet / MobileNetV3 and RegNet blocks (``timm_blocks``;
+registered once timm has been imported, which it has if the network came from it).
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ class SwappedBlock(StochasticModule):
 
     plain_class: type[nn.Module]
     branches: int = 1
+    drop_paths: tuple[str, ...] = ()
 
     def extra_repr(self) -> str:
         probs = ", ".join(f"{prob:.4f}" for prob in self.survival_probs)
         return f"survival_probs=({probs}), drop_mode={self.gates.drop_mode}, scaling={self.gates.scaling}"
 
-    def branch_ends(self) -> list[nn.Module]:
-        """Per branch, the module whose output scale carries p_l when folding."""
+    def branch_ends(self) -> list[nn.Module | nn.Parameter]:
+        """Per branch, where its output scale carries p_l when folding: a layer-scale parameter or a module."""
         raise NotImplementedError
 
     def folded(self) -> nn.Module:
@@ -68,8 +72,22 @@ class SwappedBlock(StochasticModule):
         return cls.branches
 
     @classmethod
+    def recognised_branches(cls, block: nn.Module) -> int:
+        """``count_branches``, or 0 for a subclass that computes its own ``forward``."""
+        return cls.count_branches(block) if type(block).forward is cls.plain_class.forward else 0
+
+    @classmethod
+    def native_drop_paths(cls, block: nn.Module) -> list[nn.Module | None]:
+        """Per branch, the block's own drop-path layer ([] for a subclass with its own ``forward``)."""
+        if type(block).forward is not cls.plain_class.forward:
+            return []
+        return [getattr(block, name, None) for name in cls.drop_paths]
+
+    @classmethod
     def adapter(cls) -> ResidualAdapter:
-        return ResidualAdapter(num_branches=cls.count_branches, make_stochastic=cls.swap_in)
+        return ResidualAdapter(
+            num_branches=cls.recognised_branches, make_stochastic=cls.swap_in, native_drop_paths=cls.native_drop_paths
+        )
 
     @classmethod
     def swap_in(cls, block: nn.Module, probs: list[float], first: int, gates: GateGenerator) -> nn.Module:
@@ -86,14 +104,23 @@ def parameters_outside(block: nn.Module, *excluded: nn.Module | None) -> Iterabl
     return [param for param in block.parameters() if id(param) not in left_out]
 
 
-def _scale_output(module: nn.Module, scale: float) -> None:
-    """Multiply ``module``'s output by ``scale`` through its weights (a LayerScale's gamma or the last affine layer)."""
-    gamma = getattr(module, "gamma", None)
+def _scale_output(end: nn.Module | nn.Parameter, scale: float) -> None:
+    """Multiply a branch's output by ``scale`` through its weights: a layer-scale parameter, a
+    LayerScale module's gamma, or the last affine layer of ``end``."""
+    gamma = end if isinstance(end, nn.Parameter) else getattr(end, "gamma", None)
     if isinstance(gamma, nn.Parameter):
         with torch.no_grad():
             gamma.mul_(scale)
         return
-    scale_last_affine_layer(module, scale)
+    scale_last_affine_layer(end, scale)
+
+
+def native_drop_rate(module: nn.Module | None) -> float:
+    """The rate of a library's own drop-path layer (timm's ``DropPath``, torchvision's ``StochasticDepth``); else 0."""
+    kind = type(module).__name__
+    rate = getattr(module, "drop_prob", 0.0) if kind == "DropPath" else 0.0
+    rate = getattr(module, "p", 0.0) if kind == "StochasticDepth" else rate
+    return float(rate) if isinstance(rate, (int, float)) else 0.0
 
 
 _LIBRARIES = {

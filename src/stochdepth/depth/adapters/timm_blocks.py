@@ -1,11 +1,23 @@
-"""timm's ResNet blocks and Vision Transformer ``Block`` (two gated branches, as DeiT and DINOv2 drop them)."""
+"""timm's residual blocks: ResNet, ConvNeXt (V1, V2), Swin (V1, V2), ViT / DeiT and EVA, EfficientNet /
+MobileNetV3, RegNet. Transformer blocks have two gated branches (attention, MLP), as DeiT and
+DINOv2 drop them; each branch's own ``DropPath`` is not called by the converted block, its rate
+becomes the branch's schedule."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
 import torch
-from timm.models import resnet, vision_transformer
+from timm.models import (
+    _efficientnet_blocks,
+    convnext,
+    eva,
+    regnet,
+    resnet,
+    swin_transformer,
+    swin_transformer_v2,
+    vision_transformer,
+)
 from torch import nn
 
 from stochdepth.depth.adapters import SwappedBlock, parameters_outside
@@ -21,8 +33,11 @@ def _refuse_squeeze_excitation(block: nn.Module) -> None:
 
 
 class TimmResNetBlock(SwappedBlock):
-    """An identity shortcut carries the previous block's ReLU output: the (in-place) ReLU after the
-    addition would leave it unchanged, so a dropped block returns it untouched (eq. 2)."""
+    """``act(downsample(x) + branch(x))``. An identity shortcut carries the previous block's ReLU
+    output: the (in-place) ReLU after the addition would leave it unchanged, so a dropped block
+    returns it untouched (eq. 2)."""
+
+    drop_paths = ("drop_path",)
 
     def residual(self, x: torch.Tensor, post: nn.Module) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -67,21 +82,31 @@ class TimmBottleneck(TimmResNetBlock, resnet.Bottleneck):
         return [self.bn3]
 
 
-class TimmVisionTransformerBlock(SwappedBlock, vision_transformer.Block):
-    """Attention and MLP, each a residual branch with its own gate (DeiT, DINOv2)."""
+def _refuse_masks_in_sample_mode(block: SwappedBlock, attn_mask: torch.Tensor | None, is_causal: bool) -> None:
+    if (attn_mask is not None or is_causal) and block.training and block.gates.drop_mode == "sample":
+        raise ValueError("sample mode cannot subset an attention mask; use drop_mode='batch'")
 
-    plain_class = vision_transformer.Block
+
+class TimmTransformerBlock(SwappedBlock):
+    """Attention and MLP, each a residual branch with its own gate."""
+
     branches = 2
+    drop_paths = ("drop_path1", "drop_path2")
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
-        options = {}
-        if attn_mask is not None or is_causal:
-            options = {"attn_mask": attn_mask, "is_causal": is_causal}
-            if self.training and self.gates.drop_mode == "sample":
-                raise ValueError("sample mode cannot subset an attention mask; use drop_mode='batch'")
-        attention: Callable[[torch.Tensor], torch.Tensor] = lambda y: self.ls1(self.attn(self.norm1(y), **options))  # noqa: E731
+    def two_branches(self, x: torch.Tensor, attention: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         x = stochastic_residual(x, x, attention, self, 0)
         return stochastic_residual(x, x, self.mlp_branch, self, 1)
+
+
+class TimmVisionTransformerBlock(TimmTransformerBlock, vision_transformer.Block):
+    """ViT and DeiT: pre-norm attention and MLP, each with an optional LayerScale."""
+
+    plain_class = vision_transformer.Block
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
+        _refuse_masks_in_sample_mode(self, attn_mask, is_causal)
+        options = {"attn_mask": attn_mask, "is_causal": is_causal} if attn_mask is not None or is_causal else {}
+        return self.two_branches(x, lambda y: self.ls1(self.attn(self.norm1(y), **options)))
 
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.ls2(self.mlp(self.norm2(x)))
@@ -97,4 +122,235 @@ class TimmVisionTransformerBlock(SwappedBlock, vision_transformer.Block):
         ]
 
 
-ADAPTED = (TimmBasicBlock, TimmBottleneck, TimmVisionTransformerBlock)
+class TimmEvaBlock(TimmTransformerBlock, eva.EvaBlock):
+    """EVA / EVA-02: pre-norm attention (with rotary embeddings) and MLP, optional ``gamma_1``/``gamma_2``."""
+
+    plain_class = eva.EvaBlock
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        _refuse_masks_in_sample_mode(self, attn_mask, is_causal)
+        return self.two_branches(x, lambda y: self.attention_branch(y, rope, attn_mask, is_causal))
+
+    def attention_branch(
+        self, x: torch.Tensor, rope: torch.Tensor | None, attn_mask: torch.Tensor | None, is_causal: bool
+    ) -> torch.Tensor:
+        x = self.attn(self.norm1(x), rope=rope, attn_mask=attn_mask, is_causal=is_causal)
+        return x if self.gamma_1 is None else self.gamma_1 * x
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mlp(self.norm2(x))
+        return x if self.gamma_2 is None else self.gamma_2 * x
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        modules = (self.norm1, self.attn) if which == 0 else (self.norm2, self.mlp)
+        gamma = self.gamma_1 if which == 0 else self.gamma_2
+        return [param for module in modules for param in module.parameters()] + ([] if gamma is None else [gamma])
+
+    def branch_ends(self) -> list[nn.Module | nn.Parameter]:
+        return [
+            self.attn.proj if self.gamma_1 is None else self.gamma_1,
+            self.mlp if self.gamma_2 is None else self.gamma_2,
+        ]
+
+
+class TimmEvaBlockPostNorm(TimmTransformerBlock, eva.EvaBlockPostNorm):
+    """EVA with the norm after attention and after the MLP."""
+
+    plain_class = eva.EvaBlockPostNorm
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        _refuse_masks_in_sample_mode(self, attn_mask, is_causal)
+        return self.two_branches(
+            x, lambda y: self.norm1(self.attn(y, rope=rope, attn_mask=attn_mask, is_causal=is_causal))
+        )
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.mlp(x))
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        modules = (self.attn, self.norm1) if which == 0 else (self.mlp, self.norm2)
+        return [param for module in modules for param in module.parameters()]
+
+    def branch_ends(self) -> list[nn.Module]:
+        return [self.norm1, self.norm2]
+
+
+class TimmSwinBlock(TimmTransformerBlock):
+    """Swin: windowed attention on (B, H, W, C), then the MLP on (B, H W, C); V1 normalises before each, V2 after."""
+
+    post_norm = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, channels = x.shape
+        x = stochastic_residual(x, x, self.attention_branch, self, 0).reshape(batch, -1, channels)
+        return stochastic_residual(x, x, self.mlp_branch, self, 1).reshape(batch, height, width, channels)
+
+    def attention_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm1(self._attn(x)) if self.post_norm else self._attn(self.norm1(x))
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.mlp(x)) if self.post_norm else self.mlp(self.norm2(x))
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        modules = (self.norm1, self.attn) if which == 0 else (self.norm2, self.mlp)
+        return [param for module in modules for param in module.parameters()]
+
+    def branch_ends(self) -> list[nn.Module]:
+        return [self.norm1, self.norm2] if self.post_norm else [self.attn.proj, self.mlp]
+
+
+class TimmSwinBlockV1(TimmSwinBlock, swin_transformer.SwinTransformerBlock):
+    plain_class = swin_transformer.SwinTransformerBlock
+
+
+class TimmSwinBlockV2(TimmSwinBlock, swin_transformer_v2.SwinTransformerV2Block):
+    plain_class = swin_transformer_v2.SwinTransformerV2Block
+    post_norm = True
+
+
+class TimmConvNeXtBlock(SwappedBlock, convnext.ConvNeXtBlock):
+    """ConvNeXt V1 and V2: depthwise conv, norm, MLP, optional layer scale ``gamma``; shortcut may downsample."""
+
+    plain_class = convnext.ConvNeXtBlock
+    drop_paths = ("drop_path",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return stochastic_residual(self.shortcut(x), x, self.branch, self, 0)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_dw(x)
+        if self.use_conv_mlp:
+            x = self.mlp(self.norm(x))
+        else:
+            x = self.mlp(self.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        return x if self.gamma is None else x.mul(self.gamma.reshape(1, -1, 1, 1))
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        return parameters_outside(self, self.shortcut)
+
+    def branch_ends(self) -> list[nn.Module | nn.Parameter]:
+        return [self.mlp if self.gamma is None else self.gamma]
+
+
+class TimmEfficientNetBlock(SwappedBlock):
+    """EfficientNet / MobileNetV3 blocks: ``input + branch(input)`` where the block ``has_skip``; others stay plain."""
+
+    drop_paths = ("drop_path",)
+
+    @classmethod
+    def count_branches(cls, block: nn.Module) -> int:
+        return 1 if block.has_skip else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return stochastic_residual(x, x, self.branch, self, 0)
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        return self.parameters()
+
+    def last_norm(self) -> nn.Module:
+        raise NotImplementedError
+
+    def branch_ends(self) -> list[nn.Module]:
+        norm = self.last_norm()
+        if not isinstance(getattr(norm, "act", nn.Identity()), nn.Identity):
+            raise ValueError(f"cannot fold p_l into {type(self).__name__}: its branch ends with an activation")
+        return [norm]
+
+    def space_to_depth(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.conv_s2d is None else self.bn_s2d(self.conv_s2d(x))
+
+
+class TimmConvBnAct(TimmEfficientNetBlock, _efficientnet_blocks.ConvBnAct):
+    plain_class = _efficientnet_blocks.ConvBnAct
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.aa(self.bn1(self.conv(x)))
+
+    def last_norm(self) -> nn.Module:
+        return self.bn1
+
+
+class TimmDepthwiseSeparableConv(TimmEfficientNetBlock, _efficientnet_blocks.DepthwiseSeparableConv):
+    plain_class = _efficientnet_blocks.DepthwiseSeparableConv
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.se(self.aa(self.bn1(self.conv_dw(self.space_to_depth(x)))))
+        return self.bn2(self.conv_pw(x))
+
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+
+class TimmInvertedResidual(TimmEfficientNetBlock, _efficientnet_blocks.InvertedResidual):
+    plain_class = _efficientnet_blocks.InvertedResidual
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(self.conv_pw(self.space_to_depth(x)))
+        x = self.se(self.aa(self.bn2(self.conv_dw(x))))
+        return self.bn3(self.conv_pwl(x))
+
+    def last_norm(self) -> nn.Module:
+        return self.bn3
+
+
+class TimmEdgeResidual(TimmEfficientNetBlock, _efficientnet_blocks.EdgeResidual):
+    plain_class = _efficientnet_blocks.EdgeResidual
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.se(self.aa(self.bn1(self.conv_exp(x))))
+        return self.bn2(self.conv_pwl(x))
+
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+
+class TimmRegNetBottleneck(SwappedBlock, regnet.Bottleneck):
+    """RegNet's ``act3(downsample(x) + branch(x))``; a block built without a shortcut stays plain."""
+
+    plain_class = regnet.Bottleneck
+    drop_paths = ("drop_path",)
+
+    @classmethod
+    def count_branches(cls, block: nn.Module) -> int:
+        return 0 if block.downsample is None else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return stochastic_residual(self.downsample(x), x, self.branch, self, 0, self.act3)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.se(self.conv2(self.conv1(x))))
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        return parameters_outside(self, self.downsample)
+
+    def branch_ends(self) -> list[nn.Module]:
+        return [self.conv3]
+
+
+ADAPTED = (
+    TimmBasicBlock,
+    TimmBottleneck,
+    TimmVisionTransformerBlock,
+    TimmEvaBlock,
+    TimmEvaBlockPostNorm,
+    TimmSwinBlockV1,
+    TimmSwinBlockV2,
+    TimmConvNeXtBlock,
+    TimmConvBnAct,
+    TimmDepthwiseSeparableConv,
+    TimmInvertedResidual,
+    TimmEdgeResidual,
+    TimmRegNetBottleneck,
+)

@@ -6,7 +6,7 @@ ConvNeXt (``CNBlock``: the branch ends with its layer scale), Swin and Swin V2
 Vision Transformer (``EncoderBlock``: attention with its dropout, and MLP, two branches) and
 EfficientNet / EfficientNet V2 (``MBConv``/``FusedMBConv`` with a skip connection; a block
 without one is not residual and stays plain). Each network's own ``StochasticDepth`` (a mask
-multiply) is not called by the converted block; a non-zero rate is refused at conversion.
+multiply) is not called by the converted block; its rate becomes the branch's schedule.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class TorchvisionConvNeXtBlock(SwappedBlock, convnext.CNBlock):
     """``input + layer_scale * block(input)``; p_l folds into the layer scale."""
 
     plain_class = convnext.CNBlock
+    drop_paths = ("stochastic_depth",)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return stochastic_residual(x, x, self.branch, self, 0)
@@ -70,17 +71,15 @@ class TorchvisionConvNeXtBlock(SwappedBlock, convnext.CNBlock):
     def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
         return self.parameters()
 
-    def folded(self) -> nn.Module:
-        if self.gates.scaling == "paper" and self.survival_probs[0] < 1.0:
-            with torch.no_grad():
-                self.layer_scale.mul_(self.survival_probs[0])
-        return self._swap_back()
+    def branch_ends(self) -> list[nn.Module | nn.Parameter]:
+        return [self.layer_scale]
 
 
 class TorchvisionSwinBlock(SwappedBlock):
     """Attention and MLP, each a gated branch; V1 normalises before each, V2 after."""
 
     branches = 2
+    drop_paths = ("stochastic_depth", "stochastic_depth")
     post_norm = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,6 +138,8 @@ class TorchvisionEncoderBlock(SwappedBlock, vision_transformer.EncoderBlock):
 
 class TorchvisionInvertedResidual(SwappedBlock):
     """EfficientNet's ``MBConv`` / ``FusedMBConv``: ``input + block(input)`` where the block has a skip."""
+
+    drop_paths = ("stochastic_depth",)
 
     @classmethod
     def count_branches(cls, block: nn.Module) -> int:
