@@ -433,13 +433,13 @@ def test_sample_mode_on_a_vit_block_with_none_one_or_all_survivors(survivors, mo
 
 
 def test_torchvisions_own_stochastic_depth_rates_become_the_schedule():
-    """torchvision ramps block i of L (from 0) to rate * i / L: p_l = 1 - rate (l - 1) / L."""
+    """torchvision's ConvNeXt ramps block i of L (from 0) to rate * i / (L - 1): p_l = 1 - rate (l - 1) / (L - 1)."""
     from torchvision.models import convnext
 
     settings = [convnext.CNBlockConfig(8, 16, 2), convnext.CNBlockConfig(16, None, 2)]
     network = convnext.ConvNeXt(settings, stochastic_depth_prob=0.4, layer_scale=0.5, num_classes=5)
     converted = stochdepth.stochastic_depth(network)
-    assert stochdepth.survival_probs(converted) == pytest.approx([1.0 - 0.4 * block / 4 for block in range(4)])
+    assert stochdepth.survival_probs(converted) == pytest.approx([1.0 - 0.4 * block / 3 for block in range(4)])
     assert converted.depth_options["survival_rule"] == "native"
 
 

@@ -71,10 +71,12 @@ def stochastic_depth(
     ``stochastic_depth_prob``) keeps its schedule: each branch's p_l is 1 minus the rate its
     own drop-path layer holds, exactly (``survival_rule`` is then ``"native"``, p_L the smallest
     p_l), and the converted block skips instead of multiplying by a mask. Both libraries ramp
-    the rate linearly over the blocks: timm from 0 at the first block to ``drop_path_rate`` r
-    at the last, so p_l = 1 - r (l - 1) / (L - 1), the paper's eq. 4 with p_L = 1 - r but
-    starting one block later (the first block never drops); torchvision's p_l = 1 - r (l - 1) / L
-    reaches only 1 - r (L - 1) / L. Giving ``survival_rule`` or ``final_survival_prob`` for such a
+    the rate linearly over the blocks, from 0 at the first block to the rate r at the last
+    (timm's and torchvision's ResNets, ViTs, ConvNeXts, Swins): p_l = 1 - r (l - 1) / (L - 1),
+    the paper's eq. 4 with p_L = 1 - r but starting one block later (the first block never
+    drops). EfficientNets (both libraries) stop one step short, p_l = 1 - r (l - 1) / L,
+    counting all their blocks (those without a skip too). Giving ``survival_rule`` or
+    ``final_survival_prob`` for such a
     network is a ``ValueError`` (build it with a rate of zero to choose another schedule).
 
     ``gate_seed`` defaults to ``torch.initial_seed()`` (what ``torch.manual_seed`` set), taken
