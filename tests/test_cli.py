@@ -184,8 +184,13 @@ def test_resume_refuses_other_options(trained_run, capsys):
     assert "only --epochs" in _bad(["train", "--resume", str(trained_run), "--lr", "0.5"], capsys)
 
 
-@pytest.mark.parametrize("model", ["torchvision/resnet18", "timm/resnet18"])
-def test_networks_of_other_libraries_train_resume_eval_and_export(model, tmp_path, synthetic_data_dir, capsys):
+@pytest.mark.parametrize(
+    ("model", "branches"), [("torchvision/resnet18", 8), ("timm/resnet18", 8), ("timm/vit_tiny_patch16_224", 24)]
+)
+def test_networks_of_other_libraries_train_resume_eval_and_export(
+    model, branches, tmp_path, synthetic_data_dir, capsys
+):
+    """A ViT gets the data's image size (built for 224 px, it would refuse 28 px images)."""
     if model.startswith("timm/"):
         pytest.importorskip("timm")
     run = tmp_path / "run"
@@ -193,7 +198,7 @@ def test_networks_of_other_libraries_train_resume_eval_and_export(model, tmp_pat
     flags[flags.index("--epochs") + 1] = "1"
     assert main(flags) == 0
     config = json.loads((run / "config.json").read_text())
-    assert config["model"]["model"] == model and len(config["survival_probs"]) == 8
+    assert config["model"]["model"] == model and len(config["survival_probs"]) == branches
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
     assert main(["eval", str(run), "--data-dir", str(synthetic_data_dir)]) == 0
     assert main(["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "model.safetensors")]) == 0
@@ -214,6 +219,14 @@ def test_init_weights_start_from_a_file_and_say_what_fitted(tmp_path, synthetic_
     assert main([*_tiny_flags(synthetic_data_dir, tmp_path / "bad"), "--init-weights", str(tmp_path / "none")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_network_without_recognised_blocks_is_one_line_naming_what_was_found(tmp_path, capsys):
+    flags = ["train", "--model", "torchvision/squeezenet1_0", "--out", str(tmp_path / "run"), "--epochs", "1"]
+    assert main(flags) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "no residual block found in SqueezeNet" in error
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_timm_model_without_timm_names_the_extra(monkeypatch):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from stochdepth.depth import DepthOptions, resolve_depth_options, stochastic_depth
+from stochdepth.depth.adapters import native_drop_rate
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -134,6 +135,7 @@ def create_model(
     drop_mode: str | None = None,
     gate_seed: int | None = None,
     scaling: str | None = None,
+    image_size: int | None = None,
     **family_options: object,
 ) -> nn.Module:
     """Build the registered model ``name`` with stochastic depth: the one place networks are made.
@@ -146,6 +148,8 @@ def create_model(
     (``dropout_rate`` for Wide ResNets, for example). Arguments that are ``None`` are left
     out, so the family's own defaults stay in force (1000 classes for the ImageNet family,
     10 elsewhere; 3 input channels); an option the family does not take is a ``ValueError``.
+    ``image_size`` goes to torchvision's and timm's builders that take one (their Vision
+    Transformers and Swins are built for one input size); this library's networks take any.
     """
     options = resolve_model_depth_options(name, survival_rule, final_survival_prob, drop_mode, scaling)
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
@@ -156,6 +160,8 @@ def create_model(
         for key, value in {"num_classes": num_classes, "in_channels": in_channels, **family_options}.items()
         if value is not None
     }
+    if image_size is not None and _external(name):
+        given["image_size"] = image_size
     builder = _external_builder(name) if _external(name) else _ENTRIES[name].builder
     try:
         network = builder(**given)
@@ -177,33 +183,78 @@ def _external_builder(name: str) -> ModelBuilder:
     """A builder for ``torchvision/<name>`` or ``timm/<name>``: random weights, the data's classes and channels."""
     library, model = name.split("/", 1)
 
-    def torchvision_model(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    def torchvision_model(num_classes: int = 1000, in_channels: int = 3, image_size: int | None = None) -> nn.Module:
         import torchvision
 
+        if model not in torchvision.models.list_models():
+            raise ValueError(f"torchvision has no model {model!r}")
         try:
-            network = torchvision.models.get_model(model, weights=None, num_classes=num_classes)
-        except ValueError:
-            raise ValueError(f"torchvision has no model {model!r}") from None
-        for module in network.modules():
-            if isinstance(module, torchvision.ops.StochasticDepth):
-                module.p = 0.0  # its own drop path (a mask multiply) gives way to the library's schedule
-        if in_channels != 3:
-            stem = getattr(network, "conv1", None)
-            if not isinstance(stem, nn.Conv2d):
-                raise ValueError(f"in_channels={in_channels}: only torchvision's ResNets get a new stem here")
-            network.conv1 = nn.Conv2d(
-                in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=stem.bias is not None
+            network = _with_image_size(
+                lambda **size: torchvision.models.get_model(model, weights=None, num_classes=num_classes, **size),
+                {"image_size": image_size},
             )
+        except (ValueError, AssertionError) as error:
+            raise ValueError(f"torchvision cannot build {model!r} ({str(error).splitlines()[0]})") from None
+        _without_own_drop_path(network)
+        if in_channels != 3:
+            _replace_stem(network, in_channels)
         return network
 
-    def timm_model(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    def timm_model(num_classes: int = 1000, in_channels: int = 3, image_size: int | None = None) -> nn.Module:
         try:
             import timm
         except ImportError:
             raise ValueError(f"{name} needs timm: pip install 'stochdepth[timm]'") from None
         try:
-            return timm.create_model(model, pretrained=False, num_classes=num_classes, in_chans=in_channels)
-        except RuntimeError as error:
+            network = _with_image_size(
+                lambda **size: timm.create_model(
+                    model, pretrained=False, num_classes=num_classes, in_chans=in_channels, **size
+                ),
+                {"img_size": image_size},
+            )
+        except (RuntimeError, AssertionError) as error:
             raise ValueError(f"timm cannot build {model!r} ({str(error).splitlines()[0]})") from None
+        return _without_own_drop_path(network)
 
     return torchvision_model if library == "torchvision" else timm_model
+
+
+def _with_image_size(build: Callable[..., nn.Module], image_size: dict[str, int | None]) -> nn.Module:
+    """``build(**image_size)`` for a network that takes its input size, else ``build()`` (ResNets, ConvNeXts)."""
+    ((keyword, size),) = image_size.items()
+    if size is None:
+        return build()
+    try:
+        return build(**image_size)
+    except TypeError as error:
+        if f"'{keyword}'" not in str(error):
+            raise
+        return build()
+
+
+def _without_own_drop_path(network: nn.Module) -> nn.Module:
+    """Set the rate of the network's own drop path (a mask multiply) to 0: the library's schedule replaces it."""
+    for module in network.modules():
+        if native_drop_rate(module) > 0:
+            attribute = "drop_prob" if hasattr(module, "drop_prob") else "p"
+            setattr(module, attribute, 0.0)
+    return network
+
+
+def _replace_stem(network: nn.Module, in_channels: int) -> None:
+    """Give the network's first convolution ``in_channels`` inputs (a new, randomly initialised layer)."""
+    for parent in network.modules():
+        for name, stem in parent.named_children():
+            if isinstance(stem, nn.Conv2d):
+                replacement = nn.Conv2d(
+                    in_channels,
+                    stem.out_channels,
+                    stem.kernel_size,
+                    stem.stride,
+                    stem.padding,
+                    stem.dilation,
+                    bias=stem.bias is not None,
+                )
+                setattr(parent, name, replacement)
+                return
+    raise ValueError(f"in_channels={in_channels}: {type(network).__name__} has no convolution to take them")

@@ -2,8 +2,8 @@
 
 Every N iterations the trainer records the mean absolute gradient of the stem
 convolution's weights (the paper plots the first convolutional layer) and of each residual
-block's first convolution, before the optimizer step. A block whose branch did not run in
-that step (its gradient is an allocated zero, not a measurement) is recorded as ``null``
+block's first convolution (a transformer block's first linear layer), before the optimizer
+step. A block whose branch did not run in that step (its gradient is an allocated zero, not a measurement) is recorded as ``null``
 and left out of any average; in data-parallel sample mode a branch that ran on any
 process's rows ran. Between recording steps this costs nothing; a recording step
 reads all values in one host synchronisation.
@@ -20,12 +20,13 @@ from torch import nn
 from stochdepth.depth import GateGenerator, stochastic_blocks
 
 
-def first_convolution(module: nn.Module) -> nn.Conv2d:
-    """The first ``Conv2d`` of ``module`` in registration (forward) order."""
-    for child in module.modules():
-        if isinstance(child, nn.Conv2d):
-            return child
-    raise ValueError(f"no convolution in {type(module).__name__}")
+def first_weight_layer(module: nn.Module) -> nn.Conv2d | nn.Linear:
+    """The first ``Conv2d`` (or, in a block without one, ``Linear``) of ``module`` in registration order."""
+    for kind in (nn.Conv2d, nn.Linear):
+        for child in module.modules():
+            if isinstance(child, kind):
+                return child
+    raise ValueError(f"no convolution or linear layer in {type(module).__name__}")
 
 
 def _branch_module(block: nn.Module) -> nn.Module:
@@ -38,9 +39,9 @@ class GradientRecorder:
     """Reads the stem's and each block's first-convolution mean absolute gradient."""
 
     def __init__(self, model: nn.Module, gates: GateGenerator) -> None:
-        self.stem = first_convolution(model)
+        self.stem = first_weight_layer(model)
         blocks = list(stochastic_blocks(model))
-        self.block_convolutions = [first_convolution(_branch_module(block)) for block in blocks]
+        self.block_convolutions = [first_weight_layer(_branch_module(block)) for block in blocks]
         self.block_indices = [block.first_index for block in blocks]
         self.gates = gates
 

@@ -64,7 +64,7 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def build_model(config: TrainConfig, spec: DataSpec, gate_seed: int = 0) -> nn.Module:
-    """The network ``config.model`` describes, for data of ``spec``'s classes and channels."""
+    """The network ``config.model`` describes, for data of ``spec``'s classes, channels and image size."""
     model = config.model
     return create_model(
         model.model,
@@ -76,6 +76,7 @@ def build_model(config: TrainConfig, spec: DataSpec, gate_seed: int = 0) -> nn.M
         scaling=model.scaling,
         dropout_rate=model.dropout_rate,
         gate_seed=gate_seed,
+        image_size=spec.image_size,
     )
 
 
