@@ -3,9 +3,9 @@
 Every N iterations the trainer records the mean absolute gradient of the stem
 convolution's weights (the paper plots the first convolutional layer) and of each residual
 block's first convolution (a transformer block's first linear layer), before the optimizer
-step. A block whose branch did not run in that step (its gradient is an allocated zero, not a measurement) is recorded as ``null``
-and left out of any average; in data-parallel sample mode a branch that ran on any
-process's rows ran. Between recording steps this costs nothing; a recording step
+step. A block whose branch did not run in that step (its gradient is an allocated zero, not
+a measurement) is recorded as ``null`` and left out of any average; in data-parallel sample
+mode a branch that ran on any process's rows ran. Between recording steps this costs nothing; a recording step
 reads all values in one host synchronisation.
 """
 
