@@ -1,12 +1,15 @@
-"""Training-step time on the networks users already have: torchvision's ResNet-50 and a timm ViT.
+"""Training-step time on the networks users already have: torchvision's ResNet-50 and timm's
+ConvNeXt-Tiny, Swin-T, EfficientNet-B0 and ViT-S at the drop rates they train with.
 
 Variants, side by side (round robin, step by step, median per variant):
   none          the network as its library builds it, no stochastic depth
-  mask-multiply the library's own drop path at the same rates (timm's ``drop_path_rate``:
-                every branch runs and is multiplied by a per-sample 0/1 mask). torchvision's
+  mask-multiply the library's own drop path at the rate (timm's ``drop_path_rate``: every
+                branch runs and is multiplied by a per-sample 0/1 mask). torchvision's
                 ResNet has none, so ResNet-50's mask-multiply row is timm's resnet50, the
                 same architecture
-  batch, sample this project's real skipping (``stochdepth.stochastic_depth``), linear decay
+  batch, sample this project's real skipping: ``stochdepth.stochastic_depth`` of the
+                mask-multiply network, which takes its drop-path rates over as the schedule
+                (ResNet-50: linear decay to 1 - rate)
 
 Printed per variant: median step time, ratio to ``none``, the forward compute share
 (training-mode FLOPs averaged over 20 steps, over ``none``'s), and saved activations (unique
@@ -14,6 +17,7 @@ storages) with their ratio. The target: real skipping's time ratio at most its c
 plus 0.05, while the mask costs about 1.0.
 
     python benchmarks/external_step_time.py --steps 10
+    python benchmarks/external_step_time.py --steps 10 --only vit_small   # one family
 """
 
 from __future__ import annotations
@@ -45,17 +49,28 @@ def resnet50_variants(drop_rate: float) -> dict[str, nn.Module]:
     }
 
 
-def vit_variants(drop_rate: float, image_size: int) -> dict[str, nn.Module]:
-    def vit(rate: float = 0.0) -> nn.Module:
-        return timm.create_model(
-            "vit_tiny_patch16_224", img_size=image_size, patch_size=8, num_classes=10, drop_path_rate=rate
-        )
+TIMM_FAMILIES = (
+    ("convnext_tiny", 0.1, {}),
+    ("convnext_tiny", 0.4, {}),
+    ("swin_tiny_patch4_window7_224", 0.2, {"img_size": "image", "window_size": 4}),
+    ("efficientnet_b0", 0.2, {}),
+    ("vit_small_patch16_224", 0.1, {"img_size": "image", "patch_size": 8}),
+    ("vit_small_patch16_224", 0.4, {"img_size": "image", "patch_size": 8}),
+)
+"""timm name, drop_path_rate, options (``"image"``: the measured image size); small inputs for a CPU."""
+
+
+def timm_variants(name: str, drop_rate: float, options: dict[str, object], image_size: int) -> dict[str, nn.Module]:
+    sized = {key: image_size if value == "image" else value for key, value in options.items()}
+
+    def build(rate: float) -> nn.Module:
+        return timm.create_model(name, num_classes=10, drop_path_rate=rate, **sized)
 
     return {
-        "none": vit(),
-        "mask-multiply": vit(drop_rate),
-        "batch": stochdepth.stochastic_depth(vit(), final_survival_prob=1 - drop_rate, drop_mode="batch"),
-        "sample": stochdepth.stochastic_depth(vit(), final_survival_prob=1 - drop_rate, drop_mode="sample"),
+        "none": build(0.0),
+        "mask-multiply": build(drop_rate),
+        "batch": stochdepth.stochastic_depth(build(drop_rate), drop_mode="batch"),
+        "sample": stochdepth.stochastic_depth(build(drop_rate), drop_mode="sample"),
     }
 
 
@@ -117,31 +132,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--resnet-batch", type=int, default=16)
-    parser.add_argument("--resnet-image", type=int, default=64)
-    parser.add_argument("--vit-batch", type=int, default=32)
-    parser.add_argument("--vit-image", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--image", type=int, default=64)
+    parser.add_argument("--only", default="", help="measure the networks whose name contains this")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(
         f"torch={torch.__version__} torchvision={torchvision.__version__} timm={timm.__version__} "
         f"threads={torch.get_num_threads()} steps={args.steps}"
     )
-    resnet_images = torch.randn(args.resnet_batch, 3, args.resnet_image, args.resnet_image)
-    measure(
-        f"torchvision resnet50, batch {args.resnet_batch}, {args.resnet_image}x{args.resnet_image}, drop rate 0.5",
-        resnet50_variants(0.5),
-        resnet_images,
-        args,
-    )
-    vit_images = torch.randn(args.vit_batch, 3, args.vit_image, args.vit_image)
-    for rate in (0.1, 0.4):
-        measure(
-            f"timm ViT-Tiny (patch 8), batch {args.vit_batch}, {args.vit_image}x{args.vit_image}, drop rate {rate}",
-            vit_variants(rate, args.vit_image),
-            vit_images,
-            args,
-        )
+    images = torch.randn(args.batch, 3, args.image, args.image)
+    size = f"batch {args.batch}, {args.image}x{args.image}"
+    if args.only in "resnet50":
+        measure(f"torchvision resnet50, {size}, drop rate 0.5", resnet50_variants(0.5), images, args)
+    for name, rate, options in TIMM_FAMILIES:
+        if args.only in name:
+            extra = "".join(f", {key}={value}" for key, value in options.items() if value != "image")
+            measure(
+                f"timm {name}{extra}, {size}, drop rate {rate}",
+                timm_variants(name, rate, options, args.image),
+                images,
+                args,
+            )
 
 
 if __name__ == "__main__":
