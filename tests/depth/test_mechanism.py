@@ -400,3 +400,32 @@ def test_sample_mode_gradients_equal_the_mask_multiply_reference_with_the_same_g
     torch.testing.assert_close(x.grad, reference_x.grad)
     for mine, theirs in zip(ours, branch.parameters()):
         torch.testing.assert_close(mine, theirs.grad)
+
+
+def test_sample_mode_passes_the_branchs_saved_tensors_through_the_users_own_hooks(monkeypatch):
+    """``save_on_cpu`` or a user's pack/unpack hooks still see what the branch saves (only the gathered rows are not)."""
+    branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1))
+    block = StochasticResidual(ResidualBlock(branch), 0.5, 0, GateGenerator(0, [0.5], "sample")).train()
+    rows = torch.tensor([0, 3, 4])
+    monkeypatch.setattr(block.gates, "gate", lambda index, batch, device: (True, rows))
+    x = torch.randn(6, 4, 5, 5, requires_grad=True)
+    packed_rows, unpacked = [], []
+
+    def pack(tensor: torch.Tensor) -> list[torch.Tensor]:
+        packed_rows.append(tensor.shape[0] if tensor.dim() == 4 else None)
+        return [tensor.clone()]
+
+    def unpack(box: list[torch.Tensor]) -> torch.Tensor:
+        unpacked.append(box)
+        return box[0]
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        out = block(x)
+    out.square().sum().backward()
+    assert 3 in packed_rows, "the ReLU's output on the 3 surviving rows went through the user's pack hook"
+    assert unpacked, "and came back through the user's unpack hook"
+    expected_grad = x.grad.clone()
+    x.grad = None
+    branch.zero_grad()
+    block(x).square().sum().backward()
+    torch.testing.assert_close(x.grad, expected_grad)

@@ -85,8 +85,18 @@ def give_zero_gradients(output: torch.Tensor, parameters: Iterable[nn.Parameter]
     return _ZeroGradientsThrough.apply(output, *trainable)
 
 
+def _identity(x: object) -> object:
+    return x
+
+
 class _Regather:
     """What is saved for backward instead of a branch's gathered input rows: gather them again."""
+
+
+def _enclosing_saved_tensor_hooks() -> tuple[Callable, Callable] | None:
+    """The (pack, unpack) hooks in force around us (``save_on_cpu``, a user's), or ``None``."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top(False) if top is not None else None
 
 
 def _gathered_rows_not_saved(
@@ -98,18 +108,22 @@ def _gathered_rows_not_saved(
     first layer would keep for backward, while ``source`` (the block input) is kept alive anyway.
     The hooks save a marker instead and gather the rows again from ``source`` when backward
     needs them: a little recomputation for one activation of the surviving rows less memory.
-    Left out under ``torch.compile`` (the compiled graph decides what it saves) and when
-    nothing needs gradients.
+    Every other tensor goes through the hooks that were in force around the branch (innermost
+    hooks win in PyTorch, so ``torch.autograd.graph.save_on_cpu`` or a user's own hooks would
+    otherwise stop at the branch). Left out under ``torch.compile`` (the compiled graph decides
+    what it saves) and when nothing needs gradients.
     """
     if not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return contextlib.nullcontext()
     marker = _Regather()
+    enclosing = _enclosing_saved_tensor_hooks()
+    outer_pack, outer_unpack = enclosing if enclosing is not None else (_identity, _identity)
 
     def pack(tensor: torch.Tensor) -> object:
-        return marker if tensor is gathered else tensor
+        return marker if tensor is gathered else outer_pack(tensor)
 
     def unpack(packed: object) -> torch.Tensor:
-        return source.index_select(0, rows) if packed is marker else packed
+        return source.index_select(0, rows) if packed is marker else outer_unpack(packed)
 
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
@@ -139,10 +153,6 @@ def gated_residual(
     if dropped_returns_shortcut:
         return shortcut.index_copy(0, rows, post_activation(shortcut.index_select(0, rows).add(added, alpha=alpha)))
     return post_activation(shortcut.index_add(0, rows, added, alpha=alpha))
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 class StochasticModule(nn.Module):
