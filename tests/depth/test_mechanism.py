@@ -409,10 +409,10 @@ def test_sample_mode_passes_the_branchs_saved_tensors_through_the_users_own_hook
     rows = torch.tensor([0, 3, 4])
     monkeypatch.setattr(block.gates, "gate", lambda index, batch, device: (True, rows))
     x = torch.randn(6, 4, 5, 5, requires_grad=True)
-    packed_rows, unpacked = [], []
+    packed_shapes, unpacked = [], []
 
     def pack(tensor: torch.Tensor) -> list[torch.Tensor]:
-        packed_rows.append(tensor.shape[0] if tensor.dim() == 4 else None)
+        packed_shapes.append(tuple(tensor.shape))
         return [tensor.clone()]
 
     def unpack(box: list[torch.Tensor]) -> torch.Tensor:
@@ -422,7 +422,8 @@ def test_sample_mode_passes_the_branchs_saved_tensors_through_the_users_own_hook
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         out = block(x)
     out.square().sum().backward()
-    assert 3 in packed_rows, "the ReLU's output on the 3 surviving rows went through the user's pack hook"
+    assert (4, 4, 1, 1) in packed_shapes, "the last convolution's saved weight went through the user's pack hook"
+    assert packed_shapes.count((3, 4, 5, 5)) >= 2, "so did the ReLU's output on the 3 surviving rows"
     assert unpacked, "and came back through the user's unpack hook"
     expected_grad = x.grad.clone()
     x.grad = None
