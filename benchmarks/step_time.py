@@ -15,6 +15,7 @@ left out; averaged over steps), its ratio to constant depth and, on CUDA, the pe
 memory.
 
     python benchmarks/step_time.py --model resnet110 --batch-size 128 --steps 10
+    python benchmarks/step_time.py --model timm/vit_small_patch16_224 --image-size 64 --batch-size 32
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 import stochdepth
-from stochdepth.depth import ResidualBlock, StochasticResidual
+from stochdepth.depth import ResidualBlock, StochasticResidual, stochastic_blocks
 
 
 class MaskMultiplyResidual(ResidualBlock):
@@ -50,12 +51,26 @@ class MaskMultiplyResidual(ResidualBlock):
         return self.post_activation(self.shortcut(x) + branch)
 
 
-def build_variants(model_name: str, final_survival_prob: float, in_channels: int) -> dict[str, nn.Module]:
+def build_variants(
+    model_name: str, final_survival_prob: float, in_channels: int, image_size: int
+) -> dict[str, nn.Module]:
+    """The four variants; for ``timm/<name>`` the mask-multiply row is timm's own drop path at rate 1 - p_L."""
+
     def make(**options: object) -> nn.Module:
-        return stochdepth.create_model(model_name, in_channels=in_channels, gate_seed=0, **options)
+        return stochdepth.create_model(
+            model_name, in_channels=in_channels, image_size=image_size, gate_seed=0, **options
+        )
 
     stochastic = {"final_survival_prob": final_survival_prob, "survival_rule": "linear"}
-    mask_multiply = make(**stochastic)
+    if model_name.startswith("timm/"):
+        import timm
+
+        size = {"img_size": image_size} if "vit" in model_name or "swin" in model_name else {}
+        mask_multiply = timm.create_model(
+            model_name.split("/", 1)[1], in_chans=in_channels, drop_path_rate=1 - final_survival_prob, **size
+        )
+    else:
+        mask_multiply = make(**stochastic)
     for parent in list(mask_multiply.modules()):
         for name, child in parent.named_children():
             if isinstance(child, StochasticResidual):
@@ -71,11 +86,12 @@ def build_variants(model_name: str, final_survival_prob: float, in_channels: int
 def saved_activation_bytes(model: nn.Module, step: callable) -> tuple[int, list[int]]:
     """Bytes of the storages autograd keeps for backward during ``step()``, each once, parameters left out.
 
-    Also returns, per residual block, the bytes first kept while that block ran.
+    Also returns, per stochastic residual module (a block; a transformer block holds two
+    branches), the bytes first kept while that module ran.
     """
     parameters = {param.untyped_storage().data_ptr() for param in model.parameters()}
     storages: dict[int, tuple[int, int | None]] = {}
-    blocks = [module for module in model.modules() if isinstance(module, ResidualBlock)]
+    blocks = list(stochastic_blocks(model))
     running: list[int | None] = [None]
 
     def leave(module: nn.Module, args: object, output: object) -> None:
@@ -105,7 +121,10 @@ def saved_activation_bytes(model: nn.Module, step: callable) -> tuple[int, list[
 
 def memory_floor(constant_total: int, constant_per_block: list[int], probs: list[float]) -> float:
     """The saved-activation share if each dropped block kept nothing and each running one what it keeps at
-    constant depth: (everything outside the blocks + sum of p_l * block l's bytes) / constant total."""
+    constant depth: (everything outside the blocks + sum of p_l * block l's bytes) / constant total.
+
+    ``probs`` holds one p_l per block: for a two-branch block, the mean of its branches' (the
+    linear schedule gives them p_l that differ by (1 - p_L) / L)."""
     outside = constant_total - sum(constant_per_block)
     return (outside + sum(prob * size for prob, size in zip(probs, constant_per_block))) / constant_total
 
@@ -128,7 +147,9 @@ def main() -> None:
     labels = torch.randint(0, 10, (args.batch_size,), device=device)
     variants = {
         name: model.to(device).train()
-        for name, model in build_variants(args.model, args.final_survival_prob, args.in_channels).items()
+        for name, model in build_variants(
+            args.model, args.final_survival_prob, args.in_channels, args.image_size
+        ).items()
     }
     optimizers = {}
     for name, model in variants.items():
@@ -162,7 +183,8 @@ def main() -> None:
         for name in variants
     }
     constant_total, constant_per_block = saved_activation_bytes(variants["constant"], lambda: train_step("constant"))
-    floor = memory_floor(constant_total, constant_per_block, stochdepth.survival_probs(variants["batch"]))
+    block_probs = [statistics.mean(block.survival_probs) for block in stochastic_blocks(variants["batch"])]
+    floor = memory_floor(constant_total, constant_per_block, block_probs)
     peak = {}
     if device.type == "cuda":
         for name in variants:
