@@ -1,7 +1,9 @@
 """The command line: list, train, eval, export, and one clear line for each bad input."""
 
+import contextlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import torch
 
 import stochdepth
 from stochdepth.cli import main
+from stochdepth.depth import StochasticModule
 from stochdepth.train import load_trained_model
 from stochdepth.train.run_folder import RunFolder
 
@@ -102,12 +105,11 @@ def test_export_writes_the_folded_network(trained_run, tmp_path, export_format):
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         expected = model((x - spec.mean[0]) / spec.std[0])
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask(), "every format gets a new file's usual mode"
     if export_format == "safetensors":
-        from safetensors.torch import load_file
-
-        plain = stochdepth.create_model("resnet8", in_channels=1, survival_rule="none").eval()
-        plain.load_state_dict(load_file(path))
-        output = plain((x - spec.mean[0]) / spec.std[0])
+        classifier = stochdepth.load_exported(path)
+        assert not any(isinstance(module, StochasticModule) for module in classifier.modules())
+        output = classifier(x)
     elif export_format == "torchscript":
         output = torch.jit.load(str(path))(x)
     elif export_format == "exported":
@@ -118,6 +120,52 @@ def test_export_writes_the_folded_network(trained_run, tmp_path, export_format):
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         output = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
     torch.testing.assert_close(output.detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_load_exported_refuses_files_it_cannot_rebuild_with_one_line(trained_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "model.safetensors"
+    assert main(["export", str(trained_run), "--format", "safetensors", "--out", str(path)]) == 0
+    tensors = load_file(path)
+    with safe_open_metadata(path) as metadata:
+        spec = metadata["data_spec"]
+    cases = {
+        "old.safetensors": {"data_spec": spec},
+        "hub.safetensors": {"data_spec": spec, "model": json.dumps({"model": "timm/hf-hub:timm/resnet18"})},
+        "code.safetensors": {"data_spec": spec, "model": json.dumps({"model": "resnet8", "dropout_rate": "os"})},
+        "other.safetensors": {"data_spec": spec, "model": json.dumps({"model": "resnet20"})},
+        "fewer.safetensors": {"data_spec": spec, "model": json.dumps({"model": "resnet8"})},
+    }
+    messages = {
+        "old.safetensors": "no model name in its metadata",
+        "hub.safetensors": "only a plain architecture name",
+        "code.safetensors": "build options must be numbers",
+        "other.safetensors": r"do not fit resnet20 \(tensor shapes differ\)",
+    }
+    messages["fewer.safetensors"] = r"do not fit resnet8 \(1 missing, 0 unexpected tensors\)"
+    for name, metadata in cases.items():
+        kept = {key: value for key, value in tensors.items() if name != "fewer.safetensors" or key != "stem.0.weight"}
+        save_file(kept, tmp_path / name, metadata=metadata)
+        with pytest.raises(ValueError, match=messages[name]):
+            stochdepth.load_exported(tmp_path / name)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        stochdepth.load_exported(tmp_path / "junk.safetensors")
+
+
+@contextlib.contextmanager
+def safe_open_metadata(path: os.PathLike):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as source:
+        yield source.metadata()
 
 
 def _bad(argv, capsys) -> str:

@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "create_model": "stochdepth.models",
     "list_models": "stochdepth.models",
+    "load_exported": "stochdepth.export",
     "fold_survival": "stochdepth.depth",
     "gate_generator": "stochdepth.depth",
     "register_residual_adapter": "stochdepth.depth",

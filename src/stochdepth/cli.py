@@ -274,11 +274,15 @@ def _export(args: argparse.Namespace) -> None:
     from stochdepth.export import export_model
     from stochdepth.train import load_trained_model
 
-    model, _, spec = load_trained_model(args.source, args.checkpoint, "cpu")
-    written = export_model(fold_survival(model), spec, out, args.format)
+    model, config, spec = load_trained_model(args.source, args.checkpoint, "cpu")
+    options = {"model": config.model.model, "dropout_rate": config.model.dropout_rate}
+    written = export_model(fold_survival(model), spec, out, args.format, options)
     files = ", ".join(map(str, written))
     if args.format == "safetensors":
-        print(f"wrote the folded network's weights as safetensors: {files} (data spec in its metadata)")
+        print(
+            f"wrote the folded network's weights as safetensors: {files} (model and data spec in its metadata; "
+            "rebuild it with stochdepth.load_exported)"
+        )
         return
     print(
         f"wrote the folded network as {args.format}: {files} (input: images scaled to [0, 1], "

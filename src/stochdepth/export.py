@@ -4,8 +4,10 @@ Every format holds :func:`stochdepth.fold_survival`'s network: each p_l is alrea
 weights, so inference costs what a plain ResNet costs. The graph formats (``torchscript``,
 ``exported``, ``onnx``) take raw images scaled to [0, 1]: the training data's normalisation
 is inside the graph (:class:`RawImageClassifier`). ``safetensors`` holds the folded state dict
-(keys as ``create_model(..., survival_rule="none")`` names them) with the data spec in its
-metadata.
+(keys as ``create_model(..., survival_rule="none")`` names them) with the data spec and the
+model's name and build options in its metadata, so :func:`load_exported` rebuilds the same
+classifier from the file alone. Every file is written with the same permissions (what the
+process's umask allows, as for any new file).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import inspect
 import io
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -52,11 +55,19 @@ def _quiet() -> contextlib.AbstractContextManager:
             logging.disable(logging.NOTSET)
 
 
-def export_model(folded: nn.Module, spec: DataSpec, path: str | Path, export_format: str) -> list[Path]:
+def export_model(
+    folded: nn.Module,
+    spec: DataSpec,
+    path: str | Path,
+    export_format: str,
+    model_options: dict[str, object] | None = None,
+) -> list[Path]:
     """Write ``folded`` (an eval-mode network from ``fold_survival``) to ``path``; returns every file written.
 
     The batch size stays dynamic (up to ``MAX_BATCH``) for ``exported`` and ``onnx``; the ONNX
-    file is self-contained (no ``.data`` file beside it).
+    file is self-contained (no ``.data`` file beside it). ``model_options`` (``{"model": name,
+    ...}``, the keyword arguments ``create_model`` built it with) go into the safetensors
+    metadata for :func:`load_exported`.
     """
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
@@ -66,7 +77,11 @@ def export_model(folded: nn.Module, spec: DataSpec, path: str | Path, export_for
         from safetensors.torch import save_file
 
         tensors = {name: tensor.contiguous() for name, tensor in folded.state_dict().items()}
-        save_file(tensors, str(path), metadata={"data_spec": json.dumps(spec.as_dict())})
+        metadata = {"data_spec": json.dumps(spec.as_dict())}
+        if model_options is not None:
+            metadata["model"] = json.dumps(model_options)
+        save_file(tensors, str(path), metadata=metadata)
+        _default_permissions(path)
         return [path]
     classifier = RawImageClassifier(folded, spec).eval()
     example = torch.rand(2, spec.in_channels, spec.image_size, spec.image_size)
@@ -79,7 +94,73 @@ def export_model(folded: nn.Module, spec: DataSpec, path: str | Path, export_for
             torch.export.save(program, str(path))
         else:
             _export_onnx(classifier, example, path)
+    _default_permissions(path)
     return [path]
+
+
+def _default_permissions(path: Path) -> None:
+    """Give ``path`` a new file's usual permissions (0666 less the umask); safetensors writes 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
+def load_exported(path: str | Path) -> RawImageClassifier:
+    """The classifier a ``safetensors`` export holds, rebuilt from the file alone, in evaluation mode.
+
+    It takes images scaled to [0, 1] (the training data's normalisation is inside, as in the
+    graph formats) and returns logits; ``.network`` is the plain network (no stochastic parts:
+    p_l is already in its weights). Nothing but tensors and JSON metadata is read: the model
+    name is checked as any untrusted name is (``timm/hf-hub:...`` and paths are refused), and
+    nothing is downloaded. A ``ValueError`` names what is missing or wrong.
+
+        classifier = stochdepth.load_exported("model.safetensors")
+        logits = classifier(images)  # images: N x C x H x W in [0, 1]
+    """
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    from stochdepth.depth import fold_survival
+    from stochdepth.models import create_model
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as source:
+            metadata = source.metadata() or {}
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    if "model" not in metadata or "data_spec" not in metadata:
+        raise ValueError(f"{path}: no model name in its metadata (exported by an older stochdepth; export it again)")
+    try:
+        spec = DataSpec.from_dict(json.loads(metadata["data_spec"]))
+        options = json.loads(metadata["model"])
+        if not isinstance(options, dict) or not isinstance(options.get("model"), str):
+            raise ValueError("model metadata must be an object with a 'model' name")
+        name = options.pop("model")
+        if any(
+            not isinstance(value, (int, float, type(None))) or isinstance(value, bool) for value in options.values()
+        ):
+            raise ValueError("build options must be numbers")
+        network = create_model(
+            name,
+            num_classes=spec.num_classes,
+            in_channels=spec.in_channels,
+            image_size=spec.image_size,
+            survival_rule="none",
+            **options,
+        )
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise ValueError(f"{path}: {str(error).splitlines()[0]}") from None
+    try:
+        missing, unexpected = network.load_state_dict(tensors, strict=False)
+    except RuntimeError:
+        raise ValueError(f"{path}: its weights do not fit {name} (tensor shapes differ)") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: its weights do not fit {name} ({len(missing)} missing, {len(unexpected)} unexpected tensors)"
+        )
+    return RawImageClassifier(fold_survival(network), spec).eval()
 
 
 def _export_onnx(classifier: nn.Module, example: torch.Tensor, path: Path) -> None:

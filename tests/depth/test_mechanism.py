@@ -403,7 +403,7 @@ def test_sample_mode_gradients_equal_the_mask_multiply_reference_with_the_same_g
 
 
 def test_sample_mode_passes_the_branchs_saved_tensors_through_the_users_own_hooks(monkeypatch):
-    """``save_on_cpu`` or a user's pack/unpack hooks still see what the branch saves (only the gathered rows are not)."""
+    """``save_on_cpu`` or a user's hooks still see what the branch saves (only the gathered rows are not)."""
     branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1))
     block = StochasticResidual(ResidualBlock(branch), 0.5, 0, GateGenerator(0, [0.5], "sample")).train()
     rows = torch.tensor([0, 3, 4])
