@@ -105,7 +105,7 @@ class OptimConfig:
     lr: float = _option(0.1, "learning rate after warm-up, before the first drop")
     momentum: float = _option(0.9, "SGD momentum (Nesterov, dampening 0)")
     weight_decay: float = _option(1e-4, "L2 weight decay")
-    lr_milestones: tuple[float, ...] = _option((0.5, 0.75), "fractions of the epochs where the lr drops")
+    lr_milestones: tuple[float, ...] = _option((0.5, 0.75), "fractions of the run (its iterations) where the lr drops")
     lr_decay: float = _option(0.1, "factor applied to the lr at each milestone")
     warmup_epochs: int = _option(0, "epochs at --warmup-lr before the lr goes to --lr")
     warmup_lr: float = _option(0.01, "learning rate during warm-up")

@@ -1,15 +1,20 @@
-"""The learning rate at every epoch of every recipe, and the scheduler object that applies it."""
+"""The learning rate at every epoch of every recipe, and at every iteration of short runs."""
 
 import pytest
 import torch
 
+from stochdepth.config import OptimConfig
 from stochdepth.train.recipes import list_presets, preset
-from stochdepth.train.schedule import EpochSchedule, learning_rate
+from stochdepth.train.schedule import learning_rate, milestone_iterations
 
 
 def _plan(name: str) -> list[float]:
     optim = preset(name).optim
-    return [learning_rate(epoch, optim) for epoch in range(optim.epochs)]
+    steps = 7
+    by_iteration = [learning_rate(iteration, optim, steps) for iteration in range(optim.epochs * steps)]
+    per_epoch = by_iteration[::steps]
+    assert all(by_iteration[epoch * steps : (epoch + 1) * steps] == [lr] * steps for epoch, lr in enumerate(per_epoch))
+    return per_epoch
 
 
 def _expected(*pieces: tuple[int, float]) -> list[float]:
@@ -46,21 +51,47 @@ def test_recipe_settings_from_the_papers():
         assert (config.model.survival_rule, config.model.final_survival_prob) == ("linear", 0.5)
 
 
-def test_scheduler_sets_the_optimizer_lr_each_epoch_and_replans_on_extension():
-    optim = preset("cifar10-resnet110").optim
+def test_short_runs_drop_at_fractions_of_their_iterations():
+    """1 epoch of 10 steps at milestones 0.5, 0.75: drops at iterations 5 and 8 (per epoch, it never dropped)."""
+    optim = OptimConfig(epochs=1, lr=0.1, lr_milestones=(0.5, 0.75), lr_decay=0.1)
+    assert milestone_iterations(optim, 10) == [5, 8]
+    plan = [learning_rate(iteration, optim, 10) for iteration in range(10)]
+    assert plan == pytest.approx([0.1] * 5 + [0.01] * 3 + [0.001] * 2)
+    two_epochs = OptimConfig(epochs=2, lr=0.1, lr_milestones=(0.5, 0.75), lr_decay=0.1)
+    assert learning_rate(19, two_epochs, 10) == pytest.approx(0.001), "a 2-epoch run reaches its second drop"
+
+
+def test_warm_up_lasts_whole_epochs_and_a_longer_run_replans():
+    optim = OptimConfig(epochs=4, lr=0.1, warmup_epochs=1, warmup_lr=0.01, lr_milestones=(0.5,), lr_decay=0.1)
+    assert [learning_rate(iteration, optim, 3) for iteration in range(12)] == pytest.approx(
+        [0.01] * 3 + [0.1] * 3 + [0.01] * 6
+    )
     optim.epochs = 8
-    parameter = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([parameter], lr=optim.lr)
-    schedule = EpochSchedule(optimizer, optim)
+    assert learning_rate(6, optim, 3) == pytest.approx(0.1), "resumed with more epochs: the drop moves later"
+
+
+def test_the_trainer_sets_the_planned_rate_at_each_step(synthetic_data_dir):
+    from stochdepth.config import TrainConfig
+    from stochdepth.train import api
+
+    config = TrainConfig().override(
+        model="resnet8",
+        dataset="fashion-mnist",
+        data_dir=str(synthetic_data_dir),
+        train_size=128,
+        batch_size=32,
+        eval_size=32,
+        epochs=1,
+        device="cpu",
+    )
     seen = []
-    for _ in range(optim.epochs):
-        seen.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
-    assert seen == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
-    state = schedule.state_dict()
-    assert state == {"last_epoch": 8}
-    optim.epochs = 20
-    extended = EpochSchedule(torch.optim.SGD([parameter], lr=optim.lr), optim)
-    extended.load_state_dict(state)
-    assert extended.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+    original = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.SGD, "step", recording_step)
+        api.train(config, out=None, progress=False)
+    assert seen == pytest.approx([0.1, 0.1, 0.01, 0.001]), "4 steps: drops at iterations 2 and 3"

@@ -33,8 +33,8 @@ def test_run_folder_holds_the_contract(tmp_path, tiny_config):
     assert [record["epoch"] for record in records] == [1.0, 2.0, 3.0]
     assert [record["iteration"] for record in records] == [8, 16, 24]
     assert all(0 <= record["val_error"] <= 1 and 0 <= record["test_error"] <= 1 for record in records)
-    # Three epochs: both milestones (round(1.5), round(2.25)) fall at the third.
-    assert [record["lr"] for record in records] == pytest.approx([0.1, 0.1, 0.001])
+    # 24 iterations: the drops come at iterations 12 and 18 (the lr of each epoch's last step).
+    assert [record["lr"] for record in records] == pytest.approx([0.1, 0.01, 0.001])
     best = min(records, key=lambda record: record["val_error"])
     assert summary["best_epoch"] == best["epoch"]
     assert summary["best_val_error"] == best["val_error"]
@@ -116,8 +116,8 @@ def test_resume_with_more_epochs_extends_a_finished_run_and_replans_the_schedule
     summary = resume(tmp_path / "run", epochs=4)
     records = RunFolder(tmp_path / "run").read_metrics()
     assert [record["epoch"] for record in records] == [1.0, 2.0, 3.0, 4.0]
-    # Two epochs planned: the drop came at epoch 1; re-planned for four, epochs 2 and 3 follow the new plan.
-    assert [record["lr"] for record in records] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+    # 16 iterations planned (drops at 8 and 12); re-planned for 32 (drops at 16 and 24), epoch 3 is at 0.01 again.
+    assert [record["lr"] for record in records] == pytest.approx([0.1, 0.001, 0.01, 0.001])
     assert summary["epochs"] == 4
     assert json.loads(RunFolder(tmp_path / "run").config.read_text())["optim"]["epochs"] == 4
 

@@ -1,51 +1,40 @@
-"""The learning-rate schedule: optional constant warm-up, then step drops at fractions of the run."""
+"""The learning-rate schedule: optional constant warm-up, then step drops at fractions of the run.
+
+The schedule is stepped by iteration, with milestones at fractions of the run's total
+iterations: on a short run (1 or 2 epochs) a drop lands where its fraction says rather than
+being rounded to a whole epoch. Where a milestone falls on a whole epoch (the paper's 50%
+and 75% of 500 epochs) the drop comes at that epoch's first iteration, exactly the paper's
+per-epoch schedule. The learning rate is a function of the iteration alone, so a checkpoint
+needs no scheduler state, and a run resumed with more epochs re-plans its milestones.
+"""
 
 from __future__ import annotations
 
 import torch
-from torch.optim.lr_scheduler import LRScheduler
 
 from stochdepth.config import OptimConfig
 
 
-def milestone_epochs(optim: OptimConfig) -> list[int]:
-    """The epochs (0-based) from which each lr drop applies: ``round(fraction * epochs)``."""
-    return [round(fraction * optim.epochs) for fraction in optim.lr_milestones]
+def milestone_iterations(optim: OptimConfig, steps_per_epoch: int) -> list[int]:
+    """The iterations (0-based) from which each lr drop applies: ``round(fraction * epochs * steps_per_epoch)``."""
+    total = optim.epochs * steps_per_epoch
+    return [round(fraction * total) for fraction in optim.lr_milestones]
 
 
-def learning_rate(epoch: int, optim: OptimConfig) -> float:
-    """The learning rate during 0-based ``epoch``.
+def learning_rate(iteration: int, optim: OptimConfig, steps_per_epoch: int) -> float:
+    """The learning rate of 0-based ``iteration`` in a run of ``steps_per_epoch`` steps per epoch.
 
     ``warmup_lr`` for the first ``warmup_epochs`` epochs (the paper's 1202-layer run: 0.01
     for 10 epochs), then ``lr`` multiplied by ``lr_decay`` once per milestone passed (the
-    paper's CIFAR recipe: 0.1, divided by 10 at 50% and 75% of the epochs).
+    paper's CIFAR recipe: 0.1, divided by 10 at 50% and 75% of the run).
     """
-    if epoch < optim.warmup_epochs:
+    if iteration < optim.warmup_epochs * steps_per_epoch:
         return optim.warmup_lr
-    drops = sum(epoch >= milestone for milestone in milestone_epochs(optim))
+    drops = sum(iteration >= milestone for milestone in milestone_iterations(optim, steps_per_epoch))
     return optim.lr * optim.lr_decay**drops
 
 
-class EpochSchedule(LRScheduler):
-    """Sets every group's lr to :func:`learning_rate` of the epoch; call :meth:`step` once per epoch.
-
-    Its state is the epoch alone: the plan comes from the configuration, so a run resumed
-    with more epochs re-plans its milestones for the new length.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, optim: OptimConfig) -> None:
-        self.optim = optim
-        super().__init__(optimizer)
-
-    def get_lr(self) -> list[float]:
-        return [learning_rate(self.last_epoch, self.optim)] * len(self.optimizer.param_groups)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"last_epoch": self.last_epoch}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.last_epoch = int(state_dict["last_epoch"])
-        lr = learning_rate(self.last_epoch, self.optim)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [lr] * len(self.optimizer.param_groups)
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Give every parameter group of ``optimizer`` the learning rate ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

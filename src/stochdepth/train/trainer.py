@@ -5,8 +5,8 @@ Read it top to bottom: a :class:`Trainer` is built from a resolved
 epochs of steps, evaluating and checkpointing as it goes. ``stochdepth.train.api`` builds
 one for a new run or a resumed one. A resumed run ends with exactly the weights, losses and
 errors of an uninterrupted one (timings aside): the checkpoint holds the model, optimizer,
-schedule, counters and every random state (torch's, the gates', the data order's and the
-augmentation's). On CPU this holds for the same torch build and thread count.
+counters (the learning rate follows from the iteration) and every random state (torch's,
+the gates', the data order's and the augmentation's). On CPU this holds for the same torch build and thread count.
 
 Under torchrun the same loop runs on every rank (``stochdepth.train.distributed`` says how
 the work is split); rank 0 alone writes. A run resumed with as many ranks as it was
@@ -39,7 +39,7 @@ from stochdepth.train.distributed import SingleProcess
 from stochdepth.train.gradients import GradientRecorder
 from stochdepth.train.progress import Progress, write_line
 from stochdepth.train.run_folder import RunFolder
-from stochdepth.train.schedule import EpochSchedule
+from stochdepth.train.schedule import learning_rate, set_learning_rate
 from stochdepth.train.setup import build_model, resolve_device
 from stochdepth.train.signals import TrainingStopped, stopped_by_signal
 
@@ -179,7 +179,6 @@ class Trainer:
             nesterov=optim.momentum > 0,
             weight_decay=optim.weight_decay,
         )
-        self.scheduler = EpochSchedule(self.optimizer, optim)
         self.epoch = 0
         self.iteration = 0
         self.evaluations = 0
@@ -215,7 +214,6 @@ class Trainer:
             "data_spec": self.loaders.spec.as_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "iteration": self.iteration,
             "evaluations": self.evaluations,
@@ -240,7 +238,6 @@ class Trainer:
                 buffer = self.optimizer.state.get(param, {}).get("momentum_buffer")
                 if buffer is not None and (not isinstance(buffer, torch.Tensor) or buffer.shape != param.shape):
                     raise ValueError("a momentum buffer does not have its parameter's shape")
-            self.scheduler.load_state_dict(state["scheduler"])
             random_states = state["random_states"]
             self._load_own_random_state(random_states)
             self.gates.load_state_dict(random_states["gates"])
@@ -344,7 +341,6 @@ class Trainer:
         progress.close()
         self._close_segment(start)
         self.epoch += 1
-        self.scheduler.step()
         if eval_every is None or (self.window.steps > 0 and self.epoch == config.optim.epochs):
             self.evaluate()
         self.save("last")
@@ -359,6 +355,7 @@ class Trainer:
         """
         if self.config.run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        set_learning_rate(self.optimizer, learning_rate(self.iteration, self.config.optim, len(self.loaders.train)))
         with self.autocast():
             logits = self.network(images)
             loss = F.cross_entropy(logits, labels)
