@@ -19,13 +19,16 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import nn
 
 from stochdepth.config import EXPORT_FORMATS
 from stochdepth.data import DataSpec
+from stochdepth.files import WriteFailed, write_atomically
 
 MAX_BATCH = 4096
 
@@ -74,32 +77,47 @@ def export_model(
     path = Path(path)
     folded = folded.eval()
     if export_format == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         tensors = {name: tensor.contiguous() for name, tensor in folded.state_dict().items()}
         metadata = {"data_spec": json.dumps(spec.as_dict())}
         if model_options is not None:
             metadata["model"] = json.dumps(model_options)
-        save_file(tensors, str(path), metadata=metadata)
-        _default_permissions(path)
+        _write_whole(path, lambda file: file.write(save(tensors, metadata=metadata)))
         return [path]
     classifier = RawImageClassifier(folded, spec).eval()
     example = torch.rand(2, spec.in_channels, spec.image_size, spec.image_size)
     with _quiet():
         if export_format == "torchscript":
-            torch.jit.save(torch.jit.trace(classifier, example), str(path))
+            _write_whole(path, _in_memory(torch.jit.save, torch.jit.trace(classifier, example)))
         elif export_format == "exported":
             batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
             program = torch.export.export(classifier, (example,), dynamic_shapes=({0: batch},))
-            torch.export.save(program, str(path))
+            _write_whole(path, _in_memory(torch.export.save, program))
         else:
             _export_onnx(classifier, example, path)
-    _default_permissions(path)
+            _default_permissions(path)
     return [path]
 
 
+def _in_memory(save: Callable[[object, io.BytesIO], None], thing: object) -> Callable[[BinaryIO], None]:
+    """Serialise ``thing`` into memory first (a full disk then fails in Python, not inside a C++ writer)."""
+    buffer = io.BytesIO()
+    save(thing, buffer)
+    return lambda file: file.write(buffer.getvalue())
+
+
+def _write_whole(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` whole or not at all, with a new file's usual permissions; one line on failure."""
+    try:
+        write_atomically(path, write)
+    except WriteFailed as error:
+        raise ValueError(str(error)) from None
+    _default_permissions(path)
+
+
 def _default_permissions(path: Path) -> None:
-    """Give ``path`` a new file's usual permissions (0666 less the umask); safetensors writes 0600."""
+    """Give ``path`` a new file's usual permissions (0666 less the umask), whoever wrote it."""
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o666 & ~umask)

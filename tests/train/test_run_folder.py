@@ -157,14 +157,38 @@ def test_a_lock_that_is_a_folder_is_one_clear_error(tmp_path, tiny_config):
         train(tiny_config.override(epochs=1), out=tmp_path / "run")
 
 
-def test_a_full_disk_inside_torch_save_is_a_checkpoint_error(tmp_path, monkeypatch):
+def test_a_full_disk_inside_torch_save_is_a_checkpoint_error_decided_by_free_space(tmp_path, monkeypatch):
+    """torch.save's zip writer says only "unexpected pos"; the free space decides, not the words."""
+    import collections
+
     def full(*args, **kwargs):
-        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
 
     monkeypatch.setattr("stochdepth.train.checkpoint.torch.save", full)
-    with pytest.raises(CheckpointError, match="cannot write .*failed writing file; no earlier checkpoint exists"):
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr("stochdepth.files.shutil.disk_usage", lambda path: usage(1 << 30, 1 << 30, 0))
+    with pytest.raises(CheckpointError, match="cannot write .*: no space left on device; no earlier checkpoint exists"):
         save_checkpoint({"model": {}}, tmp_path / "last.pt")
     assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr("stochdepth.files.shutil.disk_usage", lambda path: usage(1 << 30, 0, 1 << 30))
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        save_checkpoint({"model": {}}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == [], "not a full disk: the error is not hidden, and nothing is left"
+
+
+def test_an_os_error_while_writing_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch):
+    from stochdepth.files import WriteFailed, write_text_atomically
+
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+
+    def failing_fsync(descriptor):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("stochdepth.files.os.fsync", failing_fsync)
+    with pytest.raises(WriteFailed, match=r"cannot write .*summary.json: No space left on device"):
+        write_text_atomically(target, "new")
+    assert target.read_text() == "old" and sorted(path.name for path in tmp_path.iterdir()) == ["summary.json"]
 
 
 def test_auto_resume_starts_an_empty_folder_and_continues_a_run_in_it(tmp_path, tiny_config):

@@ -1,5 +1,6 @@
 """Training end to end: a real short run, the run folder contract, exact resume, extension."""
 
+import csv
 import json
 import math
 
@@ -32,6 +33,10 @@ def test_run_folder_holds_the_contract(tmp_path, tiny_config):
     assert all(set(METRIC_KEYS) <= set(record) for record in records)
     assert [record["epoch"] for record in records] == [1.0, 2.0, 3.0]
     assert [record["iteration"] for record in records] == [8, 16, 24]
+    with open(folder.metrics_table, newline="") as table:
+        rows = list(csv.DictReader(table))
+    assert list(rows[0]) == list(METRIC_KEYS) and len(rows) == 3, "metrics.csv: one row per evaluation"
+    assert [float(row["val_error"]) for row in rows] == [record["val_error"] for record in records]
     assert all(0 <= record["val_error"] <= 1 and 0 <= record["test_error"] <= 1 for record in records)
     # 24 iterations: the drops come at iterations 12 and 18 (the lr of each epoch's last step).
     assert [record["lr"] for record in records] == pytest.approx([0.1, 0.01, 0.001])
@@ -105,6 +110,9 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
     resumed_records = RunFolder(tmp_path / "interrupted").read_metrics()
     assert _without_timings(resumed_records) == _without_timings(straight_records)
     assert [record["iteration"] for record in resumed_records] == [5, 10, 15, 20, 24]
+    with open(RunFolder(tmp_path / "interrupted").metrics_table, newline="") as table:
+        iterations = [int(row["iteration"]) for row in csv.DictReader(table)]
+    assert iterations == [5, 10, 15, 20, 24], "metrics.csv follows the records kept on resume"
     straight_summary = json.loads(RunFolder(tmp_path / "straight").summary.read_text())
     assert {k: v for k, v in summary.items() if k != "train_seconds"} == {
         k: v for k, v in straight_summary.items() if k != "train_seconds"

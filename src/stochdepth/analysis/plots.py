@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 from stochdepth.analysis.runs import Run
+from stochdepth.files import write_atomically
 
 FIGURE_SIZE = (10.0, 4.2)
 DPI = 110
@@ -26,9 +27,12 @@ PERCENT = 100.0
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
+    """Write ``figure`` as a PNG, whole or not at all (a failure is :class:`~stochdepth.files.WriteFailed`)."""
     figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    plt.close(figure)
+    try:
+        write_atomically(path, lambda file: figure.savefig(file, dpi=DPI, format="png"))
+    finally:
+        plt.close(figure)
     return path
 
 

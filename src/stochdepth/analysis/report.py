@@ -26,6 +26,7 @@ from pathlib import Path
 
 from stochdepth.analysis import plots
 from stochdepth.analysis.runs import Run, find_runs
+from stochdepth.files import WriteFailed, write_text_atomically
 
 PERCENT = 100.0
 
@@ -272,14 +273,18 @@ def write_report(paths: list[str | Path], out: str | Path) -> tuple[Path, list[s
     lines += ["## Results (as the paper's Table 1)", "", *results_table(groups), ""]
     lines += ["## Training time (as the paper's Table 2)", "", *timing_table(groups), ""]
     lines += ["## Figures", ""]
-    for caption, path in _figures(groups, out):
+    try:
+        figures = _figures(groups, out)
+    except WriteFailed as error:
+        raise ValueError(str(error)) from None
+    for caption, path in figures:
         lines += [f"### {cell(caption)}", "", f"![figure]({path.name})", ""]
     lines += ["## Runs", "", *runs_table(runs, Path.cwd()), ""]
     if warnings:
         lines += ["## Set aside or skipped", "", *(f"- {cell(warning)}" for warning in warnings), ""]
     report = _target(out / "report.md")
     try:
-        report.write_text("\n".join(lines))
-    except OSError as error:
-        raise ValueError(f"cannot write {report}: {error.strerror or error}") from None
+        write_text_atomically(report, "\n".join(lines))
+    except WriteFailed as error:
+        raise ValueError(str(error)) from None
     return report, warnings

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from stochdepth.config import SWEEP_OPTIONS, TrainConfig
+from stochdepth.files import write_text_atomically
 from stochdepth.train import train
-from stochdepth.train.run_folder import RunFolder, RunFolderBusy, write_text_safely
+from stochdepth.train.run_folder import RunFolder, RunFolderBusy
 from stochdepth.train.setup import resolve_config
 
 
@@ -79,7 +80,7 @@ def run_sweep(
     manifest = {"base": base.to_dict(), "grid": grid, "runs": [point.name for point in points]}
     try:
         (out / "runs").mkdir(parents=True, exist_ok=True)
-        write_text_safely(out / "sweep.json", json.dumps(manifest, indent=2) + "\n")
+        write_text_atomically(out / "sweep.json", json.dumps(manifest, indent=2) + "\n")
     except OSError as error:
         raise ValueError(f"cannot write the sweep into {out}: {error.strerror or error}") from None
     done: dict[str, str] = {}

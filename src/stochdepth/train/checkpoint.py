@@ -2,16 +2,15 @@
 
 A checkpoint is a dict of tensors and plain values only, so it loads with
 ``torch.load(weights_only=True)``: a pickle payload hidden in a file cannot run code. It
-is written to a temporary file in the same folder, flushed to disk (fsync) and renamed
-over the old one, so a crash or a full disk never leaves a half-written checkpoint
-behind; the previous one stays intact until the new one is complete. Every checkpoint
-carries a digest of its content (every tensor's bytes, every plain value), checked on load: a
-flipped bit anywhere (a weight, a momentum buffer) is refused, not silently used.
+is written whole or not at all (:func:`stochdepth.files.write_atomically`), so a crash
+or a full disk never leaves a half-written checkpoint behind; the previous one stays intact
+until the new one is complete. Every checkpoint carries a digest of its content (every
+tensor's bytes, every plain value), checked on load: a flipped bit anywhere (a weight, a
+momentum buffer) is refused, not silently used.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import pickle
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from stochdepth.files import WriteFailed, write_atomically
 
 FORMAT_VERSION = 2
 """Format 2 draws a whole step's gates in one call (another gate sequence for the same seed than
@@ -62,32 +63,12 @@ def content_digest(value: Any) -> str:
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` (plus the format version) to ``path`` atomically; returns the path."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    content = {"format_version": FORMAT_VERSION, **state}
     try:
-        with open(temporary, "wb", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW, 0o644)) as file:
-            content = {"format_version": FORMAT_VERSION, **state}
-            torch.save({**content, "checksum": content_digest(content)}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except (OSError, RuntimeError) as error:
-        # torch.save reports a failed write (a full disk) as a RuntimeError from its zip writer.
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        if isinstance(error, RuntimeError) and "write" not in str(error).lower():
-            raise
+        write_atomically(path, lambda file: torch.save({**content, "checksum": content_digest(content)}, file))
+    except WriteFailed as error:
         kept = "the previous checkpoint is intact" if path.is_file() else "no earlier checkpoint exists"
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
-        raise CheckpointError(f"cannot write {path}: {reason}; {kept}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        raise
+        raise CheckpointError(f"{error}; {kept}") from None
     return path
 
 

@@ -4,6 +4,8 @@
                     every block's survival probability and the data spec (classes, channels,
                     size, normalisation mean and std)
 ``metrics.jsonl``   one JSON object per evaluation (errors are fractions)
+``metrics.csv``     the same records as a table (one row per evaluation, ``METRIC_KEYS`` as columns),
+                    for spreadsheets, pandas or any plotting tool; rewritten from ``metrics.jsonl``
 ``gradients.jsonl`` (with ``--record-gradients-every``) one object per recording step
 ``summary.json``    best_epoch, best_val_error, test_error_at_best_val, final_test_error, train_seconds
 ``checkpoints/last.pt`` and ``checkpoints/best.pt`` (best by validation error, never by test)
@@ -19,7 +21,9 @@ symbolic links, so a folder received from someone else cannot redirect a write.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from stochdepth.config import TrainConfig
+from stochdepth.files import WriteFailed, write_text_atomically
 from stochdepth.train.setup import resolve_config
 
 METRIC_KEYS = (
@@ -74,6 +79,7 @@ class RunFolder:
         self.path = Path(path)
         self.config = self.path / "config.json"
         self.metrics = self.path / "metrics.jsonl"
+        self.metrics_table = self.path / "metrics.csv"
         self.summary = self.path / "summary.json"
         self.gradients = self.path / "gradients.jsonl"
         self.checkpoints = self.path / "checkpoints"
@@ -138,14 +144,15 @@ class RunFolder:
             raise RunFolderError(f"cannot create {self.checkpoints}: {error.strerror or error}") from None
 
     def write_json(self, path: Path, values: dict[str, Any]) -> None:
-        temporary = path.with_name(f".{path.name}.tmp")
+        self.replace_file(path, json.dumps(values, indent=2) + "\n")
+
+    @staticmethod
+    def replace_file(path: Path, text: str) -> None:
+        """Replace ``path`` with ``text``, whole or not at all; a failure is one line naming the file."""
         try:
-            write_text_safely(temporary, json.dumps(values, indent=2) + "\n")
-            os.replace(temporary, path)
-        except OSError as error:
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
-            raise RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
+            write_text_atomically(path, text)
+        except WriteFailed as error:
+            raise RunFolderError(str(error)) from None
 
     def read_config(self) -> tuple[TrainConfig, dict[str, Any]]:
         """The run's configuration (checked) and the whole ``config.json`` object."""
@@ -178,6 +185,16 @@ class RunFolder:
             write_text_safely(path, json.dumps(record) + "\n", append=True)
         except OSError as error:
             raise RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
+        if path == self.metrics:
+            self.write_metrics_table(self.read_metrics())
+
+    def write_metrics_table(self, records: list[dict[str, Any]]) -> None:
+        """``metrics.csv``: ``METRIC_KEYS`` as columns, one row per record (replaced whole, never torn)."""
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=METRIC_KEYS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        self.replace_file(self.metrics_table, table.getvalue())
 
     def read_records(self, path: Path) -> list[dict[str, Any]]:
         """Every line of a JSON-lines file; a torn last line (a crash mid-write) is left out.
@@ -219,12 +236,9 @@ class RunFolder:
         }
         for path, records in kept.items():
             if path.is_file():
-                temporary = path.with_name(f".{path.name}.tmp")
-                try:
-                    write_text_safely(temporary, "".join(json.dumps(record) + "\n" for record in records))
-                    os.replace(temporary, path)
-                except OSError as error:
-                    raise RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
+                self.replace_file(path, "".join(json.dumps(record) + "\n" for record in records))
+        if self.metrics.is_file():
+            self.write_metrics_table(kept[self.metrics])
 
 
 class RunLock:

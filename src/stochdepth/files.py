@@ -1,0 +1,74 @@
+"""Writing a file whole or not at all: the one place every file of a run folder or an export is written.
+
+A file is written to a temporary file beside it (never through a symbolic link), flushed to
+disk, renamed over the target and the folder flushed too, so a reader sees the old file or
+the new one, never a torn one, whatever kills the writer. A failure removes the temporary
+file and becomes :class:`WriteFailed`, one line naming the file: an ``OSError`` says its
+reason; any other error (``torch.save`` reports a full disk as a ``RuntimeError`` from its
+zip writer, without saying so) is called a full disk only when the disk is full, checked
+before the temporary file is removed, and is re-raised otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+FULL_DISK_BYTES = 1 << 20
+"""Free space below which a failed write is put down to a full disk."""
+
+
+class WriteFailed(OSError):
+    """A file could not be written; the message names it and says why. Nothing partial is left."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Replace ``path`` with what ``write(file)`` writes into a fresh binary file; returns the path."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except BaseException as error:
+        full = not isinstance(error, OSError) and isinstance(error, Exception) and _disk_full(path.parent)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise WriteFailed(path, error.strerror or str(error)) from None
+        if full:
+            raise WriteFailed(path, "no space left on device") from None
+        raise
+    return path
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """:func:`write_atomically` for UTF-8 text."""
+    return write_atomically(path, lambda file: file.write(text.encode()))
