@@ -11,10 +11,12 @@ Variants, side by side (round robin, step by step, median per variant):
                 mask-multiply network, which takes its drop-path rates over as the schedule
                 (ResNet-50: linear decay to 1 - rate)
 
-Printed per variant: median step time, ratio to ``none``, the forward compute share
-(training-mode FLOPs averaged over 20 steps, over ``none``'s), and saved activations (unique
-storages) with their ratio. The target: real skipping's time ratio at most its compute share
-plus 0.05, while the mask costs about 1.0.
+Printed per variant: median step time and its ratio to ``none``; the same for forward plus
+backward alone (the optimizer step, over every parameter whatever was dropped, is a fixed
+cost that grows in share as inputs shrink); the forward compute share (training-mode FLOPs
+averaged over 20 steps, over ``none``'s); saved activations (unique storages) with their
+ratio. The target: real skipping's time ratio at most its compute share plus 0.05, while the
+mask costs about 1.0.
 
     python benchmarks/external_step_time.py --steps 10
     python benchmarks/external_step_time.py --steps 10 --only vit_small   # one family
@@ -96,18 +98,25 @@ def measure(title: str, variants: dict[str, nn.Module], images: torch.Tensor, ar
         nn.functional.cross_entropy(variants[name](images), labels).backward()
         optimizers[name].step()
 
-    def timed(name: str) -> float:
+    def timed(name: str) -> tuple[float, float]:
+        """(whole step, forward and backward) seconds."""
         start = time.perf_counter()
-        step(name)
-        return time.perf_counter() - start
+        optimizers[name].zero_grad(set_to_none=False)
+        nn.functional.cross_entropy(variants[name](images), labels).backward()
+        middle = time.perf_counter()
+        optimizers[name].step()
+        return time.perf_counter() - start, middle - start
 
     for _ in range(args.warmup):
         for name in variants:
             timed(name)
     times = {name: [] for name in variants}
+    passes = {name: [] for name in variants}
     for _ in range(args.steps):
         for name in variants:
-            times[name].append(timed(name))
+            whole, forward_backward = timed(name)
+            times[name].append(whole)
+            passes[name].append(forward_backward)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         variants["none"](images)
     baseline_flops = counter.get_total_flops()
@@ -116,14 +125,19 @@ def measure(title: str, variants: dict[str, nn.Module], images: torch.Tensor, ar
         for name in variants
     }
     baseline = statistics.median(times["none"])
+    baseline_passes = statistics.median(passes["none"])
     print(f"\n{title}")
-    print("| variant | median step (ms) | ratio to none | compute share | saved activations (MiB) | ratio |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| variant | median step (ms) | ratio to none | forward+backward (ms) | ratio to none | compute share "
+        "| saved activations (MiB) | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, network in variants.items():
-        median = statistics.median(times[name])
+        median, median_passes = statistics.median(times[name]), statistics.median(passes[name])
         share = compute_share(network, baseline_flops, images)
         print(
-            f"| {name} | {median * 1e3:.0f} | {median / baseline:.3f} | {share:.3f} "
+            f"| {name} | {median * 1e3:.0f} | {median / baseline:.3f} | {median_passes * 1e3:.0f} "
+            f"| {median_passes / baseline_passes:.3f} | {share:.3f} "
             f"| {saved[name] / 2**20:.0f} | {saved[name] / saved['none']:.3f} |"
         )
 
