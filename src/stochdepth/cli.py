@@ -299,9 +299,9 @@ def _list(args: argparse.Namespace) -> None:
         depth = "" if info.residual else "  (no residual blocks: constant depth only)"
         print(f"  {name:<20} {info.family:<22} depth {info.depth:<5} {count_parameters(name) / 1e6:6.2f}M{depth}")
     print(
-        "  torchvision/<name>, timm/<name>  any torchvision or timm classification network with recognised residual "
-        "blocks\n    (list them: python -c 'import torchvision; print(torchvision.models.list_models())', "
-        "timm.list_models())"
+        "  torchvision/<name>, timm/<name>  a torchvision or timm classification network whose residual blocks are "
+        "recognised\n    (ResNet, ConvNeXt, Swin, ViT/DeiT, EVA, EfficientNet, MobileNetV3, RegNet; list the names:\n"
+        "    python -c 'import torchvision; print(torchvision.models.list_models())', timm.list_models())"
     )
     print("presets:")
     for name in list_presets():
