@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,3 +201,36 @@ def test_auto_resume_starts_an_empty_folder_and_continues_a_run_in_it(tmp_path, 
     assert records[:1] == first and [record["epoch"] for record in records] == [1.0, 2.0]
     with pytest.raises(RunFolderError, match="not empty"):
         train(tiny_config.override(epochs=3), out=run)
+
+
+def test_auto_resume_refuses_options_that_contradict_the_run(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    train(tiny_config.override(epochs=1), out=run)
+    before = sorted(path.name for path in run.iterdir())
+    with pytest.raises(RunFolderError, match=r"other options: model.model \('resnet8' in the run, 'resnet20' given\)"):
+        train(tiny_config.override(epochs=2, model="resnet20", lr=0.05), out=run, resume_existing=True)
+    assert sorted(path.name for path in run.iterdir()) == before
+    assert train(tiny_config.override(epochs=2), out=run, resume_existing=True)["epochs"] == 2
+
+
+@pytest.mark.parametrize("damage", ["last missing, best kept", "last is a fifo", "checkpoints is a file"])
+def test_resume_without_a_usable_last_checkpoint_is_refused_and_changes_nothing(tmp_path, tiny_config, damage):
+    run = tmp_path / "run"
+    train(tiny_config.override(epochs=1), out=run)
+    folder = RunFolder(run)
+    if damage == "checkpoints is a file":
+        shutil.rmtree(folder.checkpoints)
+        folder.checkpoints.write_text("not a folder")
+    else:
+        folder.checkpoint("last").unlink()
+        if damage == "last is a fifo":
+            os.mkfifo(folder.checkpoint("last"))
+    metrics = folder.metrics.read_text()
+    message = {
+        "last missing, best kept": "finished epochs .*best.pt and summary.json.* no checkpoints/last.pt",
+        "last is a fifo": "last.pt is not a regular file",
+        "checkpoints is a file": "checkpoints is not a folder",
+    }[damage]
+    with pytest.raises(RunFolderError, match=message):
+        resume(run, epochs=2)
+    assert folder.metrics.read_text() == metrics, "nothing was changed"

@@ -81,6 +81,7 @@ def train(
         def plan() -> Plan:
             held.enter_context(folder.claim())
             if folder.config.exists() and resume_existing:
+                _refuse_contradictions(config, folder)
                 return _resume_plan(folder, config.optim.epochs)
             folder.prepare_new_run()
             return Plan(config)
@@ -108,13 +109,45 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool | None
         return _carry_out(ranks.from_main(plan), folder, progress, ranks)
 
 
+def _refuse_contradictions(given: TrainConfig, folder: RunFolder) -> None:
+    """``--auto-resume`` continues the run in the folder; options that say otherwise (other than epochs) are refused."""
+    recorded = folder.read_config()[0].override(epochs=given.optim.epochs, out=given.run.out).to_dict()
+    wanted = given.to_dict()
+    differing = [
+        f"{section}.{key} ({recorded[section][key]!r} in the run, {value!r} given)"
+        for section, values in wanted.items()
+        for key, value in values.items()
+        if recorded[section].get(key) != value
+    ]
+    if differing:
+        raise RunFolderError(
+            f"{folder.path} holds a run with other options: {', '.join(differing)}; resume it with its own options "
+            "or train into another folder"
+        )
+
+
 def _resume_plan(folder: RunFolder, epochs: int | None) -> Plan:
-    """Where a run folder holding a run goes on from: its last checkpoint, or the start if it has none."""
+    """Where a run folder holding a run goes on from: its last checkpoint, or the start if it has none.
+
+    Everything is checked before anything is changed. A run that finished an epoch (its
+    ``best.pt`` or ``summary.json`` is there) but has no usable ``last.pt`` is refused rather
+    than restarted over its results; one killed before its first checkpoint starts again.
+    """
     config, values = folder.read_config()
     if epochs is not None:
         config = resolve_config(config.override(epochs=epochs))
     last = folder.checkpoint("last")
+    if folder.checkpoints.exists() and (folder.checkpoints.is_symlink() or not folder.checkpoints.is_dir()):
+        raise RunFolderError(f"{folder.checkpoints} is not a folder; nothing was changed")
+    if last.exists() and (last.is_symlink() or not last.is_file()):
+        raise RunFolderError(f"{last} is not a regular file; nothing was changed")
     if not last.is_file():
+        finished = [path.name for path in (folder.checkpoint("best"), folder.summary) if path.exists()]
+        if finished:
+            raise RunFolderError(
+                f"{folder.path} has finished epochs ({' and '.join(finished)} present) but no checkpoints/last.pt "
+                "to resume from; nothing was changed (move the folder aside to start it again)"
+            )
         folder.keep_records(0, 0)
         folder.checkpoints.mkdir(exist_ok=True)
         return Plan(config)
