@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import typing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -352,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; under torchrun each rank's error names its rank, and a rank stopped by another's is silent."""
     args = build_parser().parse_args(argv)
     from stochdepth.train.signals import PeerFailed, TrainingStopped
+
+    if (_torchrun_rank() or 0) > 0:
+        warnings.simplefilter("ignore")  # rank 0 runs the same code and shows the same warnings
 
     try:
         if _torchrun_rank() is not None and args.command != "train":

@@ -312,3 +312,16 @@ def test_a_malformed_torchrun_environment_is_one_line_and_exit_2(
     error = capsys.readouterr().err
     assert error.startswith("stochdepth: error: torchrun's environment must") and error.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_silencing_a_rank_leaves_pythons_warning_filters_alone(monkeypatch):
+    import warnings
+
+    from stochdepth.train import progress
+
+    monkeypatch.setattr(progress, "_silent", False)
+    before = list(warnings.filters)
+    progress.silence()
+    assert progress._silent and list(warnings.filters) == before
+    with pytest.warns(UserWarning, match="still shown"):
+        warnings.warn("still shown", UserWarning, stacklevel=1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from typing import Any
 
 from tqdm import tqdm
@@ -19,13 +18,13 @@ _silent = False
 
 
 def silence() -> None:
-    """From now on this process shows no progress, result lines or warnings (a data-parallel rank other than 0).
+    """From now on this library shows no progress or result lines in this process (a data-parallel rank other than 0).
 
-    Rank 0 runs the same code and shows the same warnings; errors still reach the user.
+    Only this library's own lines: Python's warnings filters are left alone (the command line
+    silences warnings on ranks other than 0 itself). Errors still reach the user.
     """
     global _silent
     _silent = True
-    warnings.simplefilter("ignore")
 
 
 class Progress:
