@@ -296,3 +296,21 @@ def test_a_dataset_typo_gets_a_suggestion(tmp_path, capsys):
     assert main(["train", "--model", "resnet8", "--dataset", "fashion-mnst", "--out", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err
     assert "did you mean fashion-mnist" in error and not (tmp_path / "run").exists()
+
+
+def test_the_library_names_config_fields_and_the_command_line_its_flags(tmp_path, synthetic_data_dir, capsys):
+    from stochdepth.cli import as_flags
+    from stochdepth.train import train
+
+    config = stochdepth.config.TrainConfig().override(
+        model="resnet8", dataset="fashion-mnist", data_dir=str(synthetic_data_dir), init_weights="/none/w.pt"
+    )
+    with pytest.raises(ValueError, match="model.init_weights /none/w.pt: no such file") as raised:
+        train(config)
+    assert "--" not in str(raised.value)
+    assert main([*_tiny_flags(synthetic_data_dir, tmp_path / "run"), "--init-weights", "/none/w.pt"]) == 2
+    assert "error: --init-weights /none/w.pt: no such file" in capsys.readouterr().err
+    assert as_flags("lower optim.lr, or set run.on_nonfinite; model.safetensors and run.lock stay") == (
+        "lower --lr, or set --on-nonfinite; model.safetensors and run.lock stay"
+    )
+    assert as_flags("resume the run in runs/a") == "resume with: stochdepth train --resume runs/a"

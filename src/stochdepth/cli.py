@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import typing
 import warnings
@@ -349,6 +350,32 @@ def _report_to_torchrun(error: BaseException) -> None:
     ErrorHandler().record_exception(error)
 
 
+_CONFIG_FIELD = re.compile(r"\b(?:model|data|optim|run)\.([a-z_]+)\b")
+_RESUME_HINT = re.compile(r"resume the run in (\S+)")
+
+
+def as_flags(message: str) -> str:
+    """The library names configuration fields (``optim.lr``); the command line's user knows them as flags (``--lr``).
+
+    The one place where the library's words become the command line's: each field name that
+    is a flag becomes that flag, and "resume the run in DIR" the command that does it.
+    """
+    from stochdepth.config import option_fields
+
+    fields = {option.name for _, option in option_fields()}
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        return "--" + name.replace("_", "-") if name in fields else match.group(0)
+
+    def command(match: re.Match) -> str:
+        if _torchrun_rank() is not None:
+            return f"resume with the same torchrun command and --auto-resume, or with --resume {match.group(1)}"
+        return f"resume with: stochdepth train --resume {match.group(1)}"
+
+    return _RESUME_HINT.sub(command, _CONFIG_FIELD.sub(flag, message))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; under torchrun each rank's error names its rank, and a rank stopped by another's is silent."""
     args = build_parser().parse_args(argv)
@@ -367,11 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PeerFailed:
         return 1
     except ValueError as error:
-        print(f"{_rank_prefix()}stochdepth: error: {error}", file=sys.stderr)
+        print(f"{_rank_prefix()}stochdepth: error: {as_flags(str(error))}", file=sys.stderr)
         return 2
     except TrainingStopped as stop:
         if _torchrun_rank() in (None, 0):
-            print(f"stochdepth: {stop}", file=sys.stderr)
+            print(f"stochdepth: {as_flags(str(stop))}", file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:
         print(f"{_rank_prefix()}stochdepth: interrupted", file=sys.stderr)

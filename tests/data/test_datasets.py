@@ -77,7 +77,7 @@ def test_a_missing_data_set_names_its_files_and_how_to_get_it(tmp_path, dataset,
         build_loaders(DataConfig(dataset=dataset, data_dir=str(tmp_path / "empty")), 32, CPU, seed=0)
     message = str(error.value)
     assert named in message and "\n" not in message
-    assert "--download" in message or "image-net.org" in message
+    assert "data.download" in message or "image-net.org" in message
 
 
 def test_missing_fashion_mnist_says_how_to_install_it(tmp_path):

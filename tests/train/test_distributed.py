@@ -152,7 +152,7 @@ def test_a_checkpoint_written_by_two_ranks_resumes_on_one_process_as_its_own_wou
 def test_a_global_batch_that_does_not_divide_by_the_ranks_is_refused_on_every_rank(two_ranks):
     for result in (rank_results["batch_not_dividing"] for rank_results in two_ranks[1]):
         assert result["error"] == "ValueError"
-        assert "--batch-size 15 (the global batch) does not divide by the 2 processes" in result["message"]
+        assert "optim.batch_size 15 (the global batch) does not divide by the 2 processes" in result["message"]
     assert not (two_ranks[0] / "odd").exists(), "a failed start leaves no folder"
 
 
@@ -251,9 +251,9 @@ def _assert_identical_runs(first: Path, second: Path) -> None:
 
 
 def test_sync_batchnorm_is_refused_on_the_cpu_and_in_sample_mode(tiny_config):
-    with pytest.raises(ValueError, match="--sync-batchnorm needs CUDA"):
+    with pytest.raises(ValueError, match="run.sync_batchnorm needs CUDA"):
         train(tiny_config.override(sync_batchnorm=True))
-    with pytest.raises(ValueError, match="--sync-batchnorm works with --drop-mode batch only"):
+    with pytest.raises(ValueError, match="run.sync_batchnorm works with model.drop_mode batch only"):
         train(tiny_config.override(sync_batchnorm=True, drop_mode="sample"))
 
 

@@ -59,7 +59,7 @@ def test_a_failed_start_leaves_nothing_and_a_leftover_folder_counts_as_empty(tmp
 def test_resume_refuses_fewer_epochs_than_done_and_changes_nothing(tmp_path, tiny_config):
     train(tiny_config.override(epochs=2), out=tmp_path / "run")
     before = _files(tmp_path / "run")
-    with pytest.raises(RunFolderError, match="has done 2 epochs; --epochs must be at least 2"):
+    with pytest.raises(RunFolderError, match="has done 2 epochs; optim.epochs must be at least 2"):
         resume(tmp_path / "run", epochs=1)
     assert _files(tmp_path / "run") == before
 

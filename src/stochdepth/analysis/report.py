@@ -241,11 +241,13 @@ def _target(path: Path) -> Path:
 def _check_out(out: Path, runs: list[Run]) -> None:
     """Refuse an ``--out`` that is a link or a file, or that lies inside a run folder being read."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ValueError(f"--out {out} must be a folder (not a file or a symbolic link)")
+        raise ValueError(f"the report folder {out} must be a folder (not a file or a symbolic link)")
     resolved = out.resolve()
     for run in runs:
         if resolved == run.path.resolve() or resolved.is_relative_to(run.path.resolve()):
-            raise ValueError(f"--out {out} lies inside the run folder {run.path}; the report never writes there")
+            raise ValueError(
+                f"the report folder {out} lies inside the run folder {run.path}; the report never writes there"
+            )
 
 
 def write_report(paths: list[str | Path], out: str | Path) -> tuple[Path, list[str]]:
@@ -258,9 +260,9 @@ def write_report(paths: list[str | Path], out: str | Path) -> tuple[Path, list[s
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ValueError(f"cannot create --out {out}: {error.strerror or error}") from None
+        raise ValueError(f"cannot create the report folder {out}: {error.strerror or error}") from None
     if not os.access(out, os.W_OK):
-        raise ValueError(f"cannot write into --out {out}: not writable")
+        raise ValueError(f"cannot write into the report folder {out}: not writable")
     groups, set_aside = group_runs(runs)
     warnings = [*warnings, *set_aside]
     lines = ["# stochdepth report", ""]

@@ -98,7 +98,7 @@ def load_fashion_mnist(root: Path, download: bool, split_seed: int) -> ImageSpli
         raise _missing_error(
             "Fashion-MNIST",
             [candidates[0] / name for name in names],
-            "install Debian's package (apt-get install dataset-fashion-mnist) or run with --download",
+            "install Debian's package (apt-get install dataset-fashion-mnist) or set data.download",
         )
     train_images, train_labels, test_images, test_labels = (read_idx_gz(folder / name) for name in names)
     train_images, test_images = train_images.unsqueeze(1), test_images.unsqueeze(1)
@@ -124,7 +124,7 @@ def _load_cifar(dataset: type[CIFAR10], label_key: str, num_classes: int, root: 
         raise _missing_error(
             dataset.__name__.replace("CIFAR", "CIFAR-"),
             missing,
-            f"run with --download, or fetch {dataset.url} and extract it into {root}",
+            f"set data.download, or fetch {dataset.url} and extract it into {root}",
         )
     batches = [read_cifar_batch(folder / name, label_key) for name, _ in dataset.train_list]
     for (name, _), (_, labels) in zip(dataset.train_list, batches):
@@ -159,7 +159,7 @@ def load_svhn(root: Path, download: bool, split_seed: int) -> ImageSplits:
             download_url(url, str(folder), filename=filename, md5=md5)
     missing = [path for path in parts.values() if not path.is_file()]
     if missing:
-        raise _missing_error("SVHN", missing, f"run with --download, or put train/test/extra_32x32.mat in {folder}")
+        raise _missing_error("SVHN", missing, f"set data.download, or put train/test/extra_32x32.mat in {folder}")
     train_images, train_labels = read_svhn_mat(parts["train"])
     extra_images, extra_labels = read_svhn_mat(parts["extra"])
     test_images, test_labels = read_svhn_mat(parts["test"])

@@ -154,7 +154,9 @@ def _resume_plan(folder: RunFolder, epochs: int | None) -> Plan:
     state = load_checkpoint(last)
     done = state.get("epoch")
     if epochs is not None and isinstance(done, int) and epochs < done:
-        raise RunFolderError(f"{folder.path} has done {done} epochs; --epochs must be at least {done}, got {epochs}")
+        raise RunFolderError(
+            f"{folder.path} has done {done} epochs; optim.epochs must be at least {done}, got {epochs}"
+        )
     return Plan(config, state, last, write_config=epochs is not None or "data_spec" not in values)
 
 

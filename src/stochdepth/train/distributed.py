@@ -71,7 +71,7 @@ class SingleProcess:
         """This rank's share of a global batch; ``ValueError`` unless it divides by the world size."""
         if batch_size % self.world_size:
             raise ValueError(
-                f"--batch-size {batch_size} (the global batch) does not divide by the {self.world_size} processes; "
+                f"optim.batch_size {batch_size} (the global batch) does not divide by the {self.world_size} processes; "
                 f"use a multiple of {self.world_size}"
             )
         return batch_size // self.world_size

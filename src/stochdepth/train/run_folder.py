@@ -137,7 +137,9 @@ class RunFolder:
         others = sorted(path.name for path in self.path.iterdir() if path.name not in LEFTOVERS)
         stray_checkpoints = self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
         if others or stray_checkpoints or self.checkpoints.is_symlink():
-            raise RunFolderError(f"{self.path} exists and is not empty; use --resume {self.path} or another --out")
+            raise RunFolderError(
+                f"{self.path} exists and is not empty; resume the run in it, or choose another run.out"
+            )
         try:
             self.checkpoints.mkdir(exist_ok=True)
         except OSError as error:
@@ -264,7 +266,7 @@ class RunLock:
             holder = os.read(descriptor, 32).decode(errors="replace").strip() or "another process"
             os.close(descriptor)
             raise RunFolderBusy(
-                f"{self.path.parent} is in use by process {holder}; wait for it to finish or use another --out"
+                f"{self.path.parent} is in use by process {holder}; wait for it to finish or choose another run.out"
             ) from None
         os.ftruncate(descriptor, 0)
         os.write(descriptor, str(os.getpid()).encode())

@@ -38,8 +38,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"image_size must be at least {info.min_image_size} for {model.model}")
     if config.run.sync_batchnorm and options.drop_mode == "sample":
         raise ValueError(
-            "--sync-batchnorm works with --drop-mode batch only: in sample mode a rank whose rows all skip a block "
-            "would not join that block's SyncBatchNorm"
+            "run.sync_batchnorm works with model.drop_mode batch only: in sample mode a rank whose rows all skip "
+            "a block would not join that block's SyncBatchNorm"
         )
     resolved = dataclasses.replace(model, **options.as_dict())
     return dataclasses.replace(config, model=resolved)
@@ -89,7 +89,7 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> str:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"--init-weights {path}: no such file")
+        raise ValueError(f"model.init_weights {path}: no such file")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -98,11 +98,11 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> str:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any failure to read an untrusted file is the user's to fix
-        raise ValueError(f"--init-weights {path}: not readable as weights ({type(error).__name__})") from None
+        raise ValueError(f"model.init_weights {path}: not readable as weights ({type(error).__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
-        raise ValueError(f"--init-weights {path}: holds no state dict")
+        raise ValueError(f"model.init_weights {path}: holds no state dict")
     own = model.state_dict()
     fitting = {
         key: value
@@ -110,7 +110,7 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> str:
         if key in own and isinstance(value, torch.Tensor) and value.shape == own[key].shape
     }
     if not fitting:
-        raise ValueError(f"--init-weights {path}: no tensor fits {type(model).__name__}")
+        raise ValueError(f"model.init_weights {path}: no tensor fits {type(model).__name__}")
     model.load_state_dict(fitting, strict=False)
     left = sorted(set(own) - set(fitting))
     shown = ", ".join(left[:4]) + (" ..." if len(left) > 4 else "")

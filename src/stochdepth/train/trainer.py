@@ -155,7 +155,7 @@ class Trainer:
                     "test_every_eval=False needs one process and a run folder (it tests checkpoints/best.pt at the end)"
                 )
             if config.run.sync_batchnorm and self.device.type != "cuda":
-                raise ValueError("--sync-batchnorm needs CUDA (PyTorch's SyncBatchNorm does not run on the CPU)")
+                raise ValueError("run.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm does not run on the CPU)")
             torch.manual_seed(seed)
             self.loaders: Loaders = build_loaders(config.data, config.optim.batch_size, self.device, seed, ranks.shard)
             self.model = build_model(config, self.loaders.spec, gate_seed=seed).to(self.device)
@@ -417,7 +417,7 @@ class Trainer:
             kept = f"the last good checkpoint {self.folder.checkpoint('last')} is kept"
         raise TrainingStopped(
             f"non-finite loss or gradient at iteration {bad_iteration} (noticed at iteration {self.iteration}); "
-            f"{kept}; lower --lr, or pass --on-nonfinite skip to skip such steps",
+            f"{kept}; lower optim.lr, or set run.on_nonfinite to skip to skip such steps",
             exit_code=3,
         )
 
@@ -432,9 +432,7 @@ class Trainer:
         progress.close()
         where = "no run folder, so nothing was saved"
         if self.folder is not None:
-            where = f"resume with: stochdepth train --resume {self.folder.path}"
-            if self.ranks.world_size > 1:
-                where = f"resume with the same torchrun command and --auto-resume, or with --resume {self.folder.path}"
+            where = f"resume the run in {self.folder.path}"
         raise stopped_by_signal(self.stop_signal or "SIGTERM", self.iteration, self.epoch, where)
 
     def _close_segment(self, start: float) -> None:
