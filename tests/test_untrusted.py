@@ -286,3 +286,38 @@ def test_sweep_run_names_are_one_path_component_inside_the_sweep(tmp_path):
     name = run_name(config)
     assert "/" not in name and not name.startswith(".")
     assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"RANK": "²", "WORLD_SIZE": "2"}, "RANK='²'"),
+        ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "abc"}, "MASTER_PORT='abc'"),
+    ],
+)
+def test_a_malformed_torchrun_environment_names_the_variable(monkeypatch, variables, named):
+    from stochdepth.train.launch import torchrun_place
+
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=named):
+        torchrun_place()
+
+
+def test_empty_out_and_preset_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "resnet8", "--out", ""]) == 2
+    assert "--out must not be empty" in capsys.readouterr().err
+    assert main(["train", "--preset", "", "--out", str(tmp_path / "run")]) == 2
+    assert "preset" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pickle_checkpoint_is_refused_in_one_line_without_torch_warnings(tmp_path, recwarn):
+    from stochdepth.train.checkpoint import CheckpointError, load_checkpoint
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 3, "thing": Path("x")}, path)
+    with pytest.raises(CheckpointError, match="refused, not a plain checkpoint"):
+        load_checkpoint(path)
+    assert not [warning for warning in recwarn if "torch" in str(warning.filename)]

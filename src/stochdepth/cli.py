@@ -115,7 +115,7 @@ def _options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _base_config(preset_name: str | None, options: dict[str, object]) -> TrainConfig:
-    return (preset(preset_name) if preset_name else TrainConfig()).override(**options)
+    return (preset(preset_name) if preset_name is not None else TrainConfig()).override(**options)
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -222,6 +222,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from stochdepth.data import build_loaders
     from stochdepth.train import load_trained_model
+    from stochdepth.train.progress import Progress
     from stochdepth.train.trainer import error_counts
 
     model, config, spec = load_trained_model(args.source, args.checkpoint, args.device)
@@ -237,7 +238,8 @@ def _evaluate(args: argparse.Namespace) -> None:
             f"the data found ({loaders.spec.num_classes} classes, {loaders.spec.in_channels} channels) does not "
             f"fit the network ({spec.num_classes} classes, {spec.in_channels} channels)"
         )
-    wrong, total = error_counts(model, loaders.test, contextlib.nullcontext, False).tolist()
+    progress = Progress(len(loaders.test), 0, "evaluating (test set)", bar=sys.stderr.isatty())
+    wrong, total = error_counts(model, loaders.test, contextlib.nullcontext, False, progress).tolist()
     print(
         f"{args.source}: test error {_percent(wrong / total)} ({wrong:,} of {total:,} test images, the whole "
         f"test set) on {config.data.dataset}"

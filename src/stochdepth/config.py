@@ -165,8 +165,10 @@ class TrainConfig:
             ("scaling", model.scaling),
         ):
             _text(name, value, optional=True)
-        for name, value in (("data_dir", data.data_dir), ("out", run.out), ("device", run.device)):
-            _text(name, value, optional=True)
+        for name, value in (("data.data_dir", data.data_dir), ("run.out", run.out), ("run.device", run.device)):
+            _text(name.split(".")[1], value, optional=True)
+            if value == "":
+                raise ValueError(f"{name} must not be empty (give a value, or leave it unset)")
         for name, value in (("download", data.download), ("augment", data.augment)):
             _flag(name, value)
         _flag("channels_last", run.channels_last)

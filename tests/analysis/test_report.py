@@ -1,6 +1,7 @@
 """Sweeps and the report, on run folders made by short real training runs."""
 
 import json
+import os
 import shutil
 import statistics
 import struct
@@ -234,3 +235,35 @@ def test_reproduce_trains_the_preset_and_its_twin_and_writes_the_report(tmp_path
 def test_report_of_nothing_is_an_error(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
     assert "no runs found" in capsys.readouterr().err
+
+
+def test_a_time_ratio_of_runs_not_timed_side_by_side_is_marked_not_comparable(sweep, tmp_path):
+    from stochdepth.analysis.report import timing_caveat
+
+    _, out = sweep
+    paths = {}
+    for name in ("resnet8-none-seed1", "resnet8-linear-p0.3-seed1"):
+        paths[name] = tmp_path / name
+        _copy_run(out / "runs" / name, paths[name])
+        folder = RunFolder(paths[name])
+        records = [{**record, "images_per_second": 500.0} for record in folder.read_metrics()]
+        folder.metrics.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+    def runs():
+        return sorted(find_runs([tmp_path])[0], key=lambda run: run.path.name)
+
+    for path in paths.values():  # both trained from t = 1000 s to 2000 s
+        os.utime(path / "config.json", (1000, 1000))
+        os.utime(path / "metrics.jsonl", (2000, 2000))
+    assert timing_caveat(runs()) is None
+    os.utime(paths["resnet8-none-seed1"] / "config.json", (3000, 3000))
+    os.utime(paths["resnet8-none-seed1"] / "metrics.jsonl", (4000, 4000))
+    assert timing_caveat(runs()) == "the runs did not train at the same time"
+    folder = RunFolder(paths["resnet8-linear-p0.3-seed1"])
+    records = folder.read_metrics()
+    records[0]["images_per_second"] = 250.0
+    folder.metrics.write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert "speed varied by 50%" in timing_caveat(runs())
+    report = write_report([tmp_path / name for name in paths], tmp_path / "report")[0].read_text()
+    assert _row(report, "Training time", "stochastic (linear, p_L=0.3)")[5].endswith("(not comparable, note 1)")
+    assert "1. Not timed side by side: fashion-mnist / resnet8, stochastic (linear, p_L=0.3): a run's speed" in report

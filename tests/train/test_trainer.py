@@ -1,5 +1,6 @@
 """Training end to end: a real short run, the run folder contract, exact resume, extension."""
 
+import contextlib
 import csv
 import json
 import math
@@ -183,3 +184,28 @@ def test_testing_once_gives_the_best_validation_weights_test_error_of_an_every_e
 def test_testing_once_needs_a_run_folder(tiny_config):
     with pytest.raises(ValueError, match="needs one process and a run folder"):
         train(tiny_config.override(test_every_eval=False), out=None)
+
+
+def test_epoch_lines_give_the_time_left_and_a_resume_says_where_it_starts(tmp_path, tiny_config, capsys):
+    train(tiny_config.override(epochs=2), out=tmp_path / "run", progress=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2
+    assert "of training left" in lines[0] and "of training left" not in lines[1]
+    resume(tmp_path / "run", epochs=3, progress=False)
+    printed = capsys.readouterr().out
+    assert "last.pt at epoch 3 of 3, iteration 16" in printed
+
+
+def test_evaluation_shows_progress_lines_when_it_takes_long(monkeypatch, capsys):
+    from stochdepth.train import progress as progress_module
+    from stochdepth.train.progress import Progress
+    from stochdepth.train.trainer import error_counts
+
+    monkeypatch.setattr(progress_module, "_silent", False)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    loader = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(3)]
+    progress = Progress(len(loader), 0, "evaluating (test set)", bar=False, line_every=0.0)
+    wrong, total = error_counts(model, loader, contextlib.nullcontext, False, progress).tolist()
+    assert 0 <= wrong <= total == 6
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"evaluating (test set): batch {batch}/3  " for batch in (1, 2, 3)]

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stochdepth.analysis import plots
-from stochdepth.analysis.runs import Run, find_runs
+from stochdepth.analysis.runs import Run, find_runs, is_number
 from stochdepth.files import WriteFailed, write_text_atomically
+from stochdepth.train.run_folder import RunFolder
 
 PERCENT = 100.0
 
@@ -156,19 +157,62 @@ def _realised_share(run: Run) -> float | None:
     return statistics.fmean(record["mean_active_blocks"] for record in run.metrics) / blocks
 
 
+TIMING_SPREAD = 0.2
+"""A run whose speed (images per second) varies more than this across its records was timed under a changing load."""
+
+
+def timing_caveat(runs: list[Run]) -> str | None:
+    """Why a time ratio between ``runs`` is not comparable, or ``None``.
+
+    Times compare only when the runs were timed side by side: on a machine whose load changed
+    (a run's images per second varying by more than ``TIMING_SPREAD``), or in runs that did
+    not train at the same time, the ratio says as much about the machine as about the depth.
+    """
+    spreads = [spread for spread in map(_speed_spread, runs) if spread is not None]
+    if spreads and max(spreads) > TIMING_SPREAD:
+        return f"a run's speed varied by {max(spreads):.0%} (the machine's load changed)"
+    intervals = [_training_interval(run) for run in runs]
+    if None not in intervals and max(start for start, _ in intervals) > min(end for _, end in intervals):
+        return "the runs did not train at the same time"
+    return None
+
+
+def _speed_spread(run: Run) -> float | None:
+    speeds = [record["images_per_second"] for record in run.metrics if is_number(record.get("images_per_second"))]
+    speeds = [speed for speed in speeds if math.isfinite(speed) and speed > 0]
+    if len(speeds) < 2:
+        return None
+    return (max(speeds) - min(speeds)) / statistics.median(speeds)
+
+
+def _training_interval(run: Run) -> tuple[float, float] | None:
+    """When the run (last) started and last recorded: ``config.json``'s and ``metrics.jsonl``'s modification times."""
+    folder = RunFolder(run.path)
+    try:
+        return folder.config.stat().st_mtime, folder.metrics.stat().st_mtime
+    except OSError:
+        return None
+
+
 def timing_table(groups: list[Group]) -> list[str]:
-    """Markdown lines of the Table-2-like training-time comparison."""
+    """Markdown lines of the Table-2-like training-time comparison, with a note under ratios that do not compare."""
     lines = [
         "| runs compared | training depth | runs | total time | time per epoch | ratio to constant "
         "| expected ratio (mean p_l) | realised ratio (blocks run) |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    notes = []
     for group in groups:
         settings = group.settings
-        constant = _values(settings.get("constant depth", []), _per_epoch_seconds)
+        baseline = settings.get("constant depth", [])
+        constant = _values(baseline, _per_epoch_seconds)
         for setting, members in settings.items():
             per_epoch = _values(members, _per_epoch_seconds)
             ratio = f"{statistics.fmean(per_epoch) / statistics.fmean(constant):.3f}" if constant and per_epoch else "—"
+            caveat = timing_caveat(baseline + members) if ratio != "—" and members is not baseline else None
+            if caveat is not None:
+                notes.append(f"{group.label}, {setting}: {caveat}")
+                ratio += f" (not comparable, note {len(notes)})"
             probs = members[0].survival_probs
             expected = f"{statistics.fmean(probs):.3f}" if probs else "—"
             realised = _values(members, _realised_share)
@@ -178,6 +222,13 @@ def timing_table(groups: list[Group]) -> list[str]:
                 f"| {_seconds(statistics.fmean(per_epoch)) if per_epoch else '—'} | {ratio} | {expected} "
                 f"| {f'{statistics.fmean(realised):.3f}' if realised else '—'} |"
             )
+    if notes:
+        lines.append("")
+        lines += [f"{number}. Not timed side by side: {cell(note)}." for number, note in enumerate(notes, 1)]
+        lines.append(
+            "Time stochastic against constant depth side by side, in one process, with `benchmarks/step_time.py` "
+            "(docs/benchmarks.md)."
+        )
     return lines
 
 

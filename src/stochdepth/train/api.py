@@ -166,6 +166,10 @@ def _carry_out(plan: Plan, folder: RunFolder | None, progress: bool | None, rank
     with ranks.all_through("loading the starting weights"):
         if plan.state is not None:
             trainer.load_state_dict(plan.state, plan.source)
+            write_line(
+                f"resuming {plan.source} at epoch {trainer.epoch + 1} of {plan.config.optim.epochs}, "
+                f"iteration {trainer.iteration}"
+            )
         elif plan.config.model.init_weights is not None:
             write_line(load_initial_weights(trainer.model, plan.config.model.init_weights))
     if folder is not None:
@@ -211,7 +215,8 @@ def load_trained_model(
         raise CheckpointError(f"{path}: does not describe a usable run ({error})") from None
     expected = RunFolder(source).read_config()[0].model.model if Path(source).is_dir() else config.model.model
     if state.get("model_name") != expected or config.model.model != expected:
-        raise CheckpointError(f"{path}: checkpoint is for model {state.get('model_name')!r}, not {expected!r}")
+        names = {state.get("model_name"), config.model.model} - {expected}
+        raise CheckpointError(f"{path}: checkpoint is for model {', '.join(map(repr, names))}, not {expected!r}")
     model = build_model(config, spec)
     try:
         model.load_state_dict(state["model"])

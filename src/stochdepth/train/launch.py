@@ -26,9 +26,17 @@ def torchrun_place() -> Place:
     defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": given["RANK"] or "0"}
     text = {name: given[name] if given[name] is not None else defaults[name] for name in names}
     shown = ", ".join(f"{name}={value!r}" for name, value in text.items())
-    if not all(value.isdigit() for value in text.values()):
+    if not all(_whole_number(value) for value in text.values()):
         raise ValueError(f"torchrun's environment must hold whole numbers, got {shown}")
     place = Place(*(int(text[name]) for name in names))
     if place.world_size < 1 or place.rank >= place.world_size:
         raise ValueError(f"torchrun's environment must give a RANK below WORLD_SIZE, got {shown}")
+    port = os.environ.get("MASTER_PORT")
+    if place.world_size > 1 and port is not None and not _whole_number(port):
+        raise ValueError(f"torchrun's environment must give MASTER_PORT as a whole number, got MASTER_PORT={port!r}")
     return place
+
+
+def _whole_number(text: str) -> bool:
+    """Digits 0-9 only (``str.isdigit`` also accepts ``"²"``, which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()

@@ -51,6 +51,12 @@ class Progress:
         if self.bar is not None:
             self.bar.update()
 
+    def tick(self) -> None:
+        """:meth:`update`, and without a bar a line when one is due: for work with no values to show (evaluation)."""
+        self.update()
+        if self.bar is None and time.monotonic() >= self.next_line:
+            self.show()
+
     def show(self, **values: Any) -> None:
         if _silent:
             return

@@ -46,10 +46,13 @@ from stochdepth.train.signals import TrainingStopped, stopped_by_signal
 PROGRESS_EVERY = 20
 
 
-def error_counts(model: nn.Module, loader: Any, autocast: Any, channels_last: bool) -> torch.Tensor:
+def error_counts(
+    model: nn.Module, loader: Any, autocast: Any, channels_last: bool, progress: Progress | None = None
+) -> torch.Tensor:
     """(misclassified, images) in ``loader``, in evaluation mode (every block, scaled by p_l), on the device.
 
     The count of misclassified images stays on the device until the end (no synchronisation per batch).
+    ``progress`` ticks once per batch and is closed at the end.
     """
     was_training = model.training
     model.eval()
@@ -63,6 +66,10 @@ def error_counts(model: nn.Module, loader: Any, autocast: Any, channels_last: bo
                 logits = model(images)
             wrong = wrong.to(labels.device) + (logits.argmax(dim=1) != labels).sum()
             total += len(labels)
+            if progress is not None:
+                progress.tick()
+    if progress is not None:
+        progress.close()
     model.train(was_training)
     return torch.stack([wrong, wrong.new_tensor(total)])
 
@@ -448,8 +455,8 @@ class Trainer:
         self.check_finite()
         self.ranks.broadcast_buffers(self.model)
         window = self.window
-        val_error = self._error(self.loaders.val)
-        test_error = self._error(self.loaders.test) if self.config.run.test_every_eval else math.nan
+        val_error = self._error(self.loaders.val, "validation")
+        test_error = self._error(self.loaders.test, "test") if self.config.run.test_every_eval else math.nan
         loss_sum, wrong, images = window.totals(self.ranks)
         record = {
             "epoch": round(self.iteration / len(self.loaders.train), 4),
@@ -484,12 +491,13 @@ class Trainer:
         if self.best["epoch"] is None:
             return
         self.model.load_state_dict(load_checkpoint(self.folder.checkpoint("best"))["model"])
-        self.best["test_error"] = self._error(self.loaders.test)
+        self.best["test_error"] = self._error(self.loaders.test, "test")
         write_line(f"test err {self.best['test_error']:.4f} at the best validation epoch {self.best['epoch']:g}")
 
-    def _error(self, loader: Any) -> float:
+    def _error(self, loader: Any, name: str) -> float:
         """The error on ``loader``'s set: each rank counts its shard, the counts are summed."""
-        counts = error_counts(self.model, loader, self.autocast, self.config.run.channels_last)
+        progress = Progress(len(loader), 0, f"evaluating ({name} set)", bar=self.progress)
+        counts = error_counts(self.model, loader, self.autocast, self.config.run.channels_last, progress)
         wrong, total = self.ranks.sum(counts).tolist()
         return wrong / total if total else math.nan
 
@@ -506,8 +514,17 @@ class Trainer:
             f"epoch {record['epoch']:g}/{self.config.optim.epochs}  iter {record['iteration']}  "
             f"loss {record['train_loss']:.4f}  train err {record['train_error']:.4f}  "
             f"val err {record['val_error']:.4f}{test}  lr {record['lr']:.4g}"
-            f"{depth}  {record['images_per_second']:.0f} img/s"
+            f"{depth}  {record['images_per_second']:.0f} img/s{self.time_left()}"
         )
+
+    def time_left(self) -> str:
+        """``"  about 4 min of training left"`` at the run's mean training time per step so far ("" at the end)."""
+        remaining = self.config.optim.epochs * len(self.loaders.train) - self.iteration
+        if remaining <= 0 or self.iteration == 0 or self.train_seconds <= 0:
+            return ""
+        seconds = remaining * self.train_seconds / self.iteration
+        amount = f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
+        return f"  about {amount} of training left"
 
     def summary(self) -> dict[str, Any]:
         return {
