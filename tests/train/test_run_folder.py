@@ -234,3 +234,15 @@ def test_resume_without_a_usable_last_checkpoint_is_refused_and_changes_nothing(
     with pytest.raises(RunFolderError, match=message):
         resume(run, epochs=2)
     assert folder.metrics.read_text() == metrics, "nothing was changed"
+
+
+def test_a_fifo_run_lock_neither_hangs_the_report_nor_a_resume(tmp_path, tiny_config, capsys):
+    run = tmp_path / "runs" / "run"
+    train(tiny_config.override(epochs=1), out=run)
+    (run / "run.lock").unlink()
+    os.mkfifo(run / "run.lock")
+    assert not RunFolder(run).is_locked()
+    with pytest.raises(RunFolderError, match="cannot lock .*run.lock: not a regular file"):
+        resume(run, epochs=2)
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.md").is_file()

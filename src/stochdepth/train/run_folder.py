@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import io
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,16 +62,29 @@ LEFTOVERS = ("run.lock", "checkpoints")
 
 
 def write_text_safely(path: Path, text: str, append: bool = False) -> None:
-    """Write (or append) ``text`` to ``path``, refusing to follow a symbolic link, flushed to disk.
+    """Write (or append) ``text`` to ``path``, a regular file or none yet (never a link or a FIFO), flushed to disk.
 
     Raises ``OSError`` (``ELOOP`` for a link) like ``open`` does.
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
-    descriptor = os.open(path, flags, 0o644)
+    descriptor = open_regular_file(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC))
     with os.fdopen(descriptor, "a" if append else "w") as file:
         file.write(text)
         file.flush()
         os.fsync(file.fileno())
+
+
+def open_regular_file(path: Path, flags: int) -> int:
+    """``os.open`` that never follows a symbolic link, never blocks on a FIFO, and opens regular files only.
+
+    ``OSError`` (``ELOOP`` for a link, ``EINVAL`` "not a regular file" for a FIFO, a device or
+    a folder) otherwise.
+    """
+    descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(descriptor, True)
+    return descriptor
 
 
 class RunFolder:
@@ -168,9 +183,12 @@ class RunFolder:
         return config, values
 
     def is_locked(self) -> bool:
-        """Whether a live process holds this folder now (reads only: creates and writes nothing)."""
+        """Whether a live process holds this folder now (reads only: creates and writes nothing).
+
+        A ``run.lock`` that is not a regular file (a FIFO would block an open) is no lock.
+        """
         try:
-            descriptor = os.open(self.path / "run.lock", os.O_RDONLY | os.O_NOFOLLOW)
+            descriptor = open_regular_file(self.path / "run.lock", os.O_RDONLY)
         except OSError:
             return False
         try:
@@ -257,7 +275,7 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         try:
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            descriptor = open_regular_file(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as error:
             raise RunFolderError(f"cannot lock {self.path}: {error.strerror or error}") from None
         try:
