@@ -196,19 +196,16 @@ def _percent(fraction: object) -> str:
 
 def _depth_line(run: str | Path) -> str | None:
     """What stochastic depth did over the run: residual branches run per step, realised and expected."""
-    from stochdepth.analysis.runs import is_number
+    from stochdepth.analysis.runs import is_number, realised_blocks_per_step
     from stochdepth.train.run_folder import RunFolder
 
     records = RunFolder(run).read_metrics()
-    numbers = ("iteration", "mean_active_blocks", "expected_active_blocks")
-    if not records or not all(is_number(record.get(key)) for record in records for key in numbers):
+    realised = realised_blocks_per_step(records)
+    if realised is None or not is_number(records[0].get("expected_active_blocks")):
         return None
-    if not records[0]["expected_active_blocks"]:
-        return None
-    starts = [0] + [record["iteration"] for record in records[:-1]]
-    steps = [record["iteration"] - start for record, start in zip(records, starts)]
-    realised = sum(record["mean_active_blocks"] * count for record, count in zip(records, steps)) / max(sum(steps), 1)
     expected = records[0]["expected_active_blocks"]
+    if not expected:
+        return None
     blocks = len(json.loads(RunFolder(run).config.read_text()).get("survival_probs", [])) or expected
     return (
         f"stochastic depth: {realised:.2f} of {blocks} residual blocks ran per step on average "

@@ -267,3 +267,12 @@ def test_a_time_ratio_of_runs_not_timed_side_by_side_is_marked_not_comparable(sw
     report = write_report([tmp_path / name for name in paths], tmp_path / "report")[0].read_text()
     assert _row(report, "Training time", "stochastic (linear, p_L=0.3)")[5].endswith("(not comparable, note 1)")
     assert "1. Not timed side by side: fashion-mnist / resnet8, stochastic (linear, p_L=0.3): a run's speed" in report
+
+
+def test_blocks_run_per_step_weigh_each_record_by_its_steps():
+    from stochdepth.analysis.runs import realised_blocks_per_step
+
+    records = [{"iteration": 10, "mean_active_blocks": 8.0}, {"iteration": 40, "mean_active_blocks": 6.0}]
+    assert realised_blocks_per_step(records) == pytest.approx((10 * 8.0 + 30 * 6.0) / 40)
+    assert realised_blocks_per_step([{"iteration": 10, "mean_active_blocks": "x"}]) is None
+    assert realised_blocks_per_step([]) is None

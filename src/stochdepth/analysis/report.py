@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stochdepth.analysis import plots
-from stochdepth.analysis.runs import Run, find_runs, is_number
+from stochdepth.analysis.runs import Run, find_runs, is_number, realised_blocks_per_step
 from stochdepth.files import WriteFailed, write_text_atomically
 from stochdepth.train.run_folder import RunFolder
 
@@ -152,9 +152,8 @@ def _per_epoch_seconds(run: Run) -> float | None:
 
 def _realised_share(run: Run) -> float | None:
     blocks = len(run.survival_probs)
-    if not blocks or not run.metrics:
-        return None
-    return statistics.fmean(record["mean_active_blocks"] for record in run.metrics) / blocks
+    realised = realised_blocks_per_step(run.metrics) if blocks else None
+    return realised / blocks if realised is not None else None
 
 
 TIMING_SPREAD = 0.2

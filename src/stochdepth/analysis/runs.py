@@ -108,6 +108,23 @@ class Run:
         return sum(record["epoch_seconds"] for record in self.metrics)
 
 
+def realised_blocks_per_step(records: list[dict[str, Any]]) -> float | None:
+    """Residual branches run per training step over the whole run, from its metrics records.
+
+    Each record's ``mean_active_blocks`` is the mean over the steps since the record before
+    it, so the records are weighted by those steps (evaluations need not be evenly spaced).
+    ``None`` when the records do not say.
+    """
+    keys = ("iteration", "mean_active_blocks")
+    if not records or not all(is_number(record.get(key)) for record in records for key in keys):
+        return None
+    starts = [0] + [record["iteration"] for record in records[:-1]]
+    steps = [record["iteration"] - start for record, start in zip(records, starts)]
+    if sum(steps) <= 0:
+        return None
+    return sum(record["mean_active_blocks"] * count for record, count in zip(records, steps)) / sum(steps)
+
+
 def is_number(value: Any) -> bool:
     """A JSON number (``bool`` is not one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
