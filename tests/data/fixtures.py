@@ -11,10 +11,12 @@ import numpy as np
 from scipy.io import savemat
 
 
-def write_idx_gz(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+def write_idx_gz(path: Path, array: np.ndarray, as_float: bool = False) -> None:
+    """An IDX file of unsigned bytes (0x08), or big-endian 32-bit floats (0x0D) with ``as_float``."""
+    code, values = (0x0D, array.astype(">f4")) if as_float else (0x08, array.astype(np.uint8))
+    header = struct.pack(">HBB", 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb") as file:
-        file.write(header + array.astype(np.uint8).tobytes())
+        file.write(header + values.tobytes())
 
 
 def write_fashion_mnist(folder: Path, train: int, test: int, seed: int = 0) -> None:

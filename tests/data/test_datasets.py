@@ -179,3 +179,33 @@ def test_lighting_noise_shifts_every_pixel_by_one_colour_along_the_pca_axes():
     eigenvectors, eigenvalues = torch.tensor(LIGHTING_EIGENVECTORS), torch.tensor(LIGHTING_EIGENVALUES)
     alphas = torch.linalg.solve(eigenvectors, shifts.T).T / eigenvalues
     assert alphas.std(dim=0).tolist() == pytest.approx([0.1] * 3, rel=0.1)
+
+
+DAMAGED_IDX = {
+    "fewer labels than images": ("train-labels-idx1-ubyte.gz", lambda: np.arange(5300) % 10, False, "5300 labels"),
+    "fewer images than labels": ("train-images-idx3-ubyte.gz", lambda: np.zeros((5300, 28, 28)), False, "5400 labels"),
+    "a 1-D image file": ("t10k-images-idx3-ubyte.gz", lambda: np.zeros(200 * 784), False, "N x H x W"),
+    "a 4-D image file": ("t10k-images-idx3-ubyte.gz", lambda: np.zeros((200, 1, 28, 28)), False, "N x H x W"),
+    "float labels": ("t10k-labels-idx1-ubyte.gz", lambda: np.arange(200) % 10, True, "integer labels"),
+    "test images of another size": ("t10k-images-idx3-ubyte.gz", lambda: np.zeros((200, 32, 32)), False, "32, 32"),
+    "an empty test set": ("t10k-images-idx3-ubyte.gz", lambda: np.zeros((0, 28, 28)), False, "0 labels|no images"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_IDX)
+def test_damaged_idx_data_is_one_data_error_naming_the_file_and_nothing_is_written(tmp_path, damage, capsys):
+    from stochdepth.cli import main
+    from tests.data.fixtures import write_idx_gz
+
+    name, values, as_float, message = DAMAGED_IDX[damage]
+    write_fashion_mnist(tmp_path / "data" / "fashion-mnist", train=5400, test=200)
+    if damage == "an empty test set":
+        write_idx_gz(tmp_path / "data" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz", np.zeros(0))
+    write_idx_gz(tmp_path / "data" / "fashion-mnist" / name, values(), as_float=as_float)
+    with pytest.raises(DataError, match=message):
+        build_loaders(DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "data")), 32, CPU, seed=0)
+    flags = ["train", "--model", "resnet8", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data")]
+    assert main([*flags, "--out", str(tmp_path / "run"), "--epochs", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "fashion-mnist/" in error
+    assert not (tmp_path / "run").exists()

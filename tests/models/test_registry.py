@@ -59,7 +59,7 @@ def test_an_option_the_family_does_not_take_is_a_value_error():
         stochdepth.create_model("resnet8", dropout_rate=0.3)
 
 
-def test_resolved_options_are_computed_once_and_densenet_is_always_constant_depth():
+def test_resolution_fills_the_defaults_and_densenet_is_always_constant_depth():
     from stochdepth.config import TrainConfig
     from stochdepth.models import resolve_model_depth_options
     from stochdepth.train.setup import resolve_config

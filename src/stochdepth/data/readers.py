@@ -39,7 +39,8 @@ def read_idx_gz(path: Path) -> torch.Tensor:
             raise DataError(f"{path}: truncated IDX file ({array.size} values, header says {int(np.prod(shape))})")
     except (OSError, EOFError, struct.error) as error:
         raise DataError(f"{path}: cannot read IDX file ({error})") from None
-    return torch.from_numpy(array.reshape(shape).astype(np.uint8 if dtype_code == 0x08 else np.int64))
+    kind = np.uint8 if dtype_code == 0x08 else np.float32 if dtype_code == 0x0D else np.int64
+    return torch.from_numpy(array.reshape(shape).astype(kind))
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):

@@ -70,6 +70,20 @@ def check_labels(labels: torch.Tensor, num_classes: int, source: Path) -> torch.
     return labels
 
 
+def _idx_images_and_labels(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One IDX pair checked: N images of H x W (made N x 1 x H x W), N integer labels in 0..9, N > 0."""
+    images, labels = read_idx_gz(images_path), read_idx_gz(labels_path)
+    if images.dim() != 3 or images.dtype != torch.uint8:
+        raise DataError(f"{images_path}: expected unsigned bytes of shape N x H x W, got {tuple(images.shape)}")
+    if labels.dim() != 1 or labels.is_floating_point():
+        raise DataError(f"{labels_path}: expected N integer labels, got {labels.dtype} of shape {tuple(labels.shape)}")
+    if len(images) != len(labels):
+        raise DataError(f"{labels_path}: {len(labels)} labels for the {len(images)} images of {images_path.name}")
+    if len(images) == 0:
+        raise DataError(f"{images_path}: holds no images")
+    return images.unsqueeze(1), check_labels(labels.long(), 10, labels_path)
+
+
 def _split(
     images: torch.Tensor, labels: torch.Tensor, holdout: int, split_seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,10 +114,13 @@ def load_fashion_mnist(root: Path, download: bool, split_seed: int) -> ImageSpli
             [candidates[0] / name for name in names],
             "install Debian's package (apt-get install dataset-fashion-mnist) or set data.download",
         )
-    train_images, train_labels, test_images, test_labels = (read_idx_gz(folder / name) for name in names)
-    train_images, test_images = train_images.unsqueeze(1), test_images.unsqueeze(1)
-    train_labels = check_labels(train_labels.long(), 10, folder / names[1])
-    test_labels = check_labels(test_labels.long(), 10, folder / names[3])
+    train_images, train_labels = _idx_images_and_labels(folder / names[0], folder / names[1])
+    test_images, test_labels = _idx_images_and_labels(folder / names[2], folder / names[3])
+    if test_images.shape[1:] != train_images.shape[1:]:
+        raise DataError(
+            f"{folder / names[2]}: images of {tuple(test_images.shape[2:])} px, the training images are "
+            f"{tuple(train_images.shape[2:])} px"
+        )
     return ImageSplits(
         *_split(train_images, train_labels, 5000, split_seed),
         test_images,
