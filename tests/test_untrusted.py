@@ -164,6 +164,32 @@ JUNK = st.one_of(
 )
 
 
+CHECKPOINT_VALUES = [
+    ("model",),
+    ("config",),
+    ("data_spec",),
+    ("model_name",),
+    ("optimizer",),
+    ("epoch",),
+    ("iteration",),
+    ("evaluations",),
+    ("skipped_steps",),
+    ("train_seconds",),
+    ("best",),
+    ("best", "val_error"),
+    ("best", "test_error"),
+    ("best", "epoch"),
+    ("final",),
+    ("window", "images"),
+    ("window", "steps"),
+    ("window", "seconds"),
+    ("window", "lr"),
+    ("window", "branches_run"),
+    ("random_states", "data_position"),
+]
+"""Values a checkpoint holds that a resume reads: damaged, then given a valid digest."""
+
+
 def _damage(values: object, path: list, junk: object) -> object:
     """``values`` with the item at ``path`` (keys into nested dicts) replaced by ``junk``."""
     if not path or not isinstance(values, dict):
@@ -192,8 +218,8 @@ def test_damaged_run_folders_are_one_line_naming_the_file(finished_run, tmp_path
         named = target
     elif which == "checkpoint":
         state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
-        key = data.draw(st.sampled_from(["model", "config", "data_spec", "model_name", "optimizer", "epoch"]))
-        state[key] = data.draw(JUNK)
+        where = data.draw(st.sampled_from(CHECKPOINT_VALUES), label="checkpoint value")
+        state = _damage(state, list(where), data.draw(JUNK, label="junk"))
         content = {name: value for name, value in state.items() if name != "checksum"}
         for name in ("best.pt", "last.pt"):
             torch.save({**content, "checksum": content_digest(content)}, run / "checkpoints" / name)
@@ -321,3 +347,33 @@ def test_a_pickle_checkpoint_is_refused_in_one_line_without_torch_warnings(tmp_p
     with pytest.raises(CheckpointError, match="refused, not a plain checkpoint"):
         load_checkpoint(path)
     assert not [warning for warning in recwarn if "torch" in str(warning.filename)]
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        (("skipped_steps",), float("inf")),
+        (("skipped_steps",), -1),
+        (("random_states", "data_position"), float("inf")),
+        (("random_states", "data_position"), 10**9),
+        (("random_states", "data_position"), -3),
+        (("best", "val_error"), "abc"),
+        (("best",), {}),
+        (("window", "images"), "many"),
+        (("window", "steps"), -2),
+        (("iteration",), 10**12),
+        (("evaluations",), 10**12),
+        (("train_seconds",), float("nan")),
+    ],
+)
+def test_checkpoint_values_out_of_range_with_a_valid_digest_are_refused(finished_run, tmp_path, where, value, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    content = {key: item for key, item in _damage(state, list(where), value).items() if key != "checksum"}
+    torch.save({**content, "checksum": content_digest(content)}, run / "checkpoints" / "last.pt")
+    before = _snapshot(run)
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "last.pt: does not fit this run" in error, error
+    assert _snapshot(run) == before

@@ -180,5 +180,8 @@ class EpochOrder:
 
     def load_state_dict(self, state: dict[str, torch.Tensor | int]) -> None:
         self.generator.set_state(state["data_order"])
-        self.position = int(state.get("data_position", 0))
+        position = state.get("data_position", 0)
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise ValueError(f"data_position must be a whole number of batches, got {position!r}")
+        self.position = position
         self.epoch_start_state = state["data_order"] if self.position > 0 else None

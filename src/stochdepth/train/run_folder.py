@@ -153,7 +153,7 @@ class RunFolder:
         stray_checkpoints = self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
         if others or stray_checkpoints or self.checkpoints.is_symlink():
             raise RunFolderError(
-                f"{self.path} exists and is not empty; resume the run it holds, or choose another run.out"
+                f"{self.path} exists and is not empty; resume the run in {self.path} or choose another run.out"
             )
         try:
             self.checkpoints.mkdir(exist_ok=True)

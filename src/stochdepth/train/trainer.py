@@ -87,6 +87,34 @@ def _count(value: object, name: str, largest: int) -> int:
     return value
 
 
+def _amount(value: object, name: str, allow: tuple[float, ...] = ()) -> float:
+    """A non-negative finite number read from a checkpoint (or one of ``allow``: inf, nan), else ``ValueError``."""
+    number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+    valid = isinstance(number, (int, float)) and not isinstance(number, bool)
+    if valid and ((math.isfinite(number) and number >= 0) or any(_same(number, special) for special in allow)):
+        return float(number)
+    raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+
+
+def _same(number: float, special: float) -> bool:
+    return math.isnan(number) if math.isnan(special) else number == special
+
+
+def checked_best(values: object) -> dict[str, Any]:
+    """A checkpoint's best-so-far record: ``epoch`` (none yet, or a number), ``val_error`` (inf before any),
+    ``test_error`` (nan when not measured); else ``ValueError``."""
+    if not isinstance(values, dict) or set(values) != {"epoch", "val_error", "test_error"}:
+        raise ValueError(f"best must hold epoch, val_error and test_error, got {values!r}")
+    epoch = values["epoch"]
+    if epoch is not None:
+        _amount(epoch, "best.epoch")
+    return {
+        "epoch": epoch,
+        "val_error": _amount(values["val_error"], "best.val_error", (math.inf,)),
+        "test_error": _amount(values["test_error"], "best.test_error", (math.nan,)),
+    }
+
+
 @dataclass
 class Window:
     """Running sums of the training steps since the last evaluation.
@@ -249,16 +277,30 @@ class Trainer:
             self._load_own_random_state(random_states)
             self.gates.load_state_dict(random_states["gates"])
             self.loaders.load_state_dict(random_states)
+            steps_per_epoch = len(self.loaders.train)
             self.epoch = _count(state["epoch"], "epoch", self.config.optim.epochs)
-            self.iteration = _count(state["iteration"], "iteration", 10**12)
-            self.evaluations = _count(state["evaluations"], "evaluations", 10**12)
-            self.skipped_steps = int(state.get("skipped_steps", 0))
-            self.train_seconds = float(state["train_seconds"])
-            self.best = dict(state["best"])
-            self.final = dict(state["final"])
+            self.iteration = _count(state["iteration"], "iteration", self.config.optim.epochs * steps_per_epoch)
+            if not self.epoch * steps_per_epoch <= self.iteration <= (self.epoch + 1) * steps_per_epoch:
+                raise ValueError(f"iteration {self.iteration} is not in epoch {self.epoch + 1}")
+            position = random_states.get("data_position", 0)
+            if position not in (0, self.iteration - self.epoch * steps_per_epoch):
+                raise ValueError(f"data_position {position!r} does not match iteration {self.iteration}")
+            self.evaluations = _count(state["evaluations"], "evaluations", self.iteration + 1)
+            self.skipped_steps = _count(state.get("skipped_steps", 0), "skipped_steps", self.iteration)
+            self.train_seconds = _amount(state["train_seconds"], "train_seconds")
+            self.best = checked_best(state["best"])
+            self.final = {
+                key: _amount(value, f"final.{key}", (math.nan,)) for key, value in dict(state["final"]).items()
+            }
             window = dict(state["window"])
-            self.gates.branches_run = float(window.pop("branches_run"))
+            self.gates.branches_run = _amount(window.pop("branches_run"), "window.branches_run")
             window = Window(**window)
+            window.images = _count(window.images, "window.images", 10**15)
+            window.steps = _count(window.steps, "window.steps", self.iteration)
+            window.seconds = _amount(window.seconds, "window.seconds")
+            window.lr = _amount(window.lr, "window.lr")
+            for name in ("loss_sum", "wrong"):
+                _amount(getattr(window, name), f"window.{name}")
             window.loss_sum = window.loss_sum.to(self.device)
             window.wrong = window.wrong.to(self.device)
             self.window = window if self.ranks.is_main else window.without_sums()
