@@ -7,6 +7,7 @@ or changed.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -377,3 +378,40 @@ def test_checkpoint_values_out_of_range_with_a_valid_digest_are_refused(finished
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "last.pt: does not fit this run" in error, error
     assert _snapshot(run) == before
+
+
+def test_links_inside_a_run_folder_are_never_written_through(finished_run, tmp_path, synthetic_data_dir, capsys):
+    other, run = tmp_path / "other", tmp_path / "run"
+    shutil.copytree(finished_run, other)
+    shutil.copytree(finished_run, run)
+    other_last = (other / "checkpoints" / "last.pt").read_bytes()
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").symlink_to(other / "checkpoints")
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+    assert "checkpoints is not a folder" in _one_line_error(capsys)
+    assert (other / "checkpoints" / "last.pt").read_bytes() == other_last
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (other / "run.lock").unlink(missing_ok=True)
+    os.link(victim, other / "run.lock")
+    assert main(["train", "--resume", str(other), "--epochs", "3"]) == 2
+    assert "has other hard links" in _one_line_error(capsys)
+    assert victim.read_text() == "precious"
+
+    (other / "run.lock").unlink()
+    os.link(other / "config.json", tmp_path / "config-link.json")
+    config = (other / "config.json").read_bytes()
+    for target in (other / "run.lock", tmp_path / "config-link.json"):
+        argv = ["export", str(other), "--format", "safetensors", "--out", str(target), "--force"]
+        assert main(argv) == 2
+        assert "inside the run folder" in _one_line_error(capsys) or target.name == "config-link.json"
+    assert (other / "config.json").read_bytes() == config
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "runs").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    flags = ["sweep", "--model", "resnet8", "--dataset", "fashion-mnist", "--data-dir", str(synthetic_data_dir)]
+    assert main([*flags, "--out", str(sweep)]) == 2
+    assert "symbolic link" in _one_line_error(capsys)
+    assert not (tmp_path / "elsewhere").exists()

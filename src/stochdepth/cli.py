@@ -250,9 +250,12 @@ def _check_export_target(out: Path, source: Path, force: bool) -> None:
     if out.is_dir():
         raise ValueError(f"{out} is a folder; give a file path")
     run_folder = source if source.is_dir() else source.parent.parent
-    protected = {run_folder.resolve() / name for name in ("config.json", "metrics.jsonl", "summary.json")}
-    if out.resolve() in protected or out.resolve().parent == (run_folder / "checkpoints").resolve():
-        raise ValueError(f"{out} is part of the run folder {run_folder}; export somewhere else")
+    if (source.is_dir() or (run_folder / "config.json").is_file()) and out.resolve().is_relative_to(
+        run_folder.resolve()
+    ):
+        raise ValueError(f"{out} is inside the run folder {run_folder}; export somewhere else")
+    if out.is_file() and out.stat().st_nlink > 1:
+        raise ValueError(f"{out} has other hard links (it may be another file's content); give a new file path")
     if source.is_file() and out.resolve() == source.resolve():
         raise ValueError(f"{out} is the checkpoint being exported")
     if out.exists() and not force:

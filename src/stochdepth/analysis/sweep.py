@@ -78,6 +78,8 @@ def run_sweep(
     out = Path(out)
     points = sweep_grid(base, grid)
     manifest = {"base": base.to_dict(), "grid": grid, "runs": [point.name for point in points]}
+    if (out / "runs").is_symlink() or (out / "sweep.json").is_symlink():
+        raise ValueError(f"{out} holds a symbolic link (runs/ or sweep.json); a sweep never writes through one")
     try:
         (out / "runs").mkdir(parents=True, exist_ok=True)
         write_text_atomically(out / "sweep.json", json.dumps(manifest, indent=2) + "\n")

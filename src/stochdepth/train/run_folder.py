@@ -77,12 +77,17 @@ def open_regular_file(path: Path, flags: int) -> int:
     """``os.open`` that never follows a symbolic link, never blocks on a FIFO, and opens regular files only.
 
     ``OSError`` (``ELOOP`` for a link, ``EINVAL`` "not a regular file" for a FIFO, a device or
-    a folder) otherwise.
+    a folder) otherwise; opened for writing, a file with other hard links is refused too
+    (``EMLINK``): writing would change the other names' content.
     """
     descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode):
         os.close(descriptor)
         raise OSError(errno.EINVAL, "not a regular file", str(path))
+    if flags & (os.O_WRONLY | os.O_RDWR) and status.st_nlink > 1:
+        os.close(descriptor)
+        raise OSError(errno.EMLINK, "has other hard links; a run never writes through one", str(path))
     os.set_blocking(descriptor, True)
     return descriptor
 
