@@ -415,3 +415,16 @@ def test_links_inside_a_run_folder_are_never_written_through(finished_run, tmp_p
     assert main([*flags, "--out", str(sweep)]) == 2
     assert "symbolic link" in _one_line_error(capsys)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_failed_start_removes_every_folder_it_created_and_odd_names_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    missing_data = ["train", "--model", "resnet8", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none")]
+    (tmp_path / "none").mkdir()
+    assert main([*missing_data, "--out", str(tmp_path / "a" / "b" / "c" / "run")]) == 2
+    assert "data_batch_1" in _one_line_error(capsys)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["none"], "a/b/c/run all removed"
+    assert main([*missing_data, "--out", "x" * 300]) == 2
+    assert "File name too long" in _one_line_error(capsys)
+    assert main(["reproduce", "fashion-mnist-resnet110", "--seeds", str(10**12), "--out", "r"]) == 2
+    assert "--seeds must be between 1 and 1000" in _one_line_error(capsys)

@@ -135,8 +135,8 @@ def _reproduce(args: argparse.Namespace) -> None:
     from stochdepth.analysis.sweep import run_sweep
     from stochdepth.train.setup import resolve_config
 
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        raise ValueError(f"--seeds must be between 1 and {MAX_SEEDS}, got {args.seeds}")
     options = _options(args)
     out = Path(options.pop("out", None) or Path("runs") / f"reproduce-{args.preset}")
     base = _base_config(args.preset, options)
@@ -351,6 +351,9 @@ def _report_to_torchrun(error: BaseException) -> None:
 
     ErrorHandler().record_exception(error)
 
+
+MAX_SEEDS = 1000
+"""Seeds per setting that ``reproduce`` accepts (each is a full training run)."""
 
 _CONFIG_FIELD = re.compile(r"\b(?:model|data|optim|run)\.([a-z_]+)\b")
 _RESUME_HINT = re.compile(r"resume the run in (\S+)")

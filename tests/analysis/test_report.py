@@ -276,3 +276,27 @@ def test_blocks_run_per_step_weigh_each_record_by_its_steps():
     assert realised_blocks_per_step(records) == pytest.approx((10 * 8.0 + 30 * 6.0) / 40)
     assert realised_blocks_per_step([{"iteration": 10, "mean_active_blocks": "x"}]) is None
     assert realised_blocks_per_step([]) is None
+
+
+def test_hostile_values_in_runs_are_skipped_or_drawn_literally(sweep, tmp_path):
+    _, out = sweep
+    source = out / "runs" / "resnet8-none-seed1"
+
+    def overflowing(config):
+        config["run"]["seed"] = 7
+
+    _copy_run(source, tmp_path / "big", overflowing)
+    folder = RunFolder(tmp_path / "big")
+    records = [{**record, "val_error": 1e308, "epoch_seconds": 1e308} for record in folder.read_metrics()]
+    folder.metrics.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+    def mathtext(config):
+        config["model"]["init_weights"] = "$x^{^}$"
+
+    _copy_run(source, tmp_path / "odd", mathtext)
+    _copy_run(source, tmp_path / "plain")
+    report_path, warnings = write_report([tmp_path / name for name in ("big", "odd", "plain")], tmp_path / "report")
+    assert any("big" in warning and "values out of range (val_error, epoch_seconds)" in warning for warning in warnings)
+    report = report_path.read_text()
+    assert "$x^{^}$" in report.replace("\\$", "$"), "the odd run is a group of its own, labelled with its setting"
+    assert len(list((tmp_path / "report").glob("curves_*.png"))) == 2

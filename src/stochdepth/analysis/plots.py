@@ -7,9 +7,11 @@ heat map (Fig. 8), and the survival-probability profile of each model.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +26,18 @@ from stochdepth.files import write_atomically
 FIGURE_SIZE = (10.0, 4.2)
 DPI = 110
 PERCENT = 100.0
+
+
+def _literal_text(draw: Callable[..., Path]) -> Callable[..., Path]:
+    """Draw with every text taken literally: no mathtext, since run names and settings are untrusted text
+    (``$x^{^}$`` would otherwise abort the figure)."""
+
+    @functools.wraps(draw)
+    def drawn(*args: object, **kwargs: object) -> Path:
+        with plt.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -55,6 +69,7 @@ def _integer_ticks(axis: plt.Axes) -> None:
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+@_literal_text
 def error_curves(runs: list[Run], title: str, path: Path) -> Path:
     """Test error and training loss against epochs, one line per setting (mean over seeds).
 
@@ -99,6 +114,7 @@ def _epoch_means(records: list[dict], pick) -> tuple[list[int], list[float]]:
     return epochs, [sum(sums[epoch]) / len(sums[epoch]) for epoch in epochs]
 
 
+@_literal_text
 def gradient_magnitudes(runs: list[Run], title: str, path: Path) -> Path:
     """Mean |gradient| against epochs: the stem and the first, a middle and the last block (Fig. 7)."""
     blocks = len(runs[0].gradients[0]["blocks"])
@@ -123,6 +139,7 @@ def gradient_magnitudes(runs: list[Run], title: str, path: Path) -> Path:
     return _save(figure, path)
 
 
+@_literal_text
 def error_against_final_survival_prob(runs: list[Run], title: str, path: Path) -> Path:
     """Test error at best validation against p_L, one line per (model, rule); constant depth dashed.
 
@@ -158,6 +175,7 @@ def error_against_final_survival_prob(runs: list[Run], title: str, path: Path) -
     return _save(figure, path)
 
 
+@_literal_text
 def depth_heat_map(runs: list[Run], title: str, path: Path) -> Path:
     """Test error (%) over network depth (blocks) x p_L, mean over seeds, values written in the cells."""
     cells: dict[tuple[str, float], list[float]] = defaultdict(list)
@@ -187,6 +205,7 @@ def depth_heat_map(runs: list[Run], title: str, path: Path) -> Path:
     return _save(figure, path)
 
 
+@_literal_text
 def survival_profiles(runs: list[Run], path: Path) -> Path:
     """p_l against block index l for each distinct model and schedule."""
     figure, axis = plt.subplots(figsize=FIGURE_SIZE)

@@ -130,11 +130,27 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+FRACTIONS = ("train_error", "val_error", "test_error")
+"""Record values that are error rates: in [0, 1], or NaN where not measured."""
+
+LARGEST = 1e12
+"""No count, time or loss in a record is larger (a bound that keeps sums finite)."""
+
+
+def _in_range(key: str, value: float) -> bool:
+    if key in FRACTIONS:
+        return math.isnan(value) or 0.0 <= value <= 1.0
+    return math.isnan(value) or -LARGEST <= value <= LARGEST
+
+
 def _check_records(folder: RunFolder, metrics: list[dict[str, Any]], gradients: list[dict[str, Any]]) -> None:
     """Refuse records a report cannot use (a run folder from elsewhere is untrusted input)."""
     for number, record in enumerate(metrics, 1):
         if not all(is_number(record.get(key)) for key in METRIC_KEYS):
             raise ValueError(f"{folder.metrics}: line {number} lacks numbers for {', '.join(METRIC_KEYS)}")
+        wrong = [key for key in METRIC_KEYS if not _in_range(key, record[key])]
+        if wrong:
+            raise ValueError(f"{folder.metrics}: line {number} has values out of range ({', '.join(wrong)})")
     for number, record in enumerate(gradients, 1):
         blocks = record.get("blocks")
         values = [record.get("stem"), *(blocks if isinstance(blocks, list) else [""])]
@@ -151,6 +167,11 @@ def _read_run(path: Path) -> Run:
     summary = json.loads(folder.summary.read_text()) if folder.summary.is_file() else None
     if summary is not None and not isinstance(summary, dict):
         raise ValueError(f"{folder.summary}: not an object")
+    if summary is not None and any(
+        is_number(summary.get(key)) and not _in_range("val_error", summary[key])
+        for key in ("best_val_error", "test_error_at_best_val", "final_test_error", "final_val_error")
+    ):
+        raise ValueError(f"{folder.summary}: an error rate out of [0, 1]")
     metrics = folder.read_metrics()
     gradients = folder.read_records(folder.gradients)
     _check_records(folder, metrics, gradients)

@@ -118,11 +118,11 @@ class RunFolder:
         lock, temporary files left by a killed writer are removed. If the block fails before
         ``config.json`` exists, what this call created (the folder, or only ``run.lock``) is removed.
         """
-        if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
-            raise RunFolderError(f"{self.path} exists and is not a folder")
-        created = not self.path.exists()
-        lock_existed = (self.path / "run.lock").exists()
         try:
+            if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
+                raise RunFolderError(f"{self.path} exists and is not a folder")
+            missing = [folder for folder in (self.path, *self.path.parents) if not folder.exists()]
+            lock_existed = (self.path / "run.lock").exists()
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise RunFolderError(f"cannot create run folder {self.path}: {error.strerror or error}") from None
@@ -131,8 +131,11 @@ class RunFolder:
                 self._remove_temporaries()
                 yield
         except BaseException:
-            if created and not self.config.exists():
+            if missing and not self.config.exists():
                 self._remove_leftovers()
+                for folder in missing[1:]:  # the parents this call created, deepest first, if empty
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
             elif not lock_existed and not self.config.exists():
                 with contextlib.suppress(OSError):
                     (self.path / "run.lock").unlink()
