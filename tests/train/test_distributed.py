@@ -159,7 +159,7 @@ def test_a_global_batch_that_does_not_divide_by_the_ranks_is_refused_on_every_ra
 def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(two_ranks):
     for result in (rank_results["signal_on_one_rank"] for rank_results in two_ranks[1]):
         assert result["error"] == "TrainingStopped"
-        assert result["message"].startswith("stopped by SIGTERM after iteration 5 (epoch 1)")
+        assert result["message"].startswith("stopped by SIGTERM after iteration 5 (in epoch 1)")
     state = load_checkpoint(two_ranks[0] / "signal" / "checkpoints" / "last.pt")
     assert (state["iteration"], state["random_states"]["data_position"]) == (5, 5)
 

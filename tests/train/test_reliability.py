@@ -281,3 +281,23 @@ def test_truncated_checkpoints_are_refused(tmp_path, keep):
     (tmp_path / "last.pt").write_bytes(data[:keep])
     with pytest.raises(CheckpointError, match="last.pt"):
         load_checkpoint(tmp_path / "last.pt")
+
+
+def test_sigterm_while_the_data_loads_stops_with_its_message_and_leaves_no_folder(
+    tmp_path, synthetic_data_dir, monkeypatch, capsys
+):
+    import stochdepth.train.trainer as trainer_module
+
+    real = trainer_module.build_loaders
+
+    def terminated_while_loading(*args, **kwargs):
+        loaders = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return loaders
+
+    monkeypatch.setattr(trainer_module, "build_loaders", terminated_while_loading)
+    out = tmp_path / "a" / "run"
+    assert main(_flags(synthetic_data_dir, out)) == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM before training started" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [], "the run folder (and a/) removed, lock and checkpoints/ with it"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

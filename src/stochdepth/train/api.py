@@ -24,7 +24,7 @@ from stochdepth.train.distributed import SingleProcess, join
 from stochdepth.train.progress import write_line
 from stochdepth.train.run_folder import RunFolder, RunFolderError
 from stochdepth.train.setup import build_model, load_initial_weights, resolve_config, resolve_device
-from stochdepth.train.signals import stop_on_signals
+from stochdepth.train.signals import stop_on_signals, terminate_cleanly
 from stochdepth.train.trainer import Trainer
 
 
@@ -77,6 +77,7 @@ def train(
     folder = RunFolder(out)
     config = config.override(out=str(folder.path))
     with contextlib.ExitStack() as held:
+        held.enter_context(terminate_cleanly())
 
         def plan() -> Plan:
             held.enter_context(folder.claim())
@@ -101,6 +102,7 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool | None
     folder = RunFolder(run_dir)
     ranks = join(folder.read_config()[0].run.device)
     with contextlib.ExitStack() as held:
+        held.enter_context(terminate_cleanly())
 
         def plan() -> Plan:
             held.enter_context(folder.claim())

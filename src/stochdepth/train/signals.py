@@ -49,9 +49,37 @@ def stop_on_signals(target: Stoppable) -> Iterator[None]:
             signal.signal(number, handler)
 
 
-def stopped_by_signal(name: str, iteration: int, epoch: int, where_to_resume: str) -> TrainingStopped:
-    """The exception a signal-stopped run ends with (exit status 128 + the signal's number)."""
+def stopped_by_signal(name: str, iteration: int, when: str, where_to_resume: str) -> TrainingStopped:
+    """The exception a signal-stopped run ends with (exit status 128 + the signal's number).
+
+    ``when`` says where in the run: ``"in epoch 2"`` or ``"after epoch 3"``.
+    """
     return TrainingStopped(
-        f"stopped by {name} after iteration {iteration} (epoch {epoch + 1}); checkpoint written; {where_to_resume}",
+        f"stopped by {name} after iteration {iteration} ({when}); checkpoint written; {where_to_resume}",
         exit_code=128 + int(signal.Signals[name]),
     )
+
+
+@contextlib.contextmanager
+def terminate_cleanly() -> Iterator[None]:
+    """Until training takes over the signals, SIGTERM raises :class:`TrainingStopped` (exit 143).
+
+    Without it a SIGTERM while the data loads or the run folder is being set up would kill
+    the process on the spot, with no message and the folder's lock and ``checkpoints/`` left
+    behind; as an exception, the folder's setup is undone like any failed start. SIGINT
+    already raises ``KeyboardInterrupt``. Outside the main thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signal_number: int, frame: object) -> None:
+        raise TrainingStopped(
+            "stopped by SIGTERM before training started; nothing was kept", exit_code=128 + signal.SIGTERM
+        )
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -482,7 +482,9 @@ class Trainer:
         where = "no run folder, so nothing was saved"
         if self.folder is not None:
             where = f"resume the run in {self.folder.path}"
-        raise stopped_by_signal(self.stop_signal or "SIGTERM", self.iteration, self.epoch, where)
+        finished_epoch = self.iteration == self.epoch * len(self.loaders.train)
+        when = f"after epoch {self.epoch}" if finished_epoch else f"in epoch {self.epoch + 1}"
+        raise stopped_by_signal(self.stop_signal or "SIGTERM", self.iteration, when, where)
 
     def _close_segment(self, start: float) -> None:
         """Add the training time since ``start`` to the window and the run's total."""
