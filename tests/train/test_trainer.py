@@ -209,3 +209,21 @@ def test_evaluation_shows_progress_lines_when_it_takes_long(monkeypatch, capsys)
     assert 0 <= wrong <= total == 6
     lines = capsys.readouterr().err.splitlines()
     assert lines == [f"evaluating (test set): batch {batch}/3  " for batch in (1, 2, 3)]
+
+
+def test_a_windows_loss_sum_does_not_depend_on_how_it_was_split():
+    """Two ranks' partial sums gathered at a checkpoint, then continued, equal the uninterrupted sums exactly."""
+    from stochdepth.train.trainer import Window
+
+    generator = torch.Generator().manual_seed(0)
+    losses = (torch.rand(400, generator=generator) * 3).float()
+    whole, first, second = (Window.empty(torch.device("cpu"), 0.1) for _ in range(3))
+    for index, loss in enumerate(losses):
+        whole.add(loss, torch.tensor(1), 64)
+        (first if index % 2 == 0 else second).add(loss, torch.tensor(1), 64)
+    gathered = first.loss_sum + second.loss_sum
+    assert gathered.item() == whole.loss_sum.item()
+    in_float32 = sum(((loss * 64) for loss in losses[::2]), torch.tensor(0.0)) + sum(
+        ((loss * 64) for loss in losses[1::2]), torch.tensor(0.0)
+    )
+    assert in_float32.item() != whole.loss_sum.item(), "float32 sums would differ (what this guards against)"

@@ -120,7 +120,10 @@ class Window:
     """Running sums of the training steps since the last evaluation.
 
     The sums stay on the device and are read only when evaluating (or for progress), so a
-    training step never waits for the host.
+    training step never waits for the host. The loss is summed in float64: each term (a
+    float32 mean times a batch size) and their sum are then exact, so the sum does not depend
+    on the order of its terms, and a data-parallel run resumed from a checkpoint (which keeps
+    every rank's sums on rank 0) records the same training loss as one never interrupted.
     """
 
     loss_sum: torch.Tensor
@@ -133,7 +136,7 @@ class Window:
     @classmethod
     def empty(cls, device: torch.device, lr: float) -> Window:
         zero = torch.zeros((), device=device)
-        return cls(zero.clone(), zero.clone().long(), 0, 0, 0.0, lr)
+        return cls(zero.clone().double(), zero.clone().long(), 0, 0, 0.0, lr)
 
     def totals(self, ranks: SingleProcess) -> tuple[float, int, int]:
         """(loss sum, misclassified, images) over every rank's share of the batches."""
@@ -157,7 +160,7 @@ class Window:
         return window
 
     def add(self, mean_loss: torch.Tensor, wrong: torch.Tensor, images: int) -> None:
-        self.loss_sum += mean_loss * images
+        self.loss_sum += mean_loss.double() * images
         self.wrong += wrong
         self.images += images
         self.steps += 1
@@ -301,7 +304,7 @@ class Trainer:
             window.lr = _amount(window.lr, "window.lr")
             for name in ("loss_sum", "wrong"):
                 _amount(getattr(window, name), f"window.{name}")
-            window.loss_sum = window.loss_sum.to(self.device)
+            window.loss_sum = window.loss_sum.to(self.device, torch.float64)
             window.wrong = window.wrong.to(self.device)
             self.window = window if self.ranks.is_main else window.without_sums()
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:
