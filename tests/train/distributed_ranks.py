@@ -163,6 +163,23 @@ def _signal_at_step_five(trainer: Any, labels: torch.Tensor) -> None:
         trainer.stop_signal = "SIGTERM"
 
 
+def _launcher_gone_after_step_five() -> Any:
+    """``os.getppid`` as the trainer sees it: the launcher's pid at start and for 5 steps, then init's (re-parented)."""
+    real = os.getppid
+    calls = {"count": 0}
+
+    def getppid() -> int:
+        calls["count"] += 1
+        return real() if calls["count"] <= 5 else 1
+
+    return mock.patch("stochdepth.train.trainer.os.getppid", getppid)
+
+
+def _call_within(patch: Any, run: Callable[[], Any]) -> Any:
+    with patch:
+        return run()
+
+
 def scenarios(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:
     """Every multi-rank case the tests check, one after another in one process group (one spawn).
 
@@ -171,8 +188,7 @@ def scenarios(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:
     from stochdepth.train import train, trainer
 
     def on_rank_one(patch: Any, run: Callable[[], Any]) -> Any:
-        with patch if rank == 1 else contextlib.nullcontext():
-            return run()
+        return _call_within(patch if rank == 1 else contextlib.nullcontext(), run)
 
     return {
         "constant": _outcome(lambda: recorded_training(plain_config(data_dir, survival_rule="none"), out / "constant")),
@@ -194,6 +210,11 @@ def scenarios(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:
         "signal_on_one_rank": _outcome(
             lambda: on_rank_one(
                 _after_each_step(_signal_at_step_five), lambda: train(plain_config(data_dir), out=out / "signal")
+            )
+        ),
+        "launcher_gone": _outcome(
+            lambda: _call_within(
+                _launcher_gone_after_step_five(), lambda: train(plain_config(data_dir), out=out / "orphan")
             )
         ),
         "rank_fails_at_start": _outcome(

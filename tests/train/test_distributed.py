@@ -149,6 +149,13 @@ def test_a_checkpoint_written_by_two_ranks_resumes_on_one_process_as_its_own_wou
     _assert_same_weights(_weights(tmp_path / "copy"), _weights(tmp_path / "one"))
 
 
+def test_ranks_whose_launcher_is_gone_stop_together_with_a_checkpoint(two_ranks):
+    for result in (rank_results["launcher_gone"] for rank_results in two_ranks[1]):
+        assert result["error"] == "TrainingStopped"
+        assert result["message"].startswith("stopped by SIGHUP after iteration 5 (in epoch 1)")
+    assert load_checkpoint(two_ranks[0] / "orphan" / "checkpoints" / "last.pt")["iteration"] == 5
+
+
 def test_a_global_batch_that_does_not_divide_by_the_ranks_is_refused_on_every_rank(two_ranks):
     for result in (rank_results["batch_not_dividing"] for rank_results in two_ranks[1]):
         assert result["error"] == "ValueError"

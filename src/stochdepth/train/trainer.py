@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,7 @@ class Trainer:
         self.window = Window.empty(self.device, optim.lr)
         self.skipped_steps = 0
         self.stop_signal: str | None = None
+        self.launcher = os.getppid() if ranks.world_size > 1 else None
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
         self.last_checkpoint_time = time.monotonic()
 
@@ -372,6 +374,7 @@ class Trainer:
         for images, labels in self.loaders.train:
             self.train_step(images, labels)
             progress.update()
+            self._notice_a_lost_launcher()
             show_now, stop_now, checkpoint_due = self.ranks.agree(
                 [
                     self.window.images > 0 and progress.wants_values(self.window.steps, PROGRESS_EVERY),
@@ -472,6 +475,15 @@ class Trainer:
             f"{kept}; lower optim.lr, or set run.on_nonfinite to skip to skip such steps",
             exit_code=3,
         )
+
+    def _notice_a_lost_launcher(self) -> None:
+        """A rank whose torchrun launcher died (it was re-parented) stops as on SIGHUP, with a checkpoint.
+
+        Without this the ranks of a killed launcher would train on as orphans, writing to a
+        run folder nobody watches.
+        """
+        if self.launcher is not None and self.stop_signal is None and os.getppid() != self.launcher:
+            self.stop_signal = "SIGHUP"
 
     def _checkpoint_due(self) -> bool:
         minutes = self.config.run.checkpoint_every_minutes
