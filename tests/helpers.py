@@ -14,3 +14,11 @@ def randomise_batchnorm(model: nn.Module) -> nn.Module:
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
     return model
+
+
+def one_line_error(capsys) -> str:
+    """The command's standard error, checked to be one ``stochdepth: error:`` line without a traceback."""
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("stochdepth: error: "), error
+    assert "Traceback" not in error
+    return error

@@ -16,6 +16,7 @@ from stochdepth.cli import main
 from stochdepth.depth import StochasticModule
 from stochdepth.train import load_trained_model
 from stochdepth.train.run_folder import RunFolder
+from tests.helpers import one_line_error
 
 
 def _tiny_flags(data_dir, out, model="resnet8") -> list[str]:
@@ -170,32 +171,7 @@ def safe_open_metadata(path: os.PathLike):
 
 def _bad(argv, capsys) -> str:
     assert main(argv) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and error.startswith("stochdepth: error: ")
-    return error
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--final-survival-prob", "1.5"], "(0, 1]"),
-        (["--final-survival-prob", "0"], "(0, 1]"),
-        (["--model", "resnet7"], "known models"),
-        (["--dataset", "mnist"], "unknown dataset"),
-        (["--survival-rule", "cosine"], "linear, uniform, none"),
-        (["--drop-mode", "row"], "batch, sample"),
-        (["--scaling", "half"], "paper, inverted"),
-        (["--model", "torchvision/../x"], "plain architecture name"),
-        (["--epochs", "0"], "epochs must be an integer in [1, 1000000]"),
-        (["--precision", "fp8"], "fp32, bf16"),
-    ],
-)
-def test_bad_options_exit_2_with_one_line(tmp_path, synthetic_data_dir, capsys, extra, message):
-    assert message in _bad([*_tiny_flags(synthetic_data_dir, tmp_path / "run"), *extra], capsys)
-
-
-def test_unknown_preset_exits_2(capsys):
-    assert "known presets" in _bad(["train", "--preset", "cifar11-resnet110"], capsys)
+    return one_line_error(capsys)
 
 
 def test_existing_out_without_resume_exits_2(trained_run, synthetic_data_dir, capsys):
