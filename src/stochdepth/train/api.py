@@ -20,7 +20,7 @@ from stochdepth.config import TrainConfig
 from stochdepth.data import DataSpec
 from stochdepth.depth import survival_probs
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint
-from stochdepth.train.distributed import SingleProcess, join
+from stochdepth.train.distributed import Ranks, join
 from stochdepth.train.progress import write_line
 from stochdepth.train.run_folder import RunFolder, RunFolderError
 from stochdepth.train.setup import build_model, load_initial_weights, resolve_config, resolve_device
@@ -162,7 +162,7 @@ def _resume_plan(folder: RunFolder, epochs: int | None) -> Plan:
     return Plan(config, state, last, write_config=epochs is not None or "data_spec" not in values)
 
 
-def _carry_out(plan: Plan, folder: RunFolder | None, progress: bool | None, ranks: SingleProcess) -> dict[str, Any]:
+def _carry_out(plan: Plan, folder: RunFolder | None, progress: bool | None, ranks: Ranks) -> dict[str, Any]:
     """Build the trainer on every rank, start it from ``plan``, record the start (rank 0) and train."""
     trainer = Trainer(plan.config, folder if ranks.is_main else None, _progress(progress), ranks)
     with ranks.all_through("loading the starting weights"):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -50,8 +50,48 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-class SingleProcess:
-    """One process, no group: every collective operation is the identity."""
+class Ranks(Protocol):
+    """What the trainer needs of its place in a run: :class:`SingleProcess` or :class:`ProcessGroup`.
+
+    Distributed work is confined to these: wrapping the model, agreeing on the host's
+    decisions, summing counts, and rank 0's reads and writes handed to the others.
+    """
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool: ...
+
+    @property
+    def shard(self) -> Shard: ...
+
+    def local_batch(self, batch_size: int) -> int: ...
+
+    def seed_own_stream(self, seed: int) -> None: ...
+
+    def sync_batchnorm(self, model: nn.Module) -> nn.Module: ...
+
+    def wrap(self, model: nn.Module) -> nn.Module: ...
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor: ...
+
+    def agree(self, flags: Sequence[bool]) -> list[bool]: ...
+
+    def maximum(self, value: int) -> int: ...
+
+    def gather(self, value: Any) -> list[Any]: ...
+
+    def broadcast_buffers(self, model: nn.Module) -> None: ...
+
+    def from_main(self, make: Callable[[], Result]) -> Result: ...
+
+    def all_through(self, what: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+class _Place:
+    """Rank ``rank`` of ``world_size`` on ``device``: what a rank knows without talking to the others."""
 
     rank = 0
     world_size = 1
@@ -75,6 +115,10 @@ class SingleProcess:
                 f"use a multiple of {self.world_size}"
             )
         return batch_size // self.world_size
+
+
+class SingleProcess(_Place):
+    """One process, no group: every collective operation is the identity."""
 
     def seed_own_stream(self, seed: int) -> None:
         """Give this rank its own torch random stream (dropout, ImageNet's augmentation workers)."""
@@ -116,7 +160,7 @@ class SingleProcess:
         yield
 
 
-class ProcessGroup(SingleProcess):
+class ProcessGroup(_Place):
     """This process as rank ``rank`` of ``world_size`` in torch.distributed's default group."""
 
     def __init__(self, device: torch.device, control: Any) -> None:
@@ -217,7 +261,7 @@ def rank_device(name: str | None, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def join(device_name: str | None) -> SingleProcess:
+def join(device_name: str | None) -> Ranks:
     """This process's place in the run: a :class:`ProcessGroup` under torchrun (or in a joined group), else one.
 
     Joins torch.distributed's default group from torchrun's environment the first time (NCCL

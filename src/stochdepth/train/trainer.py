@@ -36,7 +36,7 @@ from stochdepth.depth import (
     survival_probs,
 )
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from stochdepth.train.distributed import SingleProcess
+from stochdepth.train.distributed import Ranks, SingleProcess
 from stochdepth.train.gradients import GradientRecorder
 from stochdepth.train.progress import Progress, write_line
 from stochdepth.train.run_folder import RunFolder
@@ -139,7 +139,7 @@ class Window:
         zero = torch.zeros((), device=device)
         return cls(zero.clone().double(), zero.clone().long(), 0, 0, 0.0, lr)
 
-    def totals(self, ranks: SingleProcess) -> tuple[float, int, int]:
+    def totals(self, ranks: Ranks) -> tuple[float, int, int]:
         """(loss sum, misclassified, images) over every rank's share of the batches."""
         images = torch.tensor(float(self.images), dtype=torch.float64, device=self.wrong.device)
         loss_sum, wrong, images = ranks.sum(torch.stack([self.loss_sum.double(), self.wrong.double(), images])).tolist()
@@ -150,7 +150,7 @@ class Window:
         window.steps, window.seconds = self.steps, self.seconds
         return window
 
-    def gathered(self, ranks: SingleProcess) -> Window:
+    def gathered(self, ranks: Ranks) -> Window:
         """The sums of every rank on rank 0, none on the others: how a checkpoint keeps a window."""
         loss_sum, wrong, images = self.totals(ranks)
         window = self.without_sums()
@@ -179,7 +179,7 @@ class Trainer:
         config: TrainConfig,
         folder: RunFolder | None = None,
         progress: bool = False,
-        ranks: SingleProcess | None = None,
+        ranks: Ranks | None = None,
     ) -> None:
         self.config = config
         self.folder = folder
