@@ -83,3 +83,40 @@ def test_a_damaged_data_spec_is_refused(change, message):
     assert DataSpec.from_dict(values).std == (0.2, 0.2, 0.2)
     with pytest.raises(ValueError, match=message):
         DataSpec.from_dict({**values, **change})
+
+
+@pytest.mark.parametrize("export_format", ["safetensors", "torchscript", "exported", "onnx"])
+def test_a_full_disk_during_export_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, export_format):
+    import errno
+
+    from stochdepth import files
+
+    spec = DataSpec(10, 3, 16, (0.5,) * 3, (0.25,) * 3)
+    folded = stochdepth.fold_survival(stochdepth.create_model("resnet8").eval())
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    if export_format == "onnx":
+        monkeypatch.setattr("stochdepth.export._export_onnx", lambda classifier, example, path: path.write_bytes(b"x"))
+    with pytest.raises(ValueError, match=r"cannot write .*model: No space left on device"):
+        export_model(folded, spec, tmp_path / "model", export_format)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_lock_write_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from stochdepth.train.run_folder import RunFolder, RunFolderError
+
+    def full(descriptor, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("stochdepth.train.run_folder.os.write", full)
+    with (
+        pytest.raises(RunFolderError, match="cannot write .*run.lock: No space left on device"),
+        RunFolder(tmp_path / "run").claim(),
+    ):
+        pass
+    assert not (tmp_path / "run").exists()

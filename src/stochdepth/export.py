@@ -28,7 +28,7 @@ from torch import nn
 
 from stochdepth.config import EXPORT_FORMATS
 from stochdepth.data import DataSpec
-from stochdepth.files import WriteFailed, write_atomically
+from stochdepth.files import WriteFailed, write_atomically, write_path_atomically
 
 MAX_BATCH = 4096
 
@@ -95,7 +95,10 @@ def export_model(
             program = torch.export.export(classifier, (example,), dynamic_shapes=({0: batch},))
             _write_whole(path, _in_memory(torch.export.save, program))
         else:
-            _export_onnx(classifier, example, path)
+            try:
+                write_path_atomically(path, lambda temporary: _export_onnx(classifier, example, temporary))
+            except WriteFailed as error:
+                raise ValueError(str(error)) from None
             _default_permissions(path)
     return [path]
 

@@ -43,13 +43,33 @@ def _disk_full(folder: Path) -> bool:
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Replace ``path`` with what ``write(file)`` writes into a fresh binary file; returns the path."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def into(temporary: Path) -> None:
         with open(temporary, "wb", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW, 0o644)) as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
+
+    return write_path_atomically(path, into)
+
+
+def write_path_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Replace ``path`` with the file ``write(temporary)`` creates at the temporary path it is given.
+
+    For writers that take a file name only (the ONNX exporter); :func:`write_atomically` is
+    this with a file object. The written file is flushed to disk before the rename.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if temporary.is_symlink():
+            temporary.unlink()
+        write(temporary)
+        descriptor = os.open(temporary, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(temporary, path)
         folder = os.open(path.parent, os.O_RDONLY)
         try:

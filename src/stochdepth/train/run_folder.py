@@ -294,8 +294,13 @@ class RunLock:
             raise RunFolderBusy(
                 f"{self.path.parent} is in use by process {holder}; wait for it to finish or choose another run.out"
             ) from None
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, str(os.getpid()).encode())
+        try:
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, str(os.getpid()).encode())
+        except OSError as error:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+            os.close(descriptor)
+            raise RunFolderError(f"cannot write {self.path}: {error.strerror or error}") from None
         self.descriptor = descriptor
         return self
 
