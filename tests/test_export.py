@@ -103,20 +103,3 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_no_file(tmp_path, monk
     with pytest.raises(ValueError, match=r"cannot write .*model: No space left on device"):
         export_model(folded, spec, tmp_path / "model", export_format)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_a_failed_lock_write_is_one_line(tmp_path, monkeypatch):
-    import errno
-
-    from stochdepth.train.run_folder import RunFolder, RunFolderError
-
-    def full(descriptor, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr("stochdepth.train.run_folder.os.write", full)
-    with (
-        pytest.raises(RunFolderError, match="cannot write .*run.lock: No space left on device"),
-        RunFolder(tmp_path / "run").claim(),
-    ):
-        pass
-    assert not (tmp_path / "run").exists()

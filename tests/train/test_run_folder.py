@@ -246,3 +246,18 @@ def test_a_fifo_run_lock_neither_hangs_the_report_nor_a_resume(tmp_path, tiny_co
         resume(run, epochs=2)
     assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_a_failed_lock_write_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    def full(descriptor, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("stochdepth.train.run_folder.os.write", full)
+    with (
+        pytest.raises(RunFolderError, match="cannot write .*run.lock: No space left on device"),
+        RunFolder(tmp_path / "run").claim(),
+    ):
+        pass
+    assert not (tmp_path / "run").exists()
