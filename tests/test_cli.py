@@ -290,3 +290,12 @@ def test_the_library_names_config_fields_and_the_command_line_its_flags(tmp_path
         "lower --lr, or set --on-nonfinite; model.safetensors and run.lock stay"
     )
     assert as_flags("resume the run in runs/a") == "resume with: stochdepth train --resume runs/a"
+
+
+def test_the_library_evaluates_a_run_on_the_whole_test_set_as_eval_prints(trained_run, synthetic_data_dir, capsys):
+    from stochdepth.train import evaluate_test_set
+
+    wrong, total, dataset = evaluate_test_set(trained_run, data_dir=str(synthetic_data_dir))
+    assert (total, dataset) == (200, "fashion-mnist") and 0 <= wrong <= total
+    assert main(["eval", str(trained_run), "--data-dir", str(synthetic_data_dir)]) == 0
+    assert f"({wrong:,} of {total:,} test images, the whole test set)" in capsys.readouterr().out

@@ -215,60 +215,22 @@ def _depth_line(run: str | Path) -> str | None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    import contextlib
+    from stochdepth.train import evaluate_test_set
 
-    from stochdepth.data import build_loaders
-    from stochdepth.train import load_trained_model
-    from stochdepth.train.progress import Progress
-    from stochdepth.train.trainer import error_counts
-
-    model, config, spec = load_trained_model(args.source, args.checkpoint, args.device)
-    data = config.override(data_dir=args.data_dir).data
-    data.download = False
-    data.eval_size = None
-    if args.data_dir is None:
-        data.data_dir = None
-    device = next(model.parameters()).device
-    loaders = build_loaders(data, config.optim.batch_size, device, config.run.seed)
-    if (loaders.spec.num_classes, loaders.spec.in_channels) != (spec.num_classes, spec.in_channels):
-        raise ValueError(
-            f"the data found ({loaders.spec.num_classes} classes, {loaders.spec.in_channels} channels) does not "
-            f"fit the network ({spec.num_classes} classes, {spec.in_channels} channels)"
-        )
-    progress = Progress(len(loaders.test), 0, "evaluating (test set)", bar=sys.stderr.isatty())
-    wrong, total = error_counts(model, loaders.test, contextlib.nullcontext, False, progress).tolist()
+    wrong, total, dataset = evaluate_test_set(
+        args.source, args.checkpoint, args.device, args.data_dir, progress=sys.stderr.isatty()
+    )
     print(
         f"{args.source}: test error {_percent(wrong / total)} ({wrong:,} of {total:,} test images, the whole "
-        f"test set) on {config.data.dataset}"
+        f"test set) on {dataset}"
     )
 
 
-def _check_export_target(out: Path, source: Path, force: bool) -> None:
-    """Refuse a symlink, a folder, the source run's own files, and an existing file without ``--force``."""
-    if out.is_symlink():
-        raise ValueError(f"{out} is a symbolic link; give a plain file path")
-    if out.is_dir():
-        raise ValueError(f"{out} is a folder; give a file path")
-    run_folder = source if source.is_dir() else source.parent.parent
-    if (source.is_dir() or (run_folder / "config.json").is_file()) and out.resolve().is_relative_to(
-        run_folder.resolve()
-    ):
-        raise ValueError(f"{out} is inside the run folder {run_folder}; export somewhere else")
-    if out.is_file() and out.stat().st_nlink > 1:
-        raise ValueError(f"{out} has other hard links (it may be another file's content); give a new file path")
-    if source.is_file() and out.resolve() == source.resolve():
-        raise ValueError(f"{out} is the checkpoint being exported")
-    if out.exists() and not force:
-        raise ValueError(f"{out} exists; pass --force to replace it")
-    if not out.parent.is_dir():
-        raise ValueError(f"cannot write {out}: folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise ValueError(f"cannot write {out}: folder {out.parent} is not writable")
-
-
 def _export(args: argparse.Namespace) -> None:
+    from stochdepth.export import check_export_target
+
     out = Path(args.out)
-    _check_export_target(out, Path(args.source), args.force)
+    check_export_target(out, Path(args.source), args.force)
     if args.format == "onnx":
         import importlib.util
 
@@ -357,6 +319,7 @@ MAX_SEEDS = 1000
 
 _CONFIG_FIELD = re.compile(r"\b(?:model|data|optim|run)\.([a-z_]+)\b")
 _RESUME_HINT = re.compile(r"resume the run in (\S+)")
+_KEYWORDS = {"force=True": "--force"}
 
 
 def as_flags(message: str) -> str:
@@ -378,7 +341,10 @@ def as_flags(message: str) -> str:
             return f"resume with the same torchrun command and --auto-resume, or with --resume {match.group(1)}"
         return f"resume with: stochdepth train --resume {match.group(1)}"
 
-    return _RESUME_HINT.sub(command, _CONFIG_FIELD.sub(flag, message))
+    message = _RESUME_HINT.sub(command, _CONFIG_FIELD.sub(flag, message))
+    for keyword, option in _KEYWORDS.items():
+        message = message.replace(keyword, option)
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> int:

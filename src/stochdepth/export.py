@@ -58,6 +58,30 @@ def _quiet() -> contextlib.AbstractContextManager:
             logging.disable(logging.NOTSET)
 
 
+def check_export_target(out: Path, source: Path, force: bool) -> None:
+    """Refuse as an export target: a link, a folder, a path inside the source run, a file with other
+    hard links, the source checkpoint, and an existing file unless ``force``."""
+    if out.is_symlink():
+        raise ValueError(f"{out} is a symbolic link; give a plain file path")
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give a file path")
+    run_folder = source if source.is_dir() else source.parent.parent
+    if (source.is_dir() or (run_folder / "config.json").is_file()) and out.resolve().is_relative_to(
+        run_folder.resolve()
+    ):
+        raise ValueError(f"{out} is inside the run folder {run_folder}; export somewhere else")
+    if out.is_file() and out.stat().st_nlink > 1:
+        raise ValueError(f"{out} has other hard links (it may be another file's content); give a new file path")
+    if source.is_file() and out.resolve() == source.resolve():
+        raise ValueError(f"{out} is the checkpoint being exported")
+    if out.exists() and not force:
+        raise ValueError(f"{out} exists; replace it with force=True")
+    if not out.parent.is_dir():
+        raise ValueError(f"cannot write {out}: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"cannot write {out}: folder {out.parent} is not writable")
+
+
 def export_model(
     folded: nn.Module,
     spec: DataSpec,

@@ -14,6 +14,7 @@ _PUBLIC = {
     "list_presets": "stochdepth.train.recipes",
     "preset": "stochdepth.train.recipes",
     "load_trained_model": "stochdepth.train.api",
+    "evaluate_test_set": "stochdepth.train.api",
     "resume": "stochdepth.train.api",
     "train": "stochdepth.train.api",
 }

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,3 +226,35 @@ def load_trained_model(
     except (KeyError, RuntimeError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{path}: weights do not fit {config.model.model} ({type(error).__name__})") from None
     return model.to(resolve_device(device)).eval(), config, spec
+
+
+def evaluate_test_set(
+    source: str | Path,
+    checkpoint: str = "best",
+    device: str | None = None,
+    data_dir: str | None = None,
+    progress: bool = False,
+) -> tuple[int, int, str]:
+    """(misclassified, images, data set) on the whole test set, for a trained run folder or checkpoint.
+
+    The data comes from ``data_dir`` (else ``$STOCHDEPTH_DATA``, else ``./data``), never from
+    the run's own settings (a run folder from elsewhere names folders of its machine), and is
+    never downloaded. A data set that does not fit the network is a ``ValueError``.
+    """
+    import contextlib
+
+    from stochdepth.data import build_loaders
+    from stochdepth.train.progress import Progress
+    from stochdepth.train.trainer import error_counts
+
+    model, config, spec = load_trained_model(source, checkpoint, device)
+    data = dataclasses.replace(config.data, data_dir=data_dir, download=False, eval_size=None)
+    loaders = build_loaders(data, config.optim.batch_size, next(model.parameters()).device, config.run.seed)
+    if (loaders.spec.num_classes, loaders.spec.in_channels) != (spec.num_classes, spec.in_channels):
+        raise ValueError(
+            f"the data found ({loaders.spec.num_classes} classes, {loaders.spec.in_channels} channels) does not "
+            f"fit the network ({spec.num_classes} classes, {spec.in_channels} channels)"
+        )
+    bar = Progress(len(loaders.test), 0, "evaluating (test set)", bar=progress)
+    wrong, total = error_counts(model, loaders.test, contextlib.nullcontext, False, bar).tolist()
+    return wrong, total, config.data.dataset
