@@ -122,6 +122,21 @@ def _timm_regnet(**options) -> nn.Module:
     return regnet.RegNet(config, num_classes=5, **options)
 
 
+def _tv_maxvit() -> nn.Module:
+    from torchvision.models import maxvit
+
+    return maxvit.MaxVit(
+        input_size=(32, 32),
+        stem_channels=8,
+        partition_size=2,
+        block_channels=[8, 16],
+        block_layers=[1, 1],
+        head_dim=4,
+        stochastic_depth_prob=0.0,
+        num_classes=5,
+    )
+
+
 def _tv_block(module_name: str, class_name: str) -> type:
     return getattr(importlib.import_module(f"torchvision.models.{module_name}"), class_name)
 
@@ -152,6 +167,7 @@ NETWORKS = {
     "torchvision-vit": (_tv_vit, _tv_block("vision_transformer", "EncoderBlock"), 4, 16),
     "torchvision-efficientnet": (_tv_efficientnet, _tv_block("efficientnet", "MBConv"), 2, 16),
     "timm-vit-layerscale": (lambda: _vit(init_values=0.1), vit.Block, 6, 16),
+    "torchvision-maxvit": (_tv_maxvit, _tv_block("maxvit", "PartitionAttentionLayer"), 10, 32),
     "timm-convnext": (lambda **o: _timm_convnext(1, **o), _timm_block("convnext", "ConvNeXtBlock"), 4, 32),
     "timm-convnext-v2": (lambda **o: _timm_convnext(2, **o), _timm_block("convnext", "ConvNeXtBlock"), 4, 32),
     "timm-swin": (lambda **o: _timm_swin(1, **o), _timm_block("swin_transformer", "SwinTransformerBlock"), 4, 32),

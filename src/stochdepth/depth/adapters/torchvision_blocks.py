@@ -3,9 +3,11 @@
 ResNets (resnet18 to resnet152, wide_resnet50_2/101_2, resnext: ``BasicBlock``, ``Bottleneck``),
 ConvNeXt (``CNBlock``: the branch ends with its layer scale), Swin and Swin V2
 (``SwinTransformerBlock``/``SwinTransformerBlockV2``: attention and MLP, two branches), the
-Vision Transformer (``EncoderBlock``: attention with its dropout, and MLP, two branches) and
-EfficientNet / EfficientNet V2 (``MBConv``/``FusedMBConv`` with a skip connection; a block
-without one is not residual and stays plain). Each network's own ``StochasticDepth`` (a mask
+Vision Transformer (``EncoderBlock``: attention with its dropout, and MLP, two branches),
+MaxViT (its ``MBConv`` with a projection shortcut, and each ``PartitionAttentionLayer``'s
+attention and MLP on the partitioned map, two branches) and EfficientNet / EfficientNet V2
+(``MBConv``/``FusedMBConv`` with a skip connection; a block without one is not residual and
+stays plain). Each network's own ``StochasticDepth`` (a mask
 multiply) is not called by the converted block; its rate becomes the branch's schedule.
 """
 
@@ -15,7 +17,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torchvision.models import convnext, efficientnet, resnet, swin_transformer, vision_transformer
+from torchvision.models import convnext, efficientnet, maxvit, resnet, swin_transformer, vision_transformer
 
 from stochdepth.depth.adapters import SwappedBlock, parameters_outside
 from stochdepth.depth.residual import stochastic_residual
@@ -163,6 +165,47 @@ class TorchvisionFusedMBConv(TorchvisionInvertedResidual, efficientnet.FusedMBCo
     plain_class = efficientnet.FusedMBConv
 
 
+class TorchvisionMaxVitMBConv(SwappedBlock, maxvit.MBConv):
+    """MaxViT's ``proj(x) + layers(x)`` (the projection pools and widens where the block downsamples)."""
+
+    plain_class = maxvit.MBConv
+    drop_paths = ("stochastic_depth",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return stochastic_residual(self.proj(x), x, self.layers, self, 0)
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        return parameters_outside(self, self.proj)
+
+    def branch_ends(self) -> list[nn.Module]:
+        return [self.layers.conv_c]
+
+
+class TorchvisionPartitionAttention(SwappedBlock, maxvit.PartitionAttentionLayer):
+    """MaxViT's block or grid attention: the map is partitioned, then attention and MLP are two gated branches."""
+
+    plain_class = maxvit.PartitionAttentionLayer
+    branches = 2
+    drop_paths = ("stochastic_dropout", "stochastic_dropout")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, columns = self.grid_size[0] // self.p, self.grid_size[1] // self.p
+        torch._assert(
+            self.grid_size[0] % self.p == 0 and self.grid_size[1] % self.p == 0,
+            f"grid size {self.grid_size} is not divisible by the partition size {self.p}",
+        )
+        x = self.partition_swap(self.partition_op(x, self.p))
+        x = stochastic_residual(x, x, self.attn_layer, self, 0)
+        x = stochastic_residual(x, x, self.mlp_layer, self, 1)
+        return self.departition_op(self.departition_swap(x), self.p, rows, columns)
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        return (self.attn_layer if which == 0 else self.mlp_layer).parameters()
+
+    def branch_ends(self) -> list[nn.Module]:
+        return [self.attn_layer, self.mlp_layer]
+
+
 ADAPTED = (
     TorchvisionBasicBlock,
     TorchvisionBottleneck,
@@ -172,4 +215,6 @@ ADAPTED = (
     TorchvisionEncoderBlock,
     TorchvisionMBConv,
     TorchvisionFusedMBConv,
+    TorchvisionMaxVitMBConv,
+    TorchvisionPartitionAttention,
 )
