@@ -166,6 +166,74 @@ class Window:
         self.images += images
         self.steps += 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """The window as a checkpoint keeps it (after :meth:`gathered`: every rank's sums on rank 0)."""
+        return {
+            "loss_sum": self.loss_sum,
+            "wrong": self.wrong,
+            "images": self.images,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "lr": self.lr,
+        }
+
+    @classmethod
+    def from_state_dict(cls, values: dict[str, Any], device: torch.device, max_steps: int) -> Window:
+        """A window from a checkpoint, every value checked (``ValueError`` names the first bad one)."""
+        loss_sum, wrong = values["loss_sum"], values["wrong"]
+        for name, sum_ in (("loss_sum", loss_sum), ("wrong", wrong)):
+            if not isinstance(sum_, torch.Tensor) or sum_.numel() != 1:
+                raise ValueError(f"window.{name} must be a one-value tensor, got {sum_!r}")
+            _amount(sum_, f"window.{name}")
+        return cls(
+            loss_sum.to(device, torch.float64).reshape(()),
+            wrong.to(device, torch.long).reshape(()),
+            _count(values["images"], "window.images", 10**15),
+            _count(values["steps"], "window.steps", max_steps),
+            _amount(values["seconds"], "window.seconds"),
+            _amount(values["lr"], "window.lr"),
+        )
+
+
+class RandomStates:
+    """This process's torch (and CUDA) random state, and every rank's in a checkpoint.
+
+    Each rank draws dropout from its own stream (``Ranks.seed_own_stream``), so a checkpoint
+    keeps every rank's state (gathered on rank 0) and a resumed rank takes its own back; on
+    another number of ranks, those without a saved state keep the stream they were seeded with.
+    """
+
+    def __init__(self, device: torch.device, ranks: Ranks) -> None:
+        self.device = device
+        self.ranks = ranks
+
+    def own(self) -> dict[str, torch.Tensor]:
+        own = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        return own
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's state at the top level (as format 1 kept it) and, with several ranks, ``ranks``: every one's."""
+        own = self.own()
+        every_rank = self.ranks.gather(own)
+        return {**own, "ranks": every_rank} if len(every_rank) > 1 else own
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        every_rank = state.get("ranks") or [state]
+        if len(every_rank) != self.ranks.world_size:
+            write_line(
+                f"resuming a run checkpointed by {len(every_rank)} process(es) on {self.ranks.world_size}: the data "
+                "order, augmentation and gates continue exactly, the rest not bit-exactly (BatchNorm statistics "
+                "and dropout see other batches)"
+            )
+        if self.ranks.rank >= len(every_rank):
+            return
+        own = every_rank[self.ranks.rank]
+        torch.set_rng_state(own["torch"])
+        if "cuda" in own and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"], self.device)
+
 
 class Trainer:
     """One training run: model, data, optimizer, schedule, counters and (optionally) its folder.
@@ -225,6 +293,7 @@ class Trainer:
         self.best = {"epoch": None, "val_error": math.inf, "test_error": math.nan}
         self.final: dict[str, float] = {}
         self.window = Window.empty(self.device, optim.lr)
+        self.random_states = RandomStates(self.device, ranks)
         self.skipped_steps = 0
         self.stop_signal: str | None = None
         self.launcher = os.getppid() if ranks.world_size > 1 else None
@@ -240,14 +309,12 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs, and what rebuilding the network alone needs (config, data spec)."""
-        own = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            own["cuda"] = torch.cuda.get_rng_state(self.device)
-        random_states = {**own, "gates": self.gates.state_dict(), **self.loaders.state_dict()}
-        every_rank = self.ranks.gather(own)
-        if len(every_rank) > 1:
-            random_states["ranks"] = every_rank
-        window = {**vars(self.window), "branches_run": self.gates.branches_run}
+        random_states = {
+            **self.random_states.state_dict(),
+            "gates": self.gates.state_dict(),
+            **self.loaders.state_dict(),
+        }
+        window = {**self.window.state_dict(), "branches_run": self.gates.branches_run}
         return {
             "model_name": self.config.model.model,
             "config": self.config.to_dict(),
@@ -279,7 +346,7 @@ class Trainer:
                 if buffer is not None and (not isinstance(buffer, torch.Tensor) or buffer.shape != param.shape):
                     raise ValueError("a momentum buffer does not have its parameter's shape")
             random_states = state["random_states"]
-            self._load_own_random_state(random_states)
+            self.random_states.load_state_dict(random_states)
             self.gates.load_state_dict(random_states["gates"])
             self.loaders.load_state_dict(random_states)
             steps_per_epoch = len(self.loaders.train)
@@ -297,37 +364,12 @@ class Trainer:
             self.final = {
                 key: _amount(value, f"final.{key}", (math.nan,)) for key, value in dict(state["final"]).items()
             }
-            window = dict(state["window"])
-            self.gates.branches_run = _amount(window.pop("branches_run"), "window.branches_run")
-            window = Window(**window)
-            window.images = _count(window.images, "window.images", 10**15)
-            window.steps = _count(window.steps, "window.steps", self.iteration)
-            window.seconds = _amount(window.seconds, "window.seconds")
-            window.lr = _amount(window.lr, "window.lr")
-            for name in ("loss_sum", "wrong"):
-                _amount(getattr(window, name), f"window.{name}")
-            window.loss_sum = window.loss_sum.to(self.device, torch.float64)
-            window.wrong = window.wrong.to(self.device)
+            window = Window.from_state_dict(state["window"], self.device, self.iteration)
+            self.gates.branches_run = _amount(state["window"]["branches_run"], "window.branches_run")
             self.window = window if self.ranks.is_main else window.without_sums()
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CheckpointError(f"{source}: does not fit this run ({first_line})") from None
-
-    def _load_own_random_state(self, random_states: dict[str, Any]) -> None:
-        """This rank's torch (and CUDA) random state: its own if the checkpoint has one, else rank 0's."""
-        every_rank = random_states.get("ranks") or [random_states]
-        if len(every_rank) != self.ranks.world_size:
-            write_line(
-                f"resuming a run checkpointed by {len(every_rank)} process(es) on {self.ranks.world_size}: the data "
-                "order, augmentation and gates continue exactly, the rest not bit-exactly (BatchNorm statistics "
-                "and dropout see other batches)"
-            )
-        if self.ranks.rank >= len(every_rank):
-            return
-        own = every_rank[self.ranks.rank]
-        torch.set_rng_state(own["torch"])
-        if "cuda" in own and self.device.type == "cuda":
-            torch.cuda.set_rng_state(own["cuda"], self.device)
 
     def save(self, which: str) -> None:
         """Write checkpoint ``which`` (every rank takes part; rank 0 writes)."""
