@@ -70,3 +70,38 @@ def test_resolution_fills_the_defaults_and_densenet_is_always_constant_depth():
     assert (resolved.model.survival_rule, resolved.model.final_survival_prob) == ("none", 1.0)
     with pytest.raises(ValueError, match="does not apply to densenet_bc_100_12"):
         resolve_config(TrainConfig().override(model="densenet_bc_100_12", survival_rule="linear"))
+
+
+def test_a_run_resolves_its_depth_options_once_and_passes_them_on(monkeypatch, synthetic_data_dir):
+    """resolve_config resolves; building the network (registry, mechanism, schedule) uses what it was given."""
+    from stochdepth.config import TrainConfig
+    from stochdepth.depth import apply, schedule
+    from stochdepth.models import registry
+    from stochdepth.train import train
+
+    calls = []
+    real = schedule.resolve_depth_options
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    for module in (schedule, apply, registry):
+        monkeypatch.setattr(module, "resolve_depth_options", counting)
+    config = TrainConfig().override(
+        model="resnet8",
+        dataset="fashion-mnist",
+        data_dir=str(synthetic_data_dir),
+        train_size=64,
+        eval_size=32,
+        batch_size=32,
+        epochs=1,
+        device="cpu",
+        final_survival_prob=0.7,
+    )
+    train(config, progress=False)
+    assert len(calls) == 1, calls
+    with pytest.raises(ValueError, match="either depth_options or"):
+        stochdepth.create_model(
+            "resnet8", final_survival_prob=0.5, depth_options=registry.resolve_model_depth_options("resnet8")
+        )

@@ -13,7 +13,7 @@ from torch import nn
 from stochdepth.depth.adapters import native_drop_rate, register_adapters
 from stochdepth.depth.gates import GateGenerator, common_seed
 from stochdepth.depth.residual import ResidualAdapter, StochasticModule, adapter_for
-from stochdepth.depth.schedule import resolve_depth_options, survival_schedule
+from stochdepth.depth.schedule import DepthOptions, resolve_depth_options, schedule_for
 
 
 def _children_in_order(
@@ -59,6 +59,8 @@ def stochastic_depth(
     drop_mode: str | None = None,
     gate_seed: int | None = None,
     scaling: str | None = None,
+    *,
+    options: DepthOptions | None = None,
 ) -> nn.Module:
     """Give every residual branch of ``model`` its survival probability and gate; returns ``model``, changed in place.
 
@@ -87,6 +89,9 @@ def stochastic_depth(
     blocks, ``"inverted"`` for torchvision's and timm's, so converting a trained network
     keeps its evaluation outputs. A model in which no residual block is recognised is a
     ``ValueError`` naming the block types it found, unless ``survival_rule`` is ``"none"``.
+
+    ``options``, instead of the four options above, are options already resolved
+    (``create_model`` passes on what the configuration resolved once), used as they are.
     """
     if any(True for _ in stochastic_blocks(model)):
         raise ValueError("stochastic depth is already applied to this model")
@@ -98,8 +103,11 @@ def stochastic_depth(
     ]
     native = {adapter.default_scaling for _, _, _, adapter in found}
     default_scaling = "inverted" if "inverted" in native else "paper"
+    given = (survival_rule, final_survival_prob, drop_mode, scaling)
+    if options is not None and any(value is not None for value in given):
+        raise ValueError("give either resolved options or survival_rule/final_survival_prob/drop_mode/scaling")
     if any(native_rates):
-        if survival_rule is not None or final_survival_prob is not None:
+        if survival_rule is not None or final_survival_prob is not None or options is not None:
             raise ValueError(
                 f"{type(model).__name__} was built with its own drop-path rates (up to {max(native_rates):g}), which "
                 "become the schedule: leave survival_rule and final_survival_prob unset, or build it with a rate of "
@@ -110,8 +118,9 @@ def stochastic_depth(
             resolve_depth_options("uniform", min(probs), drop_mode, scaling, default_scaling), survival_rule="native"
         )
     else:
-        options = resolve_depth_options(survival_rule, final_survival_prob, drop_mode, scaling, default_scaling)
-        probs = survival_schedule(sum(sizes), options.survival_rule, options.final_survival_prob)
+        if options is None:
+            options = resolve_depth_options(survival_rule, final_survival_prob, drop_mode, scaling, default_scaling)
+        probs = schedule_for(sum(sizes), options)
     if not found and options.survival_rule != "none":
         raise ValueError(_no_blocks_message(model))
     _refuse_drop_path_outside(model)

@@ -79,7 +79,11 @@ def survival_schedule(
     too and block L survives with p_L). ``"uniform"``: p_l = p_L. ``"none"``: p_l = 1,
     the constant-depth baseline.
     """
-    options = resolve_depth_options(survival_rule, final_survival_prob)
+    return schedule_for(num_blocks, resolve_depth_options(survival_rule, final_survival_prob))
+
+
+def schedule_for(num_blocks: int, options: DepthOptions) -> list[float]:
+    """:func:`survival_schedule` of options already resolved (``resolve_depth_options``), used as they are."""
     if options.survival_rule == "none":
         return [1.0] * num_blocks
     if options.survival_rule == "uniform":

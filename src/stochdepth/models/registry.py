@@ -136,6 +136,7 @@ def create_model(
     gate_seed: int | None = None,
     scaling: str | None = None,
     image_size: int | None = None,
+    depth_options: DepthOptions | None = None,
     **family_options: object,
 ) -> nn.Module:
     """Build the registered model ``name`` with stochastic depth: the one place networks are made.
@@ -150,8 +151,13 @@ def create_model(
     10 elsewhere; 3 input channels); an option the family does not take is a ``ValueError``.
     ``image_size`` goes to torchvision's and timm's builders that take one (their Vision
     Transformers and Swins are built for one input size); this library's networks take any.
+    ``depth_options`` (instead of the four depth options) are options resolved already, for
+    this model, and used as they are: a run resolves its configuration once and passes it on.
     """
-    options = resolve_model_depth_options(name, survival_rule, final_survival_prob, drop_mode, scaling)
+    if depth_options is None:
+        depth_options = resolve_model_depth_options(name, survival_rule, final_survival_prob, drop_mode, scaling)
+    elif any(value is not None for value in (survival_rule, final_survival_prob, drop_mode, scaling)):
+        raise ValueError("give either depth_options or survival_rule/final_survival_prob/drop_mode/scaling")
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
@@ -169,7 +175,7 @@ def create_model(
         if "unexpected keyword argument" not in str(error):
             raise
         raise ValueError(f"model {name!r} does not take {str(error).rsplit(' ', 1)[-1]}") from None
-    return stochastic_depth(network, gate_seed=gate_seed, **options.as_dict())
+    return stochastic_depth(network, gate_seed=gate_seed, options=depth_options)
 
 
 def count_parameters(name: str) -> int:

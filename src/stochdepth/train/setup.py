@@ -16,6 +16,7 @@ from torch import nn
 
 from stochdepth.config import TrainConfig
 from stochdepth.data import DATASETS, DataSpec
+from stochdepth.depth import DepthOptions
 from stochdepth.models import create_model, model_info, resolve_model_depth_options
 
 
@@ -64,16 +65,16 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def build_model(config: TrainConfig, spec: DataSpec, gate_seed: int = 0) -> nn.Module:
-    """The network ``config.model`` describes, for data of ``spec``'s classes, channels and image size."""
+    """The network ``config.model`` describes, for data of ``spec``'s classes, channels and image size.
+
+    ``config`` is resolved (:func:`resolve_config`): its depth options are passed on as they are.
+    """
     model = config.model
     return create_model(
         model.model,
         num_classes=spec.num_classes,
         in_channels=spec.in_channels,
-        survival_rule=model.survival_rule,
-        final_survival_prob=model.final_survival_prob,
-        drop_mode=model.drop_mode,
-        scaling=model.scaling,
+        depth_options=DepthOptions(model.survival_rule, model.final_survival_prob, model.drop_mode, model.scaling),
         dropout_rate=model.dropout_rate,
         gate_seed=gate_seed,
         image_size=spec.image_size,
