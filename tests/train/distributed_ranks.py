@@ -159,7 +159,7 @@ def _no_data(*args: object, **kwargs: object) -> None:
 
 def _signal_at_step_five(trainer: Any, labels: torch.Tensor) -> None:
     """A SIGTERM noted by this process alone after its fifth step (as if only it got one)."""
-    if trainer.iteration == 5:
+    if trainer.counters.iteration == 5:
         trainer.stop_signal = "SIGTERM"
 
 

@@ -170,8 +170,8 @@ def _carry_out(plan: Plan, folder: RunFolder | None, progress: bool | None, rank
         if plan.state is not None:
             trainer.load_state_dict(plan.state, plan.source)
             write_line(
-                f"resuming {plan.source} at epoch {trainer.epoch + 1} of {plan.config.optim.epochs}, "
-                f"iteration {trainer.iteration}"
+                f"resuming {plan.source} at epoch {trainer.counters.epoch + 1} of {plan.config.optim.epochs}, "
+                f"iteration {trainer.counters.iteration}"
             )
         elif plan.config.model.init_weights is not None:
             write_line(load_initial_weights(trainer.model, plan.config.model.init_weights))
@@ -183,7 +183,7 @@ def _carry_out(plan: Plan, folder: RunFolder | None, progress: bool | None, rank
 
 def _record_start(folder: RunFolder, trainer: Trainer, plan: Plan) -> None:
     if plan.state is not None:
-        folder.keep_records(trainer.evaluations, trainer.iteration)
+        folder.keep_records(trainer.counters.evaluations, trainer.counters.iteration)
     if plan.write_config:
         folder.write_json(folder.config, run_description(trainer))
 

@@ -21,7 +21,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,55 @@ def checked_best(values: object) -> dict[str, Any]:
         "val_error": _amount(values["val_error"], "best.val_error", (math.inf,)),
         "test_error": _amount(values["test_error"], "best.test_error", (math.nan,)),
     }
+
+
+@dataclass
+class Counters:
+    """Where the run is and what it has found: the numbers a checkpoint keeps beside the components' states.
+
+    ``best`` is the evaluation with the lowest validation error so far (the paper's model
+    selection); ``final`` the last evaluation's errors.
+    """
+
+    epoch: int = 0
+    iteration: int = 0
+    evaluations: int = 0
+    skipped_steps: int = 0
+    train_seconds: float = 0.0
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": None, "val_error": math.inf, "test_error": math.nan})
+    final: dict[str, float] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "evaluations": self.evaluations,
+            "skipped_steps": self.skipped_steps,
+            "train_seconds": self.train_seconds,
+            "best": dict(self.best),
+            "final": dict(self.final),
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, Any], epochs: int, steps_per_epoch: int, data_position: object
+    ) -> Counters:
+        """The counters of a checkpoint, checked: in range, and consistent with each other and the data position."""
+        epoch = _count(state["epoch"], "epoch", epochs)
+        iteration = _count(state["iteration"], "iteration", epochs * steps_per_epoch)
+        if not epoch * steps_per_epoch <= iteration <= (epoch + 1) * steps_per_epoch:
+            raise ValueError(f"iteration {iteration} is not in epoch {epoch + 1}")
+        if data_position not in (0, iteration - epoch * steps_per_epoch):
+            raise ValueError(f"data_position {data_position!r} does not match iteration {iteration}")
+        return cls(
+            epoch=epoch,
+            iteration=iteration,
+            evaluations=_count(state["evaluations"], "evaluations", iteration + 1),
+            skipped_steps=_count(state.get("skipped_steps", 0), "skipped_steps", iteration),
+            train_seconds=_amount(state["train_seconds"], "train_seconds"),
+            best=checked_best(state["best"]),
+            final={key: _amount(value, f"final.{key}", (math.nan,)) for key, value in dict(state["final"]).items()},
+        )
 
 
 @dataclass
@@ -286,15 +335,9 @@ class Trainer:
             nesterov=optim.momentum > 0,
             weight_decay=optim.weight_decay,
         )
-        self.epoch = 0
-        self.iteration = 0
-        self.evaluations = 0
-        self.train_seconds = 0.0
-        self.best = {"epoch": None, "val_error": math.inf, "test_error": math.nan}
-        self.final: dict[str, float] = {}
+        self.counters = Counters()
         self.window = Window.empty(self.device, optim.lr)
         self.random_states = RandomStates(self.device, ranks)
-        self.skipped_steps = 0
         self.stop_signal: str | None = None
         self.launcher = os.getppid() if ranks.world_size > 1 else None
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -321,13 +364,7 @@ class Trainer:
             "data_spec": self.loaders.spec.as_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-            "iteration": self.iteration,
-            "evaluations": self.evaluations,
-            "skipped_steps": self.skipped_steps,
-            "train_seconds": self.train_seconds,
-            "best": dict(self.best),
-            "final": dict(self.final),
+            **self.counters.state_dict(),
             "window": window,
             "random_states": random_states,
         }
@@ -349,22 +386,10 @@ class Trainer:
             self.random_states.load_state_dict(random_states)
             self.gates.load_state_dict(random_states["gates"])
             self.loaders.load_state_dict(random_states)
-            steps_per_epoch = len(self.loaders.train)
-            self.epoch = _count(state["epoch"], "epoch", self.config.optim.epochs)
-            self.iteration = _count(state["iteration"], "iteration", self.config.optim.epochs * steps_per_epoch)
-            if not self.epoch * steps_per_epoch <= self.iteration <= (self.epoch + 1) * steps_per_epoch:
-                raise ValueError(f"iteration {self.iteration} is not in epoch {self.epoch + 1}")
-            position = random_states.get("data_position", 0)
-            if position not in (0, self.iteration - self.epoch * steps_per_epoch):
-                raise ValueError(f"data_position {position!r} does not match iteration {self.iteration}")
-            self.evaluations = _count(state["evaluations"], "evaluations", self.iteration + 1)
-            self.skipped_steps = _count(state.get("skipped_steps", 0), "skipped_steps", self.iteration)
-            self.train_seconds = _amount(state["train_seconds"], "train_seconds")
-            self.best = checked_best(state["best"])
-            self.final = {
-                key: _amount(value, f"final.{key}", (math.nan,)) for key, value in dict(state["final"]).items()
-            }
-            window = Window.from_state_dict(state["window"], self.device, self.iteration)
+            self.counters = Counters.from_state_dict(
+                state, self.config.optim.epochs, len(self.loaders.train), random_states.get("data_position", 0)
+            )
+            window = Window.from_state_dict(state["window"], self.device, self.counters.iteration)
             self.gates.branches_run = _amount(state["window"]["branches_run"], "window.branches_run")
             self.window = window if self.ranks.is_main else window.without_sums()
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:
@@ -386,7 +411,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train until ``config.optim.epochs`` and return the summary."""
         self.network.train()
-        while self.epoch < self.config.optim.epochs:
+        while self.counters.epoch < self.config.optim.epochs:
             self.train_epoch()
         if not self.config.run.test_every_eval:
             self.test_best_weights()
@@ -408,8 +433,8 @@ class Trainer:
         steps_per_epoch = len(self.loaders.train)
         progress = Progress(
             steps_per_epoch,
-            self.iteration - self.epoch * steps_per_epoch,
-            f"epoch {self.epoch + 1}/{config.optim.epochs}",
+            self.counters.iteration - self.counters.epoch * steps_per_epoch,
+            f"epoch {self.counters.epoch + 1}/{config.optim.epochs}",
             bar=self.progress,
         )
         start = time.perf_counter()
@@ -426,7 +451,7 @@ class Trainer:
             )
             if show_now:
                 self.show_progress(progress, start)
-            evaluate_now = eval_every is not None and self.iteration % eval_every == 0
+            evaluate_now = eval_every is not None and self.counters.iteration % eval_every == 0
             if evaluate_now or stop_now or checkpoint_due:
                 self._close_segment(start)
                 if evaluate_now:
@@ -437,8 +462,8 @@ class Trainer:
                 start = time.perf_counter()
         progress.close()
         self._close_segment(start)
-        self.epoch += 1
-        if eval_every is None or (self.window.steps > 0 and self.epoch == config.optim.epochs):
+        self.counters.epoch += 1
+        if eval_every is None or (self.window.steps > 0 and self.counters.epoch == config.optim.epochs):
             self.evaluate()
         self.save("last")
         self._stop_if_asked(progress, self.ranks.agree([self.stop_signal is not None])[0])
@@ -452,24 +477,26 @@ class Trainer:
         """
         if self.config.run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        set_learning_rate(self.optimizer, learning_rate(self.iteration, self.config.optim, len(self.loaders.train)))
+        set_learning_rate(
+            self.optimizer, learning_rate(self.counters.iteration, self.config.optim, len(self.loaders.train))
+        )
         with self.autocast():
             logits = self.network(images)
             loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
-        self.iteration += 1
+        self.counters.iteration += 1
         finite = self._finite(loss)
         if self.config.run.on_nonfinite == "skip":
             if self.ranks.agree([not finite.item()])[0]:
                 self.optimizer.zero_grad(set_to_none=False)
-                self.skipped_steps += 1
-                write_line(f"warning: non-finite loss or gradient at iteration {self.iteration}; step skipped")
+                self.counters.skipped_steps += 1
+                write_line(f"warning: non-finite loss or gradient at iteration {self.counters.iteration}; step skipped")
                 return
         else:
-            self.first_nonfinite.masked_fill_(~finite & (self.first_nonfinite < 0), self.iteration)
+            self.first_nonfinite.masked_fill_(~finite & (self.first_nonfinite < 0), self.counters.iteration)
         every = self.config.run.record_gradients_every
-        if every is not None and self.iteration % every == 0 and self.folder is not None:
+        if every is not None and self.counters.iteration % every == 0 and self.folder is not None:
             self.record_gradients()
         self.window.lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
@@ -484,8 +511,8 @@ class Trainer:
     def record_gradients(self) -> None:
         """Append this step's gradient magnitudes to ``gradients.jsonl`` (see ``train.gradients``)."""
         record = {
-            "iteration": self.iteration,
-            "epoch": round(self.iteration / len(self.loaders.train), 4),
+            "iteration": self.counters.iteration,
+            "epoch": round(self.counters.iteration / len(self.loaders.train), 4),
             **self.gradient_recorder.measure(),
         }
         self.folder.append(self.folder.gradients, record)
@@ -513,7 +540,8 @@ class Trainer:
         if self.folder is not None and self.folder.checkpoint("last").is_file():
             kept = f"the last good checkpoint {self.folder.checkpoint('last')} is kept"
         raise TrainingStopped(
-            f"non-finite loss or gradient at iteration {bad_iteration} (noticed at iteration {self.iteration}); "
+            f"non-finite loss or gradient at iteration {bad_iteration} "
+            f"(noticed at iteration {self.counters.iteration}); "
             f"{kept}; lower optim.lr, or set run.on_nonfinite to skip to skip such steps",
             exit_code=3,
         )
@@ -539,9 +567,9 @@ class Trainer:
         where = "no run folder, so nothing was saved"
         if self.folder is not None:
             where = f"resume the run in {self.folder.path}"
-        finished_epoch = self.iteration == self.epoch * len(self.loaders.train)
-        when = f"after epoch {self.epoch}" if finished_epoch else f"in epoch {self.epoch + 1}"
-        raise stopped_by_signal(self.stop_signal or "SIGTERM", self.iteration, when, where)
+        finished_epoch = self.counters.iteration == self.counters.epoch * len(self.loaders.train)
+        when = f"after epoch {self.counters.epoch}" if finished_epoch else f"in epoch {self.counters.epoch + 1}"
+        raise stopped_by_signal(self.stop_signal or "SIGTERM", self.counters.iteration, when, where)
 
     def _close_segment(self, start: float) -> None:
         """Add the training time since ``start`` to the window and the run's total."""
@@ -549,7 +577,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
         self.window.seconds += seconds
-        self.train_seconds += seconds
+        self.counters.train_seconds += seconds
 
     def evaluate(self) -> dict[str, Any]:
         """Validation and test error now; log one metrics record; keep the best by validation."""
@@ -560,8 +588,8 @@ class Trainer:
         test_error = self._error(self.loaders.test, "test") if self.config.run.test_every_eval else math.nan
         loss_sum, wrong, images = window.totals(self.ranks)
         record = {
-            "epoch": round(self.iteration / len(self.loaders.train), 4),
-            "iteration": self.iteration,
+            "epoch": round(self.counters.iteration / len(self.loaders.train), 4),
+            "iteration": self.counters.iteration,
             "train_loss": loss_sum / max(images, 1),
             "train_error": wrong / max(images, 1),
             "val_error": val_error,
@@ -571,15 +599,15 @@ class Trainer:
             "expected_active_blocks": self.expected_active_blocks,
             "epoch_seconds": window.seconds,
             "images_per_second": images / window.seconds if window.seconds > 0 else math.nan,
-            "skipped_steps": self.skipped_steps,
+            "skipped_steps": self.counters.skipped_steps,
         }
-        self.evaluations += 1
+        self.counters.evaluations += 1
         self.window = Window.empty(self.device, window.lr)
-        self.final = {"val_error": val_error, "test_error": test_error, "epoch": record["epoch"]}
+        self.counters.final = {"val_error": val_error, "test_error": test_error, "epoch": record["epoch"]}
         if self.folder is not None:
             self.folder.append(self.folder.metrics, record)
-        if val_error < self.best["val_error"]:
-            self.best = {"epoch": record["epoch"], "val_error": val_error, "test_error": test_error}
+        if val_error < self.counters.best["val_error"]:
+            self.counters.best = {"epoch": record["epoch"], "val_error": val_error, "test_error": test_error}
             self.save("best")
         write_line(self.describe(record))
         return record
@@ -589,11 +617,12 @@ class Trainer:
 
         The model keeps those weights afterwards; ``last.pt`` already holds the last ones.
         """
-        if self.best["epoch"] is None:
+        if self.counters.best["epoch"] is None:
             return
         self.model.load_state_dict(load_checkpoint(self.folder.checkpoint("best"))["model"])
-        self.best["test_error"] = self._error(self.loaders.test, "test")
-        write_line(f"test err {self.best['test_error']:.4f} at the best validation epoch {self.best['epoch']:g}")
+        best = self.counters.best
+        best["test_error"] = self._error(self.loaders.test, "test")
+        write_line(f"test err {best['test_error']:.4f} at the best validation epoch {best['epoch']:g}")
 
     def _error(self, loader: Any, name: str) -> float:
         """The error on ``loader``'s set: each rank counts its shard, the counts are summed."""
@@ -620,21 +649,23 @@ class Trainer:
 
     def time_left(self) -> str:
         """``"  about 4 min of training left"`` at the run's mean training time per step so far ("" at the end)."""
-        remaining = self.config.optim.epochs * len(self.loaders.train) - self.iteration
-        if remaining <= 0 or self.iteration == 0 or self.train_seconds <= 0:
+        remaining = self.config.optim.epochs * len(self.loaders.train) - self.counters.iteration
+        if remaining <= 0 or self.counters.iteration == 0 or self.counters.train_seconds <= 0:
             return ""
-        seconds = remaining * self.train_seconds / self.iteration
+        seconds = remaining * self.counters.train_seconds / self.counters.iteration
         amount = f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
         return f"  about {amount} of training left"
 
     def summary(self) -> dict[str, Any]:
         return {
-            "best_epoch": self.best["epoch"],
-            "best_val_error": self.best["val_error"] if self.best["epoch"] is not None else None,
-            "test_error_at_best_val": self.best["test_error"] if self.best["epoch"] is not None else None,
-            "final_test_error": self.final.get("test_error") if self.config.run.test_every_eval else None,
-            "final_val_error": self.final.get("val_error"),
-            "train_seconds": self.train_seconds,
-            "epochs": self.epoch,
-            "iterations": self.iteration,
+            "best_epoch": self.counters.best["epoch"],
+            "best_val_error": self.counters.best["val_error"] if self.counters.best["epoch"] is not None else None,
+            "test_error_at_best_val": self.counters.best["test_error"]
+            if self.counters.best["epoch"] is not None
+            else None,
+            "final_test_error": self.counters.final.get("test_error") if self.config.run.test_every_eval else None,
+            "final_val_error": self.counters.final.get("val_error"),
+            "train_seconds": self.counters.train_seconds,
+            "epochs": self.counters.epoch,
+            "iterations": self.counters.iteration,
         }
