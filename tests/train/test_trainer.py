@@ -213,7 +213,7 @@ def test_evaluation_shows_progress_lines_when_it_takes_long(monkeypatch, capsys)
 
 def test_a_windows_loss_sum_does_not_depend_on_how_it_was_split():
     """Two ranks' partial sums gathered at a checkpoint, then continued, equal the uninterrupted sums exactly."""
-    from stochdepth.train.trainer import Window
+    from stochdepth.train.run_state import Window
 
     generator = torch.Generator().manual_seed(0)
     losses = (torch.rand(400, generator=generator) * 3).float()
