@@ -20,6 +20,7 @@ mask costs about 1.0.
 
     python benchmarks/external_step_time.py --steps 10
     python benchmarks/external_step_time.py --steps 10 --only vit_small   # one family
+    python benchmarks/external_step_time.py --steps 10 --only torchvision/  # torchvision's families
 """
 
 from __future__ import annotations
@@ -60,6 +61,22 @@ TIMM_FAMILIES = (
     ("vit_small_patch16_224", 0.4, {"img_size": "image", "patch_size": 8}),
 )
 """timm name, drop_path_rate, options (``"image"``: the measured image size); small inputs for a CPU."""
+
+
+TORCHVISION_FAMILIES = (("convnext_tiny", 0.1), ("swin_t", 0.2), ("efficientnet_b0", 0.2))
+"""torchvision name and ``stochastic_depth_prob`` (its builders' defaults)."""
+
+
+def torchvision_variants(name: str, drop_rate: float) -> dict[str, nn.Module]:
+    def build(rate: float) -> nn.Module:
+        return torchvision.models.get_model(name, weights=None, num_classes=10, stochastic_depth_prob=rate)
+
+    return {
+        "none": build(0.0),
+        "mask-multiply": build(drop_rate),
+        "batch": stochdepth.stochastic_depth(build(drop_rate), drop_mode="batch"),
+        "sample": stochdepth.stochastic_depth(build(drop_rate), drop_mode="sample"),
+    }
 
 
 def timm_variants(name: str, drop_rate: float, options: dict[str, object], image_size: int) -> dict[str, nn.Module]:
@@ -159,6 +176,9 @@ def main() -> None:
     size = f"batch {args.batch}, {args.image}x{args.image}"
     if args.only in "resnet50":
         measure(f"torchvision resnet50, {size}, drop rate 0.5", resnet50_variants(0.5), images, args)
+    for name, rate in TORCHVISION_FAMILIES:
+        if args.only in f"torchvision/{name}":
+            measure(f"torchvision {name}, {size}, drop rate {rate}", torchvision_variants(name, rate), images, args)
     for name, rate, options in TIMM_FAMILIES:
         if args.only in name:
             extra = "".join(f", {key}={value}" for key, value in options.items() if value != "image")
