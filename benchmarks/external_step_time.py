@@ -64,18 +64,27 @@ TIMM_FAMILIES = (
 
 
 TORCHVISION_FAMILIES = (("convnext_tiny", 0.1), ("swin_t", 0.2), ("efficientnet_b0", 0.2))
-"""torchvision name and ``stochastic_depth_prob`` (its builders' defaults)."""
+"""torchvision name and the ``stochastic_depth_prob`` its builder fixes (its default)."""
 
 
 def torchvision_variants(name: str, drop_rate: float) -> dict[str, nn.Module]:
-    def build(rate: float) -> nn.Module:
-        return torchvision.models.get_model(name, weights=None, num_classes=10, stochastic_depth_prob=rate)
+    """The builder's network with its own rate, and the same with every ``StochasticDepth`` at 0 ("none")."""
 
+    def build() -> nn.Module:
+        network = torchvision.models.get_model(name, weights=None, num_classes=10)
+        rates = {module.p for module in network.modules() if isinstance(module, torchvision.ops.StochasticDepth)}
+        assert max(rates) <= drop_rate, f"{name}'s own rates {sorted(rates)} exceed {drop_rate}"
+        return network
+
+    plain = build()
+    for module in plain.modules():
+        if isinstance(module, torchvision.ops.StochasticDepth):
+            module.p = 0.0
     return {
-        "none": build(0.0),
-        "mask-multiply": build(drop_rate),
-        "batch": stochdepth.stochastic_depth(build(drop_rate), drop_mode="batch"),
-        "sample": stochdepth.stochastic_depth(build(drop_rate), drop_mode="sample"),
+        "none": plain,
+        "mask-multiply": build(),
+        "batch": stochdepth.stochastic_depth(build(), drop_mode="batch"),
+        "sample": stochdepth.stochastic_depth(build(), drop_mode="sample"),
     }
 
 
