@@ -98,7 +98,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD and its learning-rate schedule (milestones are fractions of the epochs)."""
+    """SGD and its learning-rate schedule (milestones are fractions of the run, stepped by iteration)."""
 
     epochs: int = _option(500, "training epochs")
     batch_size: int = _option(128, "mini-batch size")
@@ -197,9 +197,9 @@ class TrainConfig:
         _number("weight_decay", optim.weight_decay, 0.0, 1.0)
         _number("checkpoint_every_minutes", run.checkpoint_every_minutes, 0.0, 10**6, optional=True)
         if not isinstance(optim.lr_milestones, tuple) or len(optim.lr_milestones) > 100:
-            raise ValueError(f"lr_milestones must be a list of fractions of the epochs, got {optim.lr_milestones!r}")
+            raise ValueError(f"lr_milestones must be a list of fractions of the run, got {optim.lr_milestones!r}")
         for fraction in optim.lr_milestones:
-            _number("each of lr_milestones (a fraction of the epochs)", fraction, 0.0, 1.0)
+            _number("each of lr_milestones (a fraction of the run)", fraction, 0.0, 1.0)
         if run.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {run.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if run.on_nonfinite not in NONFINITE_ACTIONS:
