@@ -22,6 +22,7 @@ registered once timm has been imported, which it has if the network came from it
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from collections.abc import Iterable
@@ -35,6 +36,7 @@ from stochdepth.depth.residual import (
     StochasticModule,
     register_residual_adapter,
     scale_last_affine_layer,
+    stochastic_residual,
 )
 
 
@@ -44,6 +46,13 @@ class SwappedBlock(StochasticModule):
     plain_class: type[nn.Module]
     branches: int = 1
     drop_paths: tuple[str, ...] = ()
+    branch_attributes: tuple[tuple[str, ...], ...] = ()
+    """Per branch, the attributes (modules, or layer-scale parameters; ``None`` ones skipped) only it uses."""
+
+    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
+        if not self.branch_attributes:
+            raise NotImplementedError
+        return parameters_of(*(getattr(self, name) for name in self.branch_attributes[which]))
 
     def extra_repr(self) -> str:
         probs = ", ".join(f"{prob:.4f}" for prob in self.survival_probs)
@@ -96,6 +105,46 @@ class SwappedBlock(StochasticModule):
         block.first_index = first
         block.gates = gates
         return block
+
+
+class NormedTwoBranchBlock(SwappedBlock):
+    """Attention then MLP, each a gated branch, normalised before each (``norm1``, ``norm2``) or, with
+    ``post_norm``, after: Swin (V1, V2) in both libraries, timm's ViT and EVA blocks."""
+
+    branches = 2
+    post_norm = False
+    branch_attributes = (("norm1", "attn"), ("norm2", "mlp"))
+
+    def attention(self, x: torch.Tensor, **options: object) -> torch.Tensor:
+        return self.attn(x, **options)
+
+    def attention_branch(self, x: torch.Tensor, **options: object) -> torch.Tensor:
+        if self.post_norm:
+            return self.norm1(self.attention(x, **options))
+        return self.attention(self.norm1(x), **options)
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.mlp(x)) if self.post_norm else self.mlp(self.norm2(x))
+
+    def two_branches(self, x: torch.Tensor, **options: object) -> torch.Tensor:
+        """``x + attention(x)``, then ``+ mlp(...)``; ``options`` go to the attention (masks, rotary embeddings)."""
+        attention = functools.partial(self.attention_branch, **options) if options else self.attention_branch
+        x = stochastic_residual(x, x, attention, self, 0)
+        return stochastic_residual(x, x, self.mlp_branch, self, 1)
+
+    def branch_ends(self) -> list[nn.Module | nn.Parameter]:
+        return [self.norm1, self.norm2] if self.post_norm else [self.attn.proj, self.mlp]
+
+
+def parameters_of(*owners: nn.Module | nn.Parameter | None) -> list[nn.Parameter]:
+    """The parameters of ``owners``: a module's, or a parameter itself; ``None`` (an absent layer scale) adds none."""
+    found = []
+    for owner in owners:
+        if isinstance(owner, nn.Parameter):
+            found.append(owner)
+        elif isinstance(owner, nn.Module):
+            found.extend(owner.parameters())
+    return found
 
 
 def parameters_outside(block: nn.Module, *excluded: nn.Module | None) -> Iterable[nn.Parameter]:

@@ -5,7 +5,7 @@ becomes the branch's schedule."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 from timm.models import (
@@ -20,7 +20,7 @@ from timm.models import (
 )
 from torch import nn
 
-from stochdepth.depth.adapters import SwappedBlock, parameters_outside
+from stochdepth.depth.adapters import NormedTwoBranchBlock, SwappedBlock, parameters_outside
 from stochdepth.depth.residual import stochastic_residual
 
 
@@ -87,33 +87,32 @@ def _refuse_masks_in_sample_mode(block: SwappedBlock, attn_mask: torch.Tensor | 
         raise ValueError("sample mode cannot subset an attention mask; use drop_mode='batch'")
 
 
-class TimmTransformerBlock(SwappedBlock):
-    """Attention and MLP, each a residual branch with its own gate."""
+class TimmTransformerBlock(NormedTwoBranchBlock):
+    """timm's attention-and-MLP blocks: its own drop paths are ``drop_path1`` and ``drop_path2``."""
 
-    branches = 2
     drop_paths = ("drop_path1", "drop_path2")
 
-    def two_branches(self, x: torch.Tensor, attention: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        x = stochastic_residual(x, x, attention, self, 0)
-        return stochastic_residual(x, x, self.mlp_branch, self, 1)
+
+def _attention_options(attn_mask: torch.Tensor | None, is_causal: bool) -> dict[str, object]:
+    """The mask arguments, passed on only when given (attention modules of older timm take none)."""
+    return {"attn_mask": attn_mask, "is_causal": is_causal} if attn_mask is not None or is_causal else {}
 
 
 class TimmVisionTransformerBlock(TimmTransformerBlock, vision_transformer.Block):
     """ViT and DeiT: pre-norm attention and MLP, each with an optional LayerScale."""
 
     plain_class = vision_transformer.Block
+    branch_attributes = (("norm1", "attn", "ls1"), ("norm2", "mlp", "ls2"))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
         _refuse_masks_in_sample_mode(self, attn_mask, is_causal)
-        options = {"attn_mask": attn_mask, "is_causal": is_causal} if attn_mask is not None or is_causal else {}
-        return self.two_branches(x, lambda y: self.ls1(self.attn(self.norm1(y), **options)))
+        return self.two_branches(x, **_attention_options(attn_mask, is_causal))
+
+    def attention_branch(self, x: torch.Tensor, **options: object) -> torch.Tensor:
+        return self.ls1(self.attn(self.norm1(x), **options))
 
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.ls2(self.mlp(self.norm2(x)))
-
-    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
-        modules = (self.norm1, self.attn, self.ls1) if which == 0 else (self.norm2, self.mlp, self.ls2)
-        return [param for module in modules for param in module.parameters()]
 
     def branch_ends(self) -> list[nn.Module]:
         return [
@@ -126,6 +125,7 @@ class TimmEvaBlock(TimmTransformerBlock, eva.EvaBlock):
     """EVA / EVA-02: pre-norm attention (with rotary embeddings) and MLP, optional ``gamma_1``/``gamma_2``."""
 
     plain_class = eva.EvaBlock
+    branch_attributes = (("norm1", "attn", "gamma_1"), ("norm2", "mlp", "gamma_2"))
 
     def forward(
         self,
@@ -135,22 +135,15 @@ class TimmEvaBlock(TimmTransformerBlock, eva.EvaBlock):
         is_causal: bool = False,
     ) -> torch.Tensor:
         _refuse_masks_in_sample_mode(self, attn_mask, is_causal)
-        return self.two_branches(x, lambda y: self.attention_branch(y, rope, attn_mask, is_causal))
+        return self.two_branches(x, rope=rope, attn_mask=attn_mask, is_causal=is_causal)
 
-    def attention_branch(
-        self, x: torch.Tensor, rope: torch.Tensor | None, attn_mask: torch.Tensor | None, is_causal: bool
-    ) -> torch.Tensor:
-        x = self.attn(self.norm1(x), rope=rope, attn_mask=attn_mask, is_causal=is_causal)
+    def attention_branch(self, x: torch.Tensor, **options: object) -> torch.Tensor:
+        x = self.attn(self.norm1(x), **options)
         return x if self.gamma_1 is None else self.gamma_1 * x
 
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mlp(self.norm2(x))
         return x if self.gamma_2 is None else self.gamma_2 * x
-
-    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
-        modules = (self.norm1, self.attn) if which == 0 else (self.norm2, self.mlp)
-        gamma = self.gamma_1 if which == 0 else self.gamma_2
-        return [param for module in modules for param in module.parameters()] + ([] if gamma is None else [gamma])
 
     def branch_ends(self) -> list[nn.Module | nn.Parameter]:
         return [
@@ -163,6 +156,7 @@ class TimmEvaBlockPostNorm(TimmTransformerBlock, eva.EvaBlockPostNorm):
     """EVA with the norm after attention and after the MLP."""
 
     plain_class = eva.EvaBlockPostNorm
+    post_norm = True
 
     def forward(
         self,
@@ -172,43 +166,19 @@ class TimmEvaBlockPostNorm(TimmTransformerBlock, eva.EvaBlockPostNorm):
         is_causal: bool = False,
     ) -> torch.Tensor:
         _refuse_masks_in_sample_mode(self, attn_mask, is_causal)
-        return self.two_branches(
-            x, lambda y: self.norm1(self.attn(y, rope=rope, attn_mask=attn_mask, is_causal=is_causal))
-        )
-
-    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm2(self.mlp(x))
-
-    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
-        modules = (self.attn, self.norm1) if which == 0 else (self.mlp, self.norm2)
-        return [param for module in modules for param in module.parameters()]
-
-    def branch_ends(self) -> list[nn.Module]:
-        return [self.norm1, self.norm2]
+        return self.two_branches(x, rope=rope, attn_mask=attn_mask, is_causal=is_causal)
 
 
 class TimmSwinBlock(TimmTransformerBlock):
     """Swin: windowed attention on (B, H, W, C), then the MLP on (B, H W, C); V1 normalises before each, V2 after."""
-
-    post_norm = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
         x = stochastic_residual(x, x, self.attention_branch, self, 0).reshape(batch, -1, channels)
         return stochastic_residual(x, x, self.mlp_branch, self, 1).reshape(batch, height, width, channels)
 
-    def attention_branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm1(self._attn(x)) if self.post_norm else self._attn(self.norm1(x))
-
-    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm2(self.mlp(x)) if self.post_norm else self.mlp(self.norm2(x))
-
-    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
-        modules = (self.norm1, self.attn) if which == 0 else (self.norm2, self.mlp)
-        return [param for module in modules for param in module.parameters()]
-
-    def branch_ends(self) -> list[nn.Module]:
-        return [self.norm1, self.norm2] if self.post_norm else [self.attn.proj, self.mlp]
+    def attention(self, x: torch.Tensor, **options: object) -> torch.Tensor:
+        return self._attn(x)
 
 
 class TimmSwinBlockV1(TimmSwinBlock, swin_transformer.SwinTransformerBlock):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchvision.models import convnext, efficientnet, maxvit, resnet, swin_transformer, vision_transformer
 
-from stochdepth.depth.adapters import SwappedBlock, parameters_outside
+from stochdepth.depth.adapters import NormedTwoBranchBlock, SwappedBlock, parameters_outside
 from stochdepth.depth.residual import stochastic_residual
 
 
@@ -77,31 +77,13 @@ class TorchvisionConvNeXtBlock(SwappedBlock, convnext.CNBlock):
         return [self.layer_scale]
 
 
-class TorchvisionSwinBlock(SwappedBlock):
+class TorchvisionSwinBlock(NormedTwoBranchBlock):
     """Attention and MLP, each a gated branch; V1 normalises before each, V2 after."""
 
-    branches = 2
     drop_paths = ("stochastic_depth", "stochastic_depth")
-    post_norm = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = stochastic_residual(x, x, self.attention_branch, self, 0)
-        return stochastic_residual(x, x, self.mlp_branch, self, 1)
-
-    def attention_branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm1(self.attn(x)) if self.post_norm else self.attn(self.norm1(x))
-
-    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm2(self.mlp(x)) if self.post_norm else self.mlp(self.norm2(x))
-
-    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
-        modules = (self.norm1, self.attn) if which == 0 else (self.norm2, self.mlp)
-        return [param for module in modules for param in module.parameters()]
-
-    def branch_ends(self) -> list[nn.Module]:
-        if self.post_norm:
-            return [self.norm1, self.norm2]
-        return [self.attn.proj, self.mlp]
+        return self.two_branches(x)
 
 
 class TorchvisionSwinBlockV1(TorchvisionSwinBlock, swin_transformer.SwinTransformerBlock):
@@ -118,6 +100,7 @@ class TorchvisionEncoderBlock(SwappedBlock, vision_transformer.EncoderBlock):
 
     plain_class = vision_transformer.EncoderBlock
     branches = 2
+    branch_attributes = (("ln_1", "self_attention"), ("ln_2", "mlp"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = stochastic_residual(x, x, self.attention_branch, self, 0)
@@ -129,10 +112,6 @@ class TorchvisionEncoderBlock(SwappedBlock, vision_transformer.EncoderBlock):
 
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.ln_2(x))
-
-    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
-        modules = (self.ln_1, self.self_attention) if which == 0 else (self.ln_2, self.mlp)
-        return [param for module in modules for param in module.parameters()]
 
     def branch_ends(self) -> list[nn.Module]:
         return [self.self_attention.out_proj, self.mlp]
@@ -186,6 +165,7 @@ class TorchvisionPartitionAttention(SwappedBlock, maxvit.PartitionAttentionLayer
 
     plain_class = maxvit.PartitionAttentionLayer
     branches = 2
+    branch_attributes = (("attn_layer",), ("mlp_layer",))
     drop_paths = ("stochastic_dropout", "stochastic_dropout")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,9 +178,6 @@ class TorchvisionPartitionAttention(SwappedBlock, maxvit.PartitionAttentionLayer
         x = stochastic_residual(x, x, self.attn_layer, self, 0)
         x = stochastic_residual(x, x, self.mlp_layer, self, 1)
         return self.departition_op(self.departition_swap(x), self.p, rows, columns)
-
-    def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
-        return (self.attn_layer if which == 0 else self.mlp_layer).parameters()
 
     def branch_ends(self) -> list[nn.Module]:
         return [self.attn_layer, self.mlp_layer]
