@@ -72,9 +72,8 @@ def test_resolution_fills_the_defaults_and_densenet_is_always_constant_depth():
         resolve_config(TrainConfig().override(model="densenet_bc_100_12", survival_rule="linear"))
 
 
-def test_a_run_resolves_its_depth_options_once_and_passes_them_on(monkeypatch, synthetic_data_dir):
+def test_a_run_resolves_its_depth_options_once_and_passes_them_on(monkeypatch, tiny_config):
     """resolve_config resolves; building the network (registry, mechanism, schedule) uses what it was given."""
-    from stochdepth.config import TrainConfig
     from stochdepth.depth import apply, schedule
     from stochdepth.models import registry
     from stochdepth.train import train
@@ -88,17 +87,7 @@ def test_a_run_resolves_its_depth_options_once_and_passes_them_on(monkeypatch, s
 
     for module in (schedule, apply, registry):
         monkeypatch.setattr(module, "resolve_depth_options", counting)
-    config = TrainConfig().override(
-        model="resnet8",
-        dataset="fashion-mnist",
-        data_dir=str(synthetic_data_dir),
-        train_size=64,
-        eval_size=32,
-        batch_size=32,
-        epochs=1,
-        device="cpu",
-        final_survival_prob=0.7,
-    )
+    config = tiny_config.override(train_size=64, epochs=1, final_survival_prob=0.7)
     train(config, progress=False)
     assert len(calls) == 1, calls
     with pytest.raises(ValueError, match="either depth_options or"):

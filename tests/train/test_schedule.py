@@ -70,20 +70,10 @@ def test_warm_up_lasts_whole_epochs_and_a_longer_run_replans():
     assert learning_rate(6, optim, 3) == pytest.approx(0.1), "resumed with more epochs: the drop moves later"
 
 
-def test_the_trainer_sets_the_planned_rate_at_each_step(synthetic_data_dir):
-    from stochdepth.config import TrainConfig
+def test_the_trainer_sets_the_planned_rate_at_each_step(tiny_config):
     from stochdepth.train import api
 
-    config = TrainConfig().override(
-        model="resnet8",
-        dataset="fashion-mnist",
-        data_dir=str(synthetic_data_dir),
-        train_size=128,
-        batch_size=32,
-        eval_size=32,
-        epochs=1,
-        device="cpu",
-    )
+    config = tiny_config.override(train_size=128, epochs=1)
     seen = []
     original = torch.optim.SGD.step
 
