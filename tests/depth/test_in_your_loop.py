@@ -23,18 +23,28 @@ from tests.train.distributed_ranks import run_ranks
 
 
 @pytest.mark.parametrize(
-    ("drop_mode", "final_survival_prob", "find_unused_parameters"),
-    [("batch", 0.5, False), ("sample", 0.15, False), ("batch", 0.5, True)],
+    ("drop_mode", "final_survival_prob", "find_unused_parameters", "native"),
+    [
+        ("batch", 0.5, False, False),
+        ("sample", 0.15, False, False),
+        ("batch", 0.5, True, False),
+        ("batch", 0.2, False, True),
+        ("sample", 0.2, False, True),
+    ],
 )
 def test_ddp_in_a_users_loop_trains_with_dropped_blocks_and_ranks_seeded_differently(
-    drop_mode, final_survival_prob, find_unused_parameters, tmp_path
+    drop_mode, final_survival_prob, find_unused_parameters, native, tmp_path
 ):
-    """Default DDP, and the usual workaround users may already have (find_unused_parameters=True)."""
+    """Default DDP, the usual workaround users may already have (find_unused_parameters=True), and a timm
+    ViT built with its own drop path (``native``: the conversion takes its rates over)."""
+    if native:
+        pytest.importorskip("timm")
     job = functools.partial(
         plain_ddp_loop,
         drop_mode=drop_mode,
         final_survival_prob=final_survival_prob,
         find_unused_parameters=find_unused_parameters,
+        native=native,
     )
     ranks = run_ranks(job, tmp_path)
     assert all("error" not in rank for rank in ranks), [rank.get("traceback") for rank in ranks]
@@ -49,12 +59,15 @@ def test_ddp_in_a_users_loop_trains_with_dropped_blocks_and_ranks_seeded_differe
         for name, value in one["after"].items():
             assert torch.equal(value, other["after"][name]), f"{name} differs across ranks"
         for block, runs in enumerate(one["runs_anywhere"]):
-            if not runs:
+            if not runs and not native:
                 name = f"layer{block + 1}.0.conv1.weight"
                 moved = one["after"][name] - one["before"][name]
                 assert moved.abs().sum() > 0, "weight decay moves a dropped block"
                 decayed += 1
-    if drop_mode == "batch":
+    dropped = sum(not runs for step in first["steps"] for runs in step["runs_anywhere"])
+    if native and drop_mode == "batch":
+        assert dropped > 0, "the ViT's own rates (up to 0.8) dropped no branch in 6 steps"
+    elif drop_mode == "batch":
         assert decayed > 0, "no block was dropped in 6 steps"
     else:
         assert idle_on_one_rank > 0, "no block ran on one rank's rows only (the case DDP would fail on)"

@@ -17,16 +17,36 @@ def small_resnet(num_classes: int = 4) -> nn.Module:
     return tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
 
 
+def native_rate_vit(drop_path_rate: float) -> nn.Module:
+    """A small timm ViT built with its own drop path at ``drop_path_rate`` (the conversion takes it over)."""
+    from timm.models import vision_transformer
+
+    return vision_transformer.VisionTransformer(
+        img_size=48, patch_size=16, embed_dim=32, depth=3, num_heads=2, num_classes=4, drop_path_rate=drop_path_rate
+    )
+
+
 def plain_ddp_loop(
-    rank: int, out: Path, drop_mode: str, final_survival_prob: float, find_unused_parameters: bool = False
+    rank: int,
+    out: Path,
+    drop_mode: str,
+    final_survival_prob: float,
+    find_unused_parameters: bool = False,
+    native: bool = False,
 ) -> dict[str, Any]:
-    """timm's train.py order: join the group, seed each rank differently, build, convert, wrap in default DDP."""
+    """timm's train.py order: join the group, seed each rank differently, build, convert, wrap in default DDP.
+
+    ``native``: a timm ViT built with drop path rate 1 - ``final_survival_prob``, converted with its own schedule.
+    """
     dist.init_process_group("gloo")
     try:
         torch.manual_seed(100 + rank)
-        model = stochdepth.stochastic_depth(
-            small_resnet(), survival_rule="uniform", final_survival_prob=final_survival_prob, drop_mode=drop_mode
-        )
+        if native:
+            model = stochdepth.stochastic_depth(native_rate_vit(1 - final_survival_prob), drop_mode=drop_mode)
+        else:
+            model = stochdepth.stochastic_depth(
+                small_resnet(), survival_rule="uniform", final_survival_prob=final_survival_prob, drop_mode=drop_mode
+            )
         ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.1)
         data = torch.Generator().manual_seed(rank)
