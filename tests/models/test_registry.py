@@ -94,3 +94,9 @@ def test_a_run_resolves_its_depth_options_once_and_passes_them_on(monkeypatch, t
         stochdepth.create_model(
             "resnet8", final_survival_prob=0.5, depth_options=registry.resolve_model_depth_options("resnet8")
         )
+
+
+@pytest.mark.parametrize("image_size", [0, "32", True, 2.5])
+def test_a_bad_image_size_is_refused_before_anything_is_built(image_size):
+    with pytest.raises(ValueError, match="image_size must be a positive integer"):
+        stochdepth.create_model("torchvision/resnet18", image_size=image_size)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from stochdepth.depth import DepthOptions, resolve_depth_options, stochastic_depth
-from stochdepth.depth.adapters import native_drop_rate
+from stochdepth.depth.adapters import without_native_drop_path
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -158,7 +158,7 @@ def create_model(
         depth_options = resolve_model_depth_options(name, survival_rule, final_survival_prob, drop_mode, scaling)
     elif any(value is not None for value in (survival_rule, final_survival_prob, drop_mode, scaling)):
         raise ValueError("give either depth_options or survival_rule/final_survival_prob/drop_mode/scaling")
-    for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+    for label, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
     given = {
@@ -201,7 +201,7 @@ def _external_builder(name: str) -> ModelBuilder:
             )
         except (ValueError, AssertionError) as error:
             raise ValueError(f"torchvision cannot build {model!r} ({str(error).splitlines()[0]})") from None
-        _without_own_drop_path(network)
+        without_native_drop_path(network)
         if in_channels != 3:
             _replace_stem(network, in_channels)
         return network
@@ -220,7 +220,7 @@ def _external_builder(name: str) -> ModelBuilder:
             )
         except (RuntimeError, AssertionError) as error:
             raise ValueError(f"timm cannot build {model!r} ({str(error).splitlines()[0]})") from None
-        return _without_own_drop_path(network)
+        return without_native_drop_path(network)
 
     return torchvision_model if library == "torchvision" else timm_model
 
@@ -236,15 +236,6 @@ def _with_image_size(build: Callable[..., nn.Module], image_size: dict[str, int 
         if f"'{keyword}'" not in str(error):
             raise
         return build()
-
-
-def _without_own_drop_path(network: nn.Module) -> nn.Module:
-    """Set the rate of the network's own drop path (a mask multiply) to 0: the library's schedule replaces it."""
-    for module in network.modules():
-        if native_drop_rate(module) > 0:
-            attribute = "drop_prob" if hasattr(module, "drop_prob") else "p"
-            setattr(module, attribute, 0.0)
-    return network
 
 
 def _replace_stem(network: nn.Module, in_channels: int) -> None:

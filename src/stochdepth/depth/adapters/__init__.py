@@ -164,12 +164,22 @@ def _scale_output(end: nn.Module | nn.Parameter, scale: float) -> None:
     scale_last_affine_layer(end, scale)
 
 
+_RATE_ATTRIBUTES = {"DropPath": "drop_prob", "StochasticDepth": "p"}
+"""Where timm's ``DropPath`` and torchvision's ``StochasticDepth`` keep their rate."""
+
+
 def native_drop_rate(module: nn.Module | None) -> float:
     """The rate of a library's own drop-path layer (timm's ``DropPath``, torchvision's ``StochasticDepth``); else 0."""
-    kind = type(module).__name__
-    rate = getattr(module, "drop_prob", 0.0) if kind == "DropPath" else 0.0
-    rate = getattr(module, "p", 0.0) if kind == "StochasticDepth" else rate
-    return float(rate) if isinstance(rate, (int, float)) else 0.0
+    rate = getattr(module, _RATE_ATTRIBUTES.get(type(module).__name__, ""), 0.0)
+    return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else 0.0
+
+
+def without_native_drop_path(network: nn.Module) -> nn.Module:
+    """``network`` with the rate of every own drop-path layer set to 0, so that a schedule of ours replaces it."""
+    for module in network.modules():
+        if native_drop_rate(module) > 0:
+            setattr(module, _RATE_ATTRIBUTES[type(module).__name__], 0.0)
+    return network
 
 
 _LIBRARIES = {
