@@ -8,6 +8,7 @@ output for a sample does not depend on the rest of the batch.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import socket
@@ -19,6 +20,7 @@ from typing import Any
 from unittest import mock
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
@@ -187,6 +189,8 @@ def scenarios(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:
     """
     from stochdepth.train import train, trainer
 
+    _note_at_exit_whether_a_group_is_left(out / f"rank{rank}-group-at-exit.txt")
+
     def on_rank_one(patch: Any, run: Callable[[], Any]) -> Any:
         return _call_within(patch if rank == 1 else contextlib.nullcontext(), run)
 
@@ -224,6 +228,15 @@ def scenarios(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:
             )
         ),
     }
+
+
+def _note_at_exit_whether_a_group_is_left(path: Path) -> None:
+    """Write to ``path``, as this process exits, whether a process group is still initialised then.
+
+    Registered before the first ``train`` call, so it runs after every exit handler that call
+    registered (they run last-in, first-out).
+    """
+    atexit.register(lambda: path.write_text(str(dist.is_initialized())))
 
 
 def sync_batchnorm_run(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:

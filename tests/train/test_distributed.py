@@ -70,6 +70,12 @@ def test_constant_depth_on_two_ranks_ends_with_the_weights_and_errors_of_one_pro
         assert math.isclose(ranks["train_loss"], one["train_loss"], rel_tol=1e-5)
 
 
+def test_a_rank_leaves_the_group_training_joined_when_it_exits(two_ranks):
+    """A gloo group alive in the interpreter's teardown can abort the rank (torchrun then kills the others)."""
+    out, _ = two_ranks
+    assert [(out / f"rank{rank}-group-at-exit.txt").read_text() for rank in (0, 1)] == ["False", "False"]
+
+
 def test_batch_mode_ranks_draw_the_same_gates_and_hold_the_same_weights_after_every_step(two_ranks, synthetic_data_dir):
     first, second = (result["steps"] for result in _case(two_ranks, "batch"))
     assert len(first) == len(second) == 16
@@ -238,6 +244,9 @@ def test_a_killed_two_rank_run_restarted_with_auto_resume_ends_like_an_uninterru
         time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    while RunFolder(killed).is_locked():  # the orphaned ranks notice and stop with a checkpoint
+        assert time.monotonic() < deadline, "the ranks of the killed launcher did not stop"
+        time.sleep(0.05)
     assert not (killed / "summary.json").exists(), "the run was killed before its end"
 
     restarted = _torchrun(*command)

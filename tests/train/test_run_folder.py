@@ -192,13 +192,19 @@ def test_an_os_error_while_writing_is_one_line_and_leaves_the_old_file(tmp_path,
     assert target.read_text() == "old" and sorted(path.name for path in tmp_path.iterdir()) == ["summary.json"]
 
 
-def test_auto_resume_starts_an_empty_folder_and_continues_a_run_in_it(tmp_path, tiny_config):
+def test_auto_resume_starts_an_empty_folder_and_continues_a_run_in_it(tmp_path, tiny_config, capsys):
     run = tmp_path / "run"
     assert train(tiny_config.override(epochs=1), out=run, resume_existing=True)["epochs"] == 1
     first = RunFolder(run).read_metrics()
+    assert "resuming" not in capsys.readouterr().out
     assert train(tiny_config.override(epochs=2), out=run, resume_existing=True)["epochs"] == 2
+    assert f"resuming {run / 'checkpoints' / 'last.pt'} at epoch 2 of 2, iteration 8" in capsys.readouterr().out
     records = RunFolder(run).read_metrics()
     assert records[:1] == first and [record["epoch"] for record in records] == [1.0, 2.0]
+    assert train(tiny_config.override(epochs=2), out=run, resume_existing=True)["epochs"] == 2
+    printed = capsys.readouterr().out
+    assert "trained all its 2 epochs; nothing left to train" in printed and "resuming" not in printed
+    assert RunFolder(run).read_metrics() == records
     with pytest.raises(RunFolderError, match="not empty"):
         train(tiny_config.override(epochs=3), out=run)
 

@@ -24,6 +24,7 @@ from stochdepth.train.checkpoint import CheckpointError, load_checkpoint
 from stochdepth.train.distributed import Ranks, join
 from stochdepth.train.progress import write_line
 from stochdepth.train.run_folder import RunFolder, RunFolderError
+from stochdepth.train.run_state import Counters
 from stochdepth.train.setup import build_model, load_initial_weights, resolve_config, resolve_device
 from stochdepth.train.signals import stop_on_signals, terminate_cleanly
 from stochdepth.train.trainer import Trainer
@@ -169,16 +170,20 @@ def _carry_out(plan: Plan, folder: RunFolder | None, progress: bool | None, rank
     with ranks.all_through("loading the starting weights"):
         if plan.state is not None:
             trainer.load_state_dict(plan.state, plan.source)
-            write_line(
-                f"resuming {plan.source} at epoch {trainer.counters.epoch + 1} of {plan.config.optim.epochs}, "
-                f"iteration {trainer.counters.iteration}"
-            )
+            write_line(_resume_line(plan.source, trainer.counters, plan.config.optim.epochs))
         elif plan.config.model.init_weights is not None:
             write_line(load_initial_weights(trainer.model, plan.config.model.init_weights))
     if folder is not None:
         ranks.from_main(lambda: _record_start(folder, trainer, plan))
     with stop_on_signals(trainer):
         return trainer.run()
+
+
+def _resume_line(source: Path, counters: Counters, epochs: int) -> str:
+    """What a resume says it does: where it goes on from, or that the run has no epoch left to train."""
+    if counters.epoch >= epochs:
+        return f"{source}: the run has trained all its {epochs} epochs; nothing left to train"
+    return f"resuming {source} at epoch {counters.epoch + 1} of {epochs}, iteration {counters.iteration}"
 
 
 def _record_start(folder: RunFolder, trainer: Trainer, plan: Plan) -> None:

@@ -28,6 +28,7 @@ How a run is split, and why it is still the single-process run:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
@@ -265,8 +266,9 @@ def join(device_name: str | None) -> Ranks:
     """This process's place in the run: a :class:`ProcessGroup` under torchrun (or in a joined group), else one.
 
     Joins torch.distributed's default group from torchrun's environment the first time (NCCL
-    for CUDA, gloo for the CPU); a process that is not rank 0 prints nothing from then on but
-    its errors.
+    for CUDA, gloo for the CPU) and leaves it when the process exits (:func:`_leave_at_exit`);
+    a process that is not rank 0 prints nothing from then on but its errors. A group the
+    caller initialised is used as it is and left to the caller.
     """
     place = torchrun_place()
     initialised = dist.is_available() and dist.is_initialized()
@@ -279,8 +281,21 @@ def join(device_name: str | None) -> Ranks:
         torch.cuda.set_device(device)
     if not initialised:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave_at_exit)
     control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     group = ProcessGroup(device, control)
     if not group.is_main:
         silence()
     return group
+
+
+def _leave_at_exit() -> None:
+    """Destroy the groups :func:`join` made, before the interpreter tears down its modules.
+
+    A process that exits with a gloo group alive can abort in that teardown ("terminate called
+    without an active exception"); torchrun reports the rank as failed and kills the others,
+    sometimes before rank 0 has written the run's summary. The group stays joined until exit,
+    so that a script may call ``train`` more than once in one process group.
+    """
+    if dist.is_initialized():
+        dist.destroy_process_group()
