@@ -212,10 +212,11 @@ def test_auto_resume_starts_an_empty_folder_and_continues_a_run_in_it(tmp_path, 
 def test_auto_resume_refuses_options_that_contradict_the_run(tmp_path, tiny_config):
     run = tmp_path / "run"
     train(tiny_config.override(epochs=1), out=run)
-    before = sorted(path.name for path in run.iterdir())
+    (run / "run.lock").write_text("4242")  # the last holder's process id, not this process's
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
     with pytest.raises(RunFolderError, match=r"other options: model.model \('resnet8' in the run, 'resnet20' given\)"):
         train(tiny_config.override(epochs=2, model="resnet20", lr=0.05), out=run, resume_existing=True)
-    assert sorted(path.name for path in run.iterdir()) == before
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
     assert train(tiny_config.override(epochs=2), out=run, resume_existing=True)["epochs"] == 2
 
 
@@ -257,10 +258,10 @@ def test_a_fifo_run_lock_neither_hangs_the_report_nor_a_resume(tmp_path, tiny_co
 def test_a_failed_lock_write_is_one_line(tmp_path, monkeypatch):
     import errno
 
-    def full(descriptor, data):
+    def full(descriptor, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("stochdepth.train.run_folder.os.write", full)
+    monkeypatch.setattr("stochdepth.train.run_folder.os.pwrite", full)
     with (
         pytest.raises(RunFolderError, match="cannot write .*run.lock: No space left on device"),
         RunFolder(tmp_path / "run").claim(),

@@ -274,12 +274,15 @@ class RunLock:
 
     The kernel releases the lock when the holding process ends, however it ends (SIGKILL
     included), so a crashed run never leaves its folder stuck. The file keeps the holder's
-    process id for the error message; it is never opened through a symbolic link.
+    process id for the error message; it is never opened through a symbolic link. A holder
+    that fails (a refused resume, a stopped run) puts back what the file held before, so a
+    refused command leaves the folder as it found it.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.descriptor: int | None = None
+        self.previous_holder = b""
 
     def __enter__(self) -> RunLock:
         try:
@@ -295,8 +298,8 @@ class RunLock:
                 f"{self.path.parent} is in use by process {holder}; wait for it to finish or choose another run.out"
             ) from None
         try:
-            os.ftruncate(descriptor, 0)
-            os.write(descriptor, str(os.getpid()).encode())
+            self.previous_holder = os.pread(descriptor, 32, 0)
+            self._hold_as(descriptor, str(os.getpid()).encode())
         except OSError as error:
             fcntl.flock(descriptor, fcntl.LOCK_UN)
             os.close(descriptor)
@@ -304,8 +307,16 @@ class RunLock:
         self.descriptor = descriptor
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    @staticmethod
+    def _hold_as(descriptor: int, holder: bytes) -> None:
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, holder, 0)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         if self.descriptor is not None:
+            if exc_type is not None:
+                with contextlib.suppress(OSError):
+                    self._hold_as(self.descriptor, self.previous_holder)
             fcntl.flock(self.descriptor, fcntl.LOCK_UN)
             os.close(self.descriptor)
             self.descriptor = None
