@@ -56,6 +56,17 @@ def test_list_names_models_and_presets(capsys):
     assert "resnet110" in printed and "cifar10-resnet110" in printed
 
 
+def test_list_builds_no_network(monkeypatch, capsys):
+    """Listing reads the registry's declarations; building every model took seconds (minutes on a loaded machine)."""
+
+    def no_building(*args, **kwargs):
+        raise AssertionError("list built a network")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", no_building)
+    assert main(["list"]) == 0
+    assert "resnet1202" in capsys.readouterr().out
+
+
 def test_python_dash_m_works_like_the_script():
     result = subprocess.run([sys.executable, "-m", "stochdepth", "list"], capture_output=True, text=True, check=True)
     assert "resnet1202" in result.stdout

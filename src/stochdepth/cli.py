@@ -257,13 +257,13 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _list(args: argparse.Namespace) -> None:
-    from stochdepth.models import count_parameters, list_models, model_info
+    from stochdepth.models import list_models, model_info
 
     print("models (parameters for 10 classes, 3 input channels):")
     for name in list_models():
         info = model_info(name)
         depth = "" if info.residual else "  (no residual blocks: constant depth only)"
-        print(f"  {name:<20} {info.family:<22} depth {info.depth:<5} {count_parameters(name) / 1e6:6.2f}M{depth}")
+        print(f"  {name:<20} {info.family:<22} depth {info.depth:<5} {info.parameters / 1e6:6.2f}M{depth}")
     print(
         "  torchvision/<name>, timm/<name>  a torchvision or timm classification network whose residual blocks are "
         "recognised\n    (ResNet, ConvNeXt, Swin, ViT/DeiT, EVA, EfficientNet, MobileNetV3, RegNet; list the names:\n"

@@ -49,7 +49,7 @@ def test_arguments_left_as_none_take_the_family_defaults():
 def test_a_name_can_be_registered_once():
     with pytest.raises(ValueError, match="already registered"):
 
-        @register_model(family="CIFAR ResNet", depth=20)
+        @register_model(family="CIFAR ResNet", depth=20, parameters=269_722)
         def resnet20():
             raise AssertionError
 

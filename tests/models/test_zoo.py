@@ -50,6 +50,7 @@ def test_backward_at_constant_depth_reaches_every_parameter(name):
     model(_input(name)).logsumexp(dim=1).sum().backward()
     missing = [param_name for param_name, param in model.named_parameters() if param.grad is None]
     assert not missing
+    assert sum(param.numel() for param in model.parameters()) == stochdepth.models.model_info(name).parameters
     assert all(torch.isfinite(param.grad).all() for param in model.parameters())
 
 

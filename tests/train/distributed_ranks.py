@@ -50,7 +50,7 @@ def plain_residual_net(num_classes: int = 10, in_channels: int = 3) -> nn.Module
 
 
 if PLAIN_NET not in list_models():
-    register_model(family="test (no BatchNorm)", depth=8)(plain_residual_net)
+    register_model(family="test (no BatchNorm)", depth=8, parameters=3818)(plain_residual_net)
 
 
 def free_port() -> int:

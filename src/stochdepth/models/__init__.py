@@ -6,7 +6,6 @@ from stochdepth.models.imagenet_resnet import imagenet_resnet
 from stochdepth.models.preact_resnet import PreActResNet, preact_resnet
 from stochdepth.models.registry import (
     ModelInfo,
-    count_parameters,
     create_model,
     list_models,
     model_info,
@@ -22,7 +21,6 @@ __all__ = [
     "PreActResNet",
     "WideResNet",
     "cifar_resnet",
-    "count_parameters",
     "create_model",
     "densenet_bc",
     "imagenet_resnet",

@@ -73,49 +73,49 @@ def cifar_resnet(depth: int, *, num_classes: int = 10, in_channels: int = 3) -> 
     return CifarResNet((depth - 2) // 6, num_classes, in_channels)
 
 
-@register_model(family="CIFAR ResNet", depth=8)
+@register_model(family="CIFAR ResNet", depth=8, parameters=75_290)
 def resnet8(**kwargs: object) -> nn.Module:
     """CIFAR ResNet-8 (n = 1): the smallest, for tests and quick checks."""
     return cifar_resnet(8, **kwargs)
 
 
-@register_model(family="CIFAR ResNet", depth=20)
+@register_model(family="CIFAR ResNet", depth=20, parameters=269_722)
 def resnet20(**kwargs: object) -> nn.Module:
     """CIFAR ResNet-20 (n = 3)."""
     return cifar_resnet(20, **kwargs)
 
 
-@register_model(family="CIFAR ResNet", depth=32)
+@register_model(family="CIFAR ResNet", depth=32, parameters=464_154)
 def resnet32(**kwargs: object) -> nn.Module:
     """CIFAR ResNet-32 (n = 5)."""
     return cifar_resnet(32, **kwargs)
 
 
-@register_model(family="CIFAR ResNet", depth=44)
+@register_model(family="CIFAR ResNet", depth=44, parameters=658_586)
 def resnet44(**kwargs: object) -> nn.Module:
     """CIFAR ResNet-44 (n = 7)."""
     return cifar_resnet(44, **kwargs)
 
 
-@register_model(family="CIFAR ResNet", depth=56)
+@register_model(family="CIFAR ResNet", depth=56, parameters=853_018)
 def resnet56(**kwargs: object) -> nn.Module:
     """CIFAR ResNet-56 (n = 9)."""
     return cifar_resnet(56, **kwargs)
 
 
-@register_model(family="CIFAR ResNet", depth=110)
+@register_model(family="CIFAR ResNet", depth=110, parameters=1_727_962)
 def resnet110(**kwargs: object) -> nn.Module:
     """CIFAR ResNet-110 (n = 18): the paper's CIFAR network."""
     return cifar_resnet(110, **kwargs)
 
 
-@register_model(family="CIFAR ResNet", depth=152)
+@register_model(family="CIFAR ResNet", depth=152, parameters=2_408_474)
 def resnet152(**kwargs: object) -> nn.Module:
     """CIFAR-style ResNet-152 (n = 25): the paper's SVHN network."""
     return cifar_resnet(152, **kwargs)
 
 
-@register_model(family="CIFAR ResNet", depth=1202)
+@register_model(family="CIFAR ResNet", depth=1202, parameters=19_421_274)
 def resnet1202(**kwargs: object) -> nn.Module:
     """CIFAR ResNet-1202 (n = 200): the paper's deepest network."""
     return cifar_resnet(1202, **kwargs)

@@ -89,19 +89,19 @@ def densenet_bc(
     return DenseNetBC((depth - 4) // 6, growth_rate, num_classes, in_channels)
 
 
-@register_model(family="DenseNet-BC", depth=100, residual=False)
+@register_model(family="DenseNet-BC", depth=100, residual=False, parameters=769_162)
 def densenet_bc_100_12(**kwargs: object) -> nn.Module:
     """DenseNet-BC-100, k = 12, 0.8M parameters."""
     return densenet_bc(100, 12, **kwargs)
 
 
-@register_model(family="DenseNet-BC", depth=250, residual=False)
+@register_model(family="DenseNet-BC", depth=250, residual=False, parameters=15_324_406)
 def densenet_bc_250_24(**kwargs: object) -> nn.Module:
     """DenseNet-BC-250, k = 24, 15.3M parameters."""
     return densenet_bc(250, 24, **kwargs)
 
 
-@register_model(family="DenseNet-BC", depth=190, residual=False)
+@register_model(family="DenseNet-BC", depth=190, residual=False, parameters=25_624_430)
 def densenet_bc_190_40(**kwargs: object) -> nn.Module:
     """DenseNet-BC-190, k = 40, 25.6M parameters."""
     return densenet_bc(190, 40, **kwargs)

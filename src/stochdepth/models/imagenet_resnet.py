@@ -39,19 +39,19 @@ def imagenet_resnet(depth: int, *, num_classes: int = 1000, in_channels: int = 3
     return network
 
 
-@register_model(family="ImageNet ResNet", depth=50, min_image_size=32)
+@register_model(family="ImageNet ResNet", depth=50, min_image_size=32, parameters=23_528_522)
 def imagenet_resnet50(**kwargs: object) -> nn.Module:
     """ImageNet ResNet-50 (torchvision's resnet50), 25.6M parameters."""
     return imagenet_resnet(50, **kwargs)
 
 
-@register_model(family="ImageNet ResNet", depth=101, min_image_size=32)
+@register_model(family="ImageNet ResNet", depth=101, min_image_size=32, parameters=42_520_650)
 def imagenet_resnet101(**kwargs: object) -> nn.Module:
     """ImageNet ResNet-101 (torchvision's resnet101), 44.5M parameters."""
     return imagenet_resnet(101, **kwargs)
 
 
-@register_model(family="ImageNet ResNet", depth=152, min_image_size=32)
+@register_model(family="ImageNet ResNet", depth=152, min_image_size=32, parameters=58_164_298)
 def imagenet_resnet152(**kwargs: object) -> nn.Module:
     """ImageNet ResNet-152 (torchvision's resnet152), 60.2M parameters, 11.5G multiply-adds per 224x224 image."""
     return imagenet_resnet(152, **kwargs)

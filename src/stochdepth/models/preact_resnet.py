@@ -71,13 +71,13 @@ def preact_resnet(depth: int, *, num_classes: int = 10, in_channels: int = 3) ->
     return PreActResNet((depth - 2) // 9, num_classes, in_channels)
 
 
-@register_model(family="pre-activation ResNet", depth=164)
+@register_model(family="pre-activation ResNet", depth=164, parameters=1_703_258)
 def preact_resnet164(**kwargs: object) -> nn.Module:
     """Pre-activation ResNet-164 (n = 18), 1.7M parameters."""
     return preact_resnet(164, **kwargs)
 
 
-@register_model(family="pre-activation ResNet", depth=1001)
+@register_model(family="pre-activation ResNet", depth=1001, parameters=10_327_706)
 def preact_resnet1001(**kwargs: object) -> nn.Module:
     """Pre-activation ResNet-1001 (n = 111), 10.33M parameters."""
     return preact_resnet(1001, **kwargs)

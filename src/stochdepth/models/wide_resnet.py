@@ -127,19 +127,19 @@ def wide_resnet(
     return WideResNet((depth - 4) // (3 * per_block), widen_factor, block_type, dropout_rate, num_classes, in_channels)
 
 
-@register_model(family="Wide ResNet", depth=16)
+@register_model(family="Wide ResNet", depth=16, parameters=10_961_370)
 def wrn_16_8(**kwargs: object) -> nn.Module:
     """WRN-16-8, 11.0M parameters."""
     return wide_resnet(16, 8, **kwargs)
 
 
-@register_model(family="Wide ResNet", depth=28)
+@register_model(family="Wide ResNet", depth=28, parameters=36_479_194)
 def wrn_28_10(**kwargs: object) -> nn.Module:
     """WRN-28-10, 36.5M parameters."""
     return wide_resnet(28, 10, **kwargs)
 
 
-@register_model(family="Wide ResNet", depth=40)
+@register_model(family="Wide ResNet", depth=40, parameters=8_949_210)
 def wrn_40_4(**kwargs: object) -> nn.Module:
     """WRN-40-4, 8.9M parameters."""
     return wide_resnet(40, 4, **kwargs)
