@@ -253,7 +253,7 @@ def test_a_compiled_converted_network_skips_like_the_eager_one_with_bounded_reco
     assert counts[-1] <= 2 * counts[0], f"graphs compiled after each step: {counts}"
 
 
-@pytest.mark.parametrize("drop_mode", ["batch", "sample"])
+@pytest.mark.parametrize("drop_mode", [pytest.param("batch", marks=pytest.mark.slow), "sample"])
 def test_lightning_ddp_strategy_trains_a_converted_network_with_no_change_to_the_users_code(drop_mode, tmp_path):
     pytest.importorskip("lightning")
     script = Path(__file__).with_name("lightning_ddp.py")
