@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -22,6 +21,7 @@ from typing import NoReturn
 
 from stochdepth import __version__
 from stochdepth.config import EXPORT_FORMATS, SWEEP_OPTIONS, TrainConfig, option_fields
+from stochdepth.train.progress import percent
 from stochdepth.train.recipes import describe_preset, list_presets, preset
 
 
@@ -179,19 +179,12 @@ def _train(args: argparse.Namespace) -> None:
         return
     print(
         f"test error at best validation (epoch {summary['best_epoch']:g}): "
-        f"{_percent(summary['test_error_at_best_val'])}; final test error: {_percent(summary['final_test_error'])}; "
+        f"{percent(summary['test_error_at_best_val'])}; final test error: {percent(summary['final_test_error'])}; "
         f"run folder: {out}"
     )
     depth = _depth_line(out)
     if depth:
         print(depth)
-
-
-def _percent(fraction: object) -> str:
-    """A fraction as people read errors: ``7.86%`` (the JSON files keep fractions)."""
-    from stochdepth.analysis.runs import is_number
-
-    return f"{100 * fraction:.2f}%" if is_number(fraction) and math.isfinite(fraction) else "n/a"
 
 
 def _depth_line(run: str | Path) -> str | None:
@@ -221,7 +214,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.source, args.checkpoint, args.device, args.data_dir, progress=sys.stderr.isatty()
     )
     print(
-        f"{args.source}: test error {_percent(wrong / total)} ({wrong:,} of {total:,} test images, the whole "
+        f"{args.source}: test error {percent(wrong / total)} ({wrong:,} of {total:,} test images, the whole "
         f"test set) on {dataset}"
     )
 

@@ -4,6 +4,7 @@ import contextlib
 import csv
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -155,6 +156,7 @@ def test_without_a_terminal_progress_is_a_plain_line_at_an_interval(tmp_path, ti
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch 1/1: batch")]
     assert [line.split()[3] for line in lines] == [f"{step}/8" for step in range(1, 9)]
     assert all("loss" in line and "\r" not in line and "\x1b" not in line for line in lines)
+    assert all(re.search(r"  error \d+\.\d\d%  ", line) for line in lines), "errors for people are in percent"
 
 
 def test_testing_once_gives_the_best_validation_weights_test_error_of_an_every_eval_run(tmp_path, tiny_config):
@@ -191,6 +193,10 @@ def test_epoch_lines_give_the_time_left_and_a_resume_says_where_it_starts(tmp_pa
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 2
     assert "of training left" in lines[0] and "of training left" not in lines[1]
+    records = RunFolder(tmp_path / "run").read_metrics()
+    for line, record in zip(lines, records):
+        errors = "  ".join(f"{name} error {100 * record[f'{name}_error']:.2f}%" for name in ("train", "val", "test"))
+        assert errors in line, "errors for people are in percent"
     resume(tmp_path / "run", epochs=3, progress=False)
     printed = capsys.readouterr().out
     assert "last.pt at epoch 3 of 3, iteration 16" in printed

@@ -7,6 +7,7 @@ tells the reader the run is alive without flooding the file.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Any
@@ -15,6 +16,16 @@ from tqdm import tqdm
 
 LINE_EVERY_SECONDS = 60.0
 _silent = False
+
+
+def percent(fraction: Any) -> str:
+    """An error rate as people read it: ``7.86%``, or ``n/a`` where none was measured.
+
+    The one unit for people (every line the library and the command line print); the JSON and
+    CSV files keep fractions.
+    """
+    is_number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+    return f"{100 * fraction:.2f}%" if is_number and math.isfinite(fraction) else "n/a"
 
 
 def silence() -> None:

@@ -37,7 +37,7 @@ from stochdepth.depth import (
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stochdepth.train.distributed import Ranks, SingleProcess
 from stochdepth.train.gradients import GradientRecorder
-from stochdepth.train.progress import Progress, write_line
+from stochdepth.train.progress import Progress, percent, write_line
 from stochdepth.train.run_folder import RunFolder
 from stochdepth.train.run_state import Counters, RandomStates, Window, checked_amount
 from stochdepth.train.schedule import learning_rate, set_learning_rate
@@ -303,7 +303,7 @@ class Trainer:
         self.check_finite()
         loss_sum, wrong, images = self.window.totals(self.ranks)
         seconds = self.window.seconds + time.perf_counter() - start
-        progress.show(loss=loss_sum / images, err=wrong / images, img_s=f"{images / seconds:.0f}")
+        progress.show(loss=loss_sum / images, error=percent(wrong / images), img_s=f"{images / seconds:.0f}")
 
     def record_gradients(self) -> None:
         """Append this step's gradient magnitudes to ``gradients.jsonl`` (see ``train.gradients``)."""
@@ -419,7 +419,7 @@ class Trainer:
         self.model.load_state_dict(load_checkpoint(self.folder.checkpoint("best"))["model"])
         best = self.counters.best
         best["test_error"] = self._error(self.loaders.test, "test")
-        write_line(f"test err {best['test_error']:.4f} at the best validation epoch {best['epoch']:g}")
+        write_line(f"test error {percent(best['test_error'])} at the best validation epoch {best['epoch']:g}")
 
     def _error(self, loader: Any, name: str) -> float:
         """The error on ``loader``'s set: each rank counts its shard, the counts are summed."""
@@ -430,7 +430,7 @@ class Trainer:
 
     def describe(self, record: dict[str, Any]) -> str:
         """One evaluation as a line: errors, learning rate, realised vs expected blocks, speed."""
-        test = "" if math.isnan(record["test_error"]) else f"  test err {record['test_error']:.4f}"
+        test = "" if math.isnan(record["test_error"]) else f"  test error {percent(record['test_error'])}"
         depth = ""
         if self.expected_active_blocks:
             depth = (
@@ -439,8 +439,8 @@ class Trainer:
             )
         return (
             f"epoch {record['epoch']:g}/{self.config.optim.epochs}  iter {record['iteration']}  "
-            f"loss {record['train_loss']:.4f}  train err {record['train_error']:.4f}  "
-            f"val err {record['val_error']:.4f}{test}  lr {record['lr']:.4g}"
+            f"loss {record['train_loss']:.4f}  train error {percent(record['train_error'])}  "
+            f"val error {percent(record['val_error'])}{test}  lr {record['lr']:.4g}"
             f"{depth}  {record['images_per_second']:.0f} img/s{self.time_left()}"
         )
 
