@@ -7,6 +7,10 @@ Variants, all built from the same model name and trained on the same random batc
   mask-multiply linear decay to p_L, every branch runs and is multiplied by a per-sample 0/1
                 mask, as timm's DropPath and torchvision's StochasticDepth do (the reference)
 
+With ``--channels-last`` every variant is also timed in the channels-last memory format
+(``<variant>+channels_last``, its input converted too), in the same rounds, so the two formats'
+ratios come from one run.
+
 The variants take turns step by step (round robin), so a slow patch of a noisy machine
 hits them all alike; each variant's time is the median over its measured steps. Printed:
 the step time, its ratio to constant depth, the activation memory autograd keeps for backward
@@ -16,11 +20,13 @@ memory.
 
     python benchmarks/step_time.py --model resnet110 --batch-size 128 --steps 10
     python benchmarks/step_time.py --model timm/vit_small_patch16_224 --image-size 64 --batch-size 32
+    python benchmarks/step_time.py --model resnet20 --in-channels 1 --image-size 28 --channels-last
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -139,6 +145,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="measured steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps per variant")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--channels-last", action="store_true", help="also time every variant in channels-last")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -151,13 +158,18 @@ def main() -> None:
             args.model, args.final_survival_prob, args.in_channels, args.image_size
         ).items()
     }
+    if args.channels_last:
+        for name in list(variants):
+            variants[f"{name}+channels_last"] = copy.deepcopy(variants[name]).to(memory_format=torch.channels_last)
+    channels_last_images = images.contiguous(memory_format=torch.channels_last)
     optimizers = {}
     for name, model in variants.items():
         optimizers[name] = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
 
     def train_step(name: str) -> None:
         optimizers[name].zero_grad(set_to_none=False)
-        nn.functional.cross_entropy(variants[name](images), labels).backward()
+        inputs = channels_last_images if name.endswith("+channels_last") else images
+        nn.functional.cross_entropy(variants[name](inputs), labels).backward()
         optimizers[name].step()
 
     def timed_step(name: str) -> float:
