@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 SURVIVAL_RULES = ("linear", "uniform", "none")
@@ -24,12 +25,7 @@ class DepthOptions:
     scaling: str = DEFAULT_SCALING
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "survival_rule": self.survival_rule,
-            "final_survival_prob": self.final_survival_prob,
-            "drop_mode": self.drop_mode,
-            "scaling": self.scaling,
-        }
+        return dataclasses.asdict(self)
 
 
 def resolve_depth_options(

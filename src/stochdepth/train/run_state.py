@@ -8,6 +8,7 @@ model's, optimizer's, gates' and data order's own state dicts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,15 +71,7 @@ class Counters:
     final: dict[str, float] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "iteration": self.iteration,
-            "evaluations": self.evaluations,
-            "skipped_steps": self.skipped_steps,
-            "train_seconds": self.train_seconds,
-            "best": dict(self.best),
-            "final": dict(self.final),
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_state_dict(
@@ -156,14 +149,7 @@ class Window:
 
     def state_dict(self) -> dict[str, Any]:
         """The window as a checkpoint keeps it (after :meth:`gathered`: every rank's sums on rank 0)."""
-        return {
-            "loss_sum": self.loss_sum,
-            "wrong": self.wrong,
-            "images": self.images,
-            "steps": self.steps,
-            "seconds": self.seconds,
-            "lr": self.lr,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_state_dict(cls, values: dict[str, Any], device: torch.device, max_steps: int) -> Window:
