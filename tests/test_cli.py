@@ -310,3 +310,17 @@ def test_the_library_evaluates_a_run_on_the_whole_test_set_as_eval_prints(traine
     assert (total, dataset) == (200, "fashion-mnist") and 0 <= wrong <= total
     assert main(["eval", str(trained_run), "--data-dir", str(synthetic_data_dir)]) == 0
     assert f"({wrong:,} of {total:,} test images, the whole test set)" in capsys.readouterr().out
+
+
+def test_time_schedule_flags_reach_config_json_and_a_loaded_run_evaluates_at_its_last_step(
+    tmp_path, synthetic_data_dir
+):
+    out = tmp_path / "run"
+    flags = ["--time-schedule", "early", "--time-schedule-fraction", "0.5", "--survival-rule", "uniform"]
+    assert main([*_tiny_flags(synthetic_data_dir, out), *flags]) == 0
+    model_config = json.loads(RunFolder(out).config.read_text())["model"]
+    assert (model_config["time_schedule"], model_config["time_schedule_fraction"]) == ("early", 0.5)
+    model, config, _ = load_trained_model(out, "last")
+    assert config.model.time_schedule == "early"
+    assert stochdepth.survival_probs(model) == [0.5] * 3
+    assert stochdepth.survival_probs_in_force(model) == [1.0] * 3, "early: no dropping in the run's second half"

@@ -25,6 +25,7 @@ _PUBLIC = {
     "run_every_block": "stochdepth.depth",
     "stochastic_depth": "stochdepth.depth",
     "survival_probs": "stochdepth.depth",
+    "survival_probs_in_force": "stochdepth.depth",
     "survival_schedule": "stochdepth.depth",
 }
 

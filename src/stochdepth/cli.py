@@ -189,15 +189,13 @@ def _train(args: argparse.Namespace) -> None:
 
 def _depth_line(run: str | Path) -> str | None:
     """What stochastic depth did over the run: residual branches run per step, realised and expected."""
-    from stochdepth.analysis.runs import is_number, realised_blocks_per_step
+    from stochdepth.analysis.runs import expected_blocks_per_step, realised_blocks_per_step
     from stochdepth.train.run_folder import RunFolder
 
     records = RunFolder(run).read_metrics()
     realised = realised_blocks_per_step(records)
-    if realised is None or not is_number(records[0].get("expected_active_blocks")):
-        return None
-    expected = records[0]["expected_active_blocks"]
-    if not expected:
+    expected = expected_blocks_per_step(records)
+    if realised is None or not expected:
         return None
     blocks = len(json.loads(RunFolder(run).config.read_text()).get("survival_probs", [])) or expected
     return (

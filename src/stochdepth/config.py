@@ -75,6 +75,14 @@ class ModelConfig:
         "paper (evaluation multiplies each branch by p_l, eq. 5) or inverted (training divides by p_l); "
         "default: paper for this library's models, inverted for torchvision/ and timm/ ones",
     )
+    time_schedule: str | None = _option(
+        None,
+        "how the drop rates change over training: constant (the paper), ramp (from 0 to full at the fraction), "
+        "late (no dropping before the fraction) or early (none after it); default: constant",
+    )
+    time_schedule_fraction: float | None = _option(
+        None, "the fraction of the run's steps where the time schedule changes, in [0, 1]; default: 0.5"
+    )
     dropout_rate: float | None = _option(None, "dropout between the convolutions (Wide ResNets)")
     init_weights: str | None = _option(
         None, "start from these weights (safetensors, or a weights-only checkpoint): fine-tuning"
@@ -163,6 +171,7 @@ class TrainConfig:
             ("survival_rule", model.survival_rule),
             ("drop_mode", model.drop_mode),
             ("scaling", model.scaling),
+            ("time_schedule", model.time_schedule),
         ):
             _text(name, value, optional=True)
         for name, value in (("data.data_dir", data.data_dir), ("run.out", run.out), ("run.device", run.device)):
@@ -190,6 +199,7 @@ class TrainConfig:
         ):
             _integer(name, value, 1, 10**12, optional=True)
         _number("dropout_rate", model.dropout_rate, 0.0, 0.999, optional=True)
+        _number("time_schedule_fraction", model.time_schedule_fraction, 0.0, 1.0, optional=True)
         _number("lr", optim.lr, MIN_POSITIVE, MAX_LEARNING_RATE)
         _number("warmup_lr", optim.warmup_lr, MIN_POSITIVE, MAX_LEARNING_RATE)
         _number("lr_decay", optim.lr_decay, MIN_POSITIVE, 1.0)

@@ -76,15 +76,19 @@ def _without_timings(records: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    ("drop_mode", "checkpoint_every_minutes", "resumed_from"),
-    [("batch", None, 8), ("sample", None, 8), ("batch", 0, 10)],
-    ids=["batch-epoch-checkpoint", "sample-epoch-checkpoint", "batch-mid-epoch-checkpoint"],
+    ("drop_mode", "checkpoint_every_minutes", "resumed_from", "time_schedule"),
+    [("batch", None, 8, None), ("sample", None, 8, None), ("batch", 0, 10, None), ("batch", 0, 10, "ramp")],
+    ids=["batch-epoch-checkpoint", "sample-epoch-checkpoint", "batch-mid-epoch-checkpoint", "mid-ramp-checkpoint"],
 )
 def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
-    tmp_path, tiny_config, monkeypatch, drop_mode, checkpoint_every_minutes, resumed_from
+    tmp_path, tiny_config, monkeypatch, drop_mode, checkpoint_every_minutes, resumed_from, time_schedule
 ):
     config = tiny_config.override(
-        drop_mode=drop_mode, eval_every_iters=5, checkpoint_every_minutes=checkpoint_every_minutes
+        drop_mode=drop_mode,
+        eval_every_iters=5,
+        checkpoint_every_minutes=checkpoint_every_minutes,
+        time_schedule=time_schedule,
+        time_schedule_fraction=0.8,
     )
     train(config, out=tmp_path / "straight")
 
@@ -119,6 +123,23 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
     assert {k: v for k, v in summary.items() if k != "train_seconds"} == {
         k: v for k, v in straight_summary.items() if k != "train_seconds"
     }
+
+
+def test_a_time_schedule_is_recorded_and_the_expected_depth_follows_it(tmp_path, tiny_config):
+    config = tiny_config.override(time_schedule="late", time_schedule_fraction=0.5, eval_every_iters=4)
+    train(config, out=tmp_path / "run")
+    folder = RunFolder(tmp_path / "run")
+    model_config = json.loads(folder.config.read_text())["model"]
+    assert (model_config["time_schedule"], model_config["time_schedule_fraction"]) == ("late", 0.5)
+    records = folder.read_metrics()
+    full = 1 - 0.5 / 3 + 1 - 1 / 3 + 0.5
+    iterations = [record["iteration"] for record in records]
+    assert iterations == [4, 8, 12, 16, 20, 24]
+    # 24 steps, late from step 12: every block runs before, the linear schedule after
+    assert [record["expected_active_blocks"] for record in records] == pytest.approx([3, 3, 3, full, full, full])
+    assert [record["mean_active_blocks"] for record in records[:3]] == [3, 3, 3]
+    state = torch.load(folder.checkpoint("last"), weights_only=True)
+    assert state["random_states"]["gates"]["steps_taken"] == 24
 
 
 def test_resume_with_more_epochs_extends_a_finished_run_and_replans_the_schedule(tmp_path, tiny_config):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stochdepth.analysis import plots
-from stochdepth.analysis.runs import Run, find_runs, is_number, realised_blocks_per_step
+from stochdepth.analysis.runs import Run, expected_blocks_per_step, find_runs, is_number, realised_blocks_per_step
 from stochdepth.files import WriteFailed, write_text_atomically
 from stochdepth.train.run_folder import RunFolder
 
@@ -156,6 +156,15 @@ def _realised_share(run: Run) -> float | None:
     return realised / blocks if realised is not None else None
 
 
+def _expected_share(run: Run) -> float | None:
+    """The schedule's expected share of branches run, over the steps trained (the mean p_l where records lack it)."""
+    blocks = len(run.survival_probs)
+    expected = expected_blocks_per_step(run.metrics) if blocks else None
+    if expected is not None:
+        return expected / blocks
+    return statistics.fmean(run.survival_probs) if blocks else None
+
+
 TIMING_SPREAD = 0.2
 """A run whose speed (images per second) varies more than this across its records was timed under a changing load."""
 
@@ -197,7 +206,7 @@ def timing_table(groups: list[Group]) -> list[str]:
     """Markdown lines of the Table-2-like training-time comparison, with a note under ratios that do not compare."""
     lines = [
         "| runs compared | training depth | runs | total time | time per epoch | ratio to constant "
-        "| expected ratio (mean p_l) | realised ratio (blocks run) |",
+        "| expected ratio (mean p_l over the steps) | realised ratio (blocks run) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     notes = []
@@ -212,8 +221,8 @@ def timing_table(groups: list[Group]) -> list[str]:
             if caveat is not None:
                 notes.append(f"{group.label}, {setting}: {caveat}")
                 ratio += f" (not comparable, note {len(notes)})"
-            probs = members[0].survival_probs
-            expected = f"{statistics.fmean(probs):.3f}" if probs else "—"
+            shares = _values(members, _expected_share)
+            expected = f"{statistics.fmean(shares):.3f}" if shares else "—"
             realised = _values(members, _realised_share)
             lines.append(
                 f"| {cell(group.label)} | {setting} | {_count(members)} "

@@ -57,7 +57,14 @@ class Run:
         Runs with equal setups are comparable, whatever their seeds and survival rules.
         """
         ignored = {
-            "model": {"survival_rule", "final_survival_prob", "drop_mode", "scaling"},
+            "model": {
+                "survival_rule",
+                "final_survival_prob",
+                "drop_mode",
+                "scaling",
+                "time_schedule",
+                "time_schedule_fraction",
+            },
             "data": {"data_dir", "download", "workers"},
             "optim": set(),
             "run": {"seed", "out", "device"},
@@ -78,9 +85,12 @@ class Run:
         """How deep it trained: "constant depth" or "stochastic (rule, p_L)"."""
         if self.survival_rule == "none" or not self.survival_probs:
             return "constant depth"
-        mode = ", sample" if self.config["model"].get("drop_mode") == "sample" else ""
-        scaling = ", inverted" if self.config["model"].get("scaling") == "inverted" else ""
-        return f"stochastic ({self.survival_rule}, p_L={self.final_survival_prob:g}{mode}{scaling})"
+        model = self.config["model"]
+        mode = ", sample" if model.get("drop_mode") == "sample" else ""
+        scaling = ", inverted" if model.get("scaling") == "inverted" else ""
+        schedule = model.get("time_schedule", "constant")
+        timing = f", {schedule} {model.get('time_schedule_fraction', 0.5):g}" if schedule != "constant" else ""
+        return f"stochastic ({self.survival_rule}, p_L={self.final_survival_prob:g}{mode}{scaling}{timing})"
 
     @property
     def epochs_done(self) -> float:
@@ -115,14 +125,24 @@ def realised_blocks_per_step(records: list[dict[str, Any]]) -> float | None:
     it, so the records are weighted by those steps (evaluations need not be evenly spaced).
     ``None`` when the records do not say.
     """
-    keys = ("iteration", "mean_active_blocks")
+    return blocks_per_step(records, "mean_active_blocks")
+
+
+def expected_blocks_per_step(records: list[dict[str, Any]]) -> float | None:
+    """The survival schedule's expected branches per step over the run (a time schedule's mean), from its records."""
+    return blocks_per_step(records, "expected_active_blocks")
+
+
+def blocks_per_step(records: list[dict[str, Any]], key: str) -> float | None:
+    """The records' ``key`` (a mean over the steps since the record before), averaged over the whole run."""
+    keys = ("iteration", key)
     if not records or not all(is_number(record.get(key)) for record in records for key in keys):
         return None
     starts = [0] + [record["iteration"] for record in records[:-1]]
     steps = [record["iteration"] - start for record, start in zip(records, starts)]
     if sum(steps) <= 0:
         return None
-    return sum(record["mean_active_blocks"] * count for record, count in zip(records, steps)) / sum(steps)
+    return sum(record[key] * count for record, count in zip(records, steps)) / sum(steps)
 
 
 def is_number(value: Any) -> bool:

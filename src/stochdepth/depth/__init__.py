@@ -3,7 +3,7 @@
 Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016, section 3. This package is
 the one place where the mechanism lives, and it knows no model family and no trainer:
 
-- ``schedule``: the options and the survival probabilities p_l (eq. 4);
+- ``schedule``: the options, the survival probabilities p_l (eq. 4) and their time schedules;
 - ``gates``: what a training step is, and the host-side generator of its gates;
 - ``residual``: the residual sum of a stochastic block (skip, scale, zero gradients for
   what was skipped) and the registry of adapters;
@@ -22,6 +22,7 @@ from stochdepth.depth.apply import (
     stochastic_blocks,
     stochastic_depth,
     survival_probs,
+    survival_probs_in_force,
 )
 from stochdepth.depth.gates import GateGenerator, StepGates, survivor_counts
 from stochdepth.depth.residual import (
@@ -37,15 +38,19 @@ from stochdepth.depth.schedule import (
     DROP_MODES,
     SCALINGS,
     SURVIVAL_RULES,
+    TIME_SCHEDULES,
     DepthOptions,
+    TimeSchedule,
     resolve_depth_options,
     survival_schedule,
+    time_schedule_for,
 )
 
 __all__ = [
     "DROP_MODES",
     "SCALINGS",
     "SURVIVAL_RULES",
+    "TIME_SCHEDULES",
     "DepthOptions",
     "GateGenerator",
     "ResidualAdapter",
@@ -53,6 +58,7 @@ __all__ = [
     "StepGates",
     "StochasticModule",
     "StochasticResidual",
+    "TimeSchedule",
     "find_residual_blocks",
     "fold_survival",
     "gate_generator",
@@ -64,6 +70,8 @@ __all__ = [
     "stochastic_depth",
     "stochastic_residual",
     "survival_probs",
+    "survival_probs_in_force",
     "survival_schedule",
     "survivor_counts",
+    "time_schedule_for",
 ]

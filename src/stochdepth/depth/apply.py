@@ -13,7 +13,7 @@ from torch import nn
 from stochdepth.depth.adapters import native_drop_rate, register_adapters
 from stochdepth.depth.gates import GateGenerator, common_seed
 from stochdepth.depth.residual import ResidualAdapter, StochasticModule, adapter_for
-from stochdepth.depth.schedule import DepthOptions, resolve_depth_options, schedule_for
+from stochdepth.depth.schedule import DepthOptions, resolve_depth_options, schedule_for, time_schedule_for
 
 
 def _children_in_order(
@@ -60,6 +60,9 @@ def stochastic_depth(
     gate_seed: int | None = None,
     scaling: str | None = None,
     *,
+    time_schedule: str | None = None,
+    time_schedule_fraction: float | None = None,
+    total_steps: int | None = None,
     options: DepthOptions | None = None,
 ) -> nn.Module:
     """Give every residual branch of ``model`` its survival probability and gate; returns ``model``, changed in place.
@@ -90,7 +93,14 @@ def stochastic_depth(
     keeps its evaluation outputs. A model in which no residual block is recognised is a
     ``ValueError`` naming the block types it found, unless ``survival_rule`` is ``"none"``.
 
-    ``options``, instead of the four options above, are options already resolved
+    ``time_schedule`` changes every branch's drop rate over training
+    (:class:`~stochdepth.depth.schedule.TimeSchedule`: ``"constant"``, the default and the
+    paper; ``"ramp"``, ``"late"``, ``"early"``, each changing at ``time_schedule_fraction`` of
+    ``total_steps``, the number of training steps you plan; a step is a training-mode call of
+    ``model``). :func:`survival_probs` keeps returning the schedule over depth;
+    :func:`survival_probs_in_force` the probabilities at the current step.
+
+    ``options``, instead of the six options above, are options already resolved
     (``create_model`` passes on what the configuration resolved once), used as they are.
     """
     if any(True for _ in stochastic_blocks(model)):
@@ -103,9 +113,12 @@ def stochastic_depth(
     ]
     native = {adapter.default_scaling for _, _, _, adapter in found}
     default_scaling = "inverted" if "inverted" in native else "paper"
-    given = (survival_rule, final_survival_prob, drop_mode, scaling)
+    given = (survival_rule, final_survival_prob, drop_mode, scaling, time_schedule, time_schedule_fraction)
     if options is not None and any(value is not None for value in given):
-        raise ValueError("give either resolved options or survival_rule/final_survival_prob/drop_mode/scaling")
+        raise ValueError(
+            "give either resolved options or survival_rule/final_survival_prob/drop_mode/scaling/time_schedule/"
+            "time_schedule_fraction"
+        )
     if any(native_rates):
         if survival_rule is not None or final_survival_prob is not None or options is not None:
             raise ValueError(
@@ -115,17 +128,29 @@ def stochastic_depth(
             )
         probs = [1.0 - rate for rate in native_rates]
         options = replace(
-            resolve_depth_options("uniform", min(probs), drop_mode, scaling, default_scaling), survival_rule="native"
+            resolve_depth_options(
+                "uniform", min(probs), drop_mode, scaling, default_scaling, time_schedule, time_schedule_fraction
+            ),
+            survival_rule="native",
         )
     else:
         if options is None:
-            options = resolve_depth_options(survival_rule, final_survival_prob, drop_mode, scaling, default_scaling)
+            options = resolve_depth_options(
+                survival_rule,
+                final_survival_prob,
+                drop_mode,
+                scaling,
+                default_scaling,
+                time_schedule,
+                time_schedule_fraction,
+            )
         probs = schedule_for(sum(sizes), options)
+    schedule = time_schedule_for(options, total_steps)
     if not found and options.survival_rule != "none":
         raise ValueError(_no_blocks_message(model))
     _refuse_drop_path_outside(model)
     seed = common_seed(torch.initial_seed() & (2**63 - 1)) if gate_seed is None else gate_seed
-    gates = GateGenerator(seed, probs, options.drop_mode, options.scaling)
+    gates = GateGenerator(seed, probs, options.drop_mode, options.scaling, schedule)
     first = 0
     for (parent, name, child, adapter), size in zip(found, sizes):
         setattr(parent, name, adapter.make_stochastic(child, probs[first : first + size], first, gates))
@@ -193,6 +218,17 @@ def survival_probs(model: nn.Module) -> list[float]:
     return [prob for block in stochastic_blocks(model) for prob in block.survival_probs]
 
 
+def survival_probs_in_force(model: nn.Module) -> list[float]:
+    """p_l of every residual branch at the current step of ``model``'s time schedule, in order.
+
+    The step being trained, or the last one trained (the first before any): what the gates
+    are drawn with, what the inverted scaling divides by, and what evaluation under the
+    paper's scaling (and :func:`fold_survival`) multiplies by. Equal to :func:`survival_probs`
+    under the constant time schedule.
+    """
+    return [prob for block in stochastic_blocks(model) for prob in block.probs_in_force()]
+
+
 def gate_generator(model: nn.Module) -> GateGenerator:
     """The :class:`~stochdepth.depth.gates.GateGenerator` that :func:`stochastic_depth` gave ``model``.
 
@@ -223,11 +259,12 @@ def fold_survival(model: nn.Module) -> nn.Module:
 
     Under the paper's scaling the weight and bias of each branch's last affine layer (a
     BatchNorm in post-activation families, the last convolution in pre-activation ones) are
-    multiplied by p_l, which scales the branch's output by p_l exactly as eq. 5 does at test
-    time; under the inverted scaling evaluation is already the plain network. Each stochastic
-    module becomes its plain counterpart (the original class for other libraries' blocks), so
-    the result has no stochastic parts, costs what a plain network costs, and exports with
-    ``torch.export``. The input model is not changed.
+    multiplied by p_l (in force at the current step: :func:`survival_probs_in_force`), which
+    scales the branch's output by p_l exactly as eq. 5 does at test time; under the inverted
+    scaling evaluation is already the plain network. Each stochastic module becomes its plain
+    counterpart (the original class for other libraries' blocks), so the result has no
+    stochastic parts, costs what a plain network costs, and exports with ``torch.export``.
+    The input model is not changed.
     """
     folded = copy.deepcopy(model).eval()
     stochastic = [

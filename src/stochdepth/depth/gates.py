@@ -13,7 +13,11 @@ before each step.
 
 Batch mode draws one vector of L uniforms; sample mode the L subset sizes and one L x batch
 matrix. Drawing never waits for the device, and the sequence is a function of the seed and
-the number of steps only. When ``torch.distributed`` is initialised, sample mode draws for
+the number of steps only. The generator counts the steps that drew gates (``steps_taken``, in
+its state): a time schedule (:class:`~stochdepth.depth.schedule.TimeSchedule`) reads the
+survival probabilities in force at that step, so a resumed run continues it exactly.
+
+When ``torch.distributed`` is initialised, sample mode draws for
 the global batch (this rank's batch times the world size, equal batches assumed) and keeps
 this rank's rows, so N ranks drop exactly what one process would on the global batch; batch
 mode is the same on every rank as long as the seeds are (see :func:`common_seed`).
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from stochdepth.depth.schedule import DEFAULT_DROP_MODE, DEFAULT_SCALING
+from stochdepth.depth.schedule import DEFAULT_DROP_MODE, DEFAULT_SCALING, TimeSchedule, survival_probs_at
 
 
 def survivor_counts(
@@ -99,6 +103,11 @@ class GateGenerator:
     counts the fraction of the global batch it ran on): the realised depth, which a trainer
     reads and resets with :meth:`take_branches_run`. While ``every_block`` is set
     (:func:`~stochdepth.run_every_block`) every branch runs as in evaluation.
+
+    ``survival_probs`` is the schedule over depth; ``time_schedule`` changes it over the
+    training steps, and :attr:`probs_in_force` holds each branch's probability at the current
+    step (the one being trained, or the last one trained): the gates are drawn with it, the
+    inverted scaling divides by it and evaluation under the paper's scaling multiplies by it.
     """
 
     def __init__(
@@ -107,16 +116,42 @@ class GateGenerator:
         survival_probs: list[float] | None = None,
         drop_mode: str = DEFAULT_DROP_MODE,
         scaling: str = DEFAULT_SCALING,
+        time_schedule: TimeSchedule | None = None,
     ) -> None:
         self.seed = seed
-        self.survival_probs = torch.tensor(survival_probs or [], dtype=torch.float64)
+        self.depth_probs = list(survival_probs or [])
         self.drop_mode = drop_mode
         self.scaling = scaling
+        self.time_schedule = time_schedule if time_schedule is not None else TimeSchedule()
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
         self.branches_run = 0.0
         self.step: StepGates | None = None
         self.every_block = False
+        self.factor_in_force: float | None = None
+        self.set_steps_taken(0)
+
+    @property
+    def current_step(self) -> int:
+        """The 0-based step being trained, or the last one trained (0 before any)."""
+        return max(self.steps_taken - 1, 0)
+
+    def set_steps_taken(self, steps: int) -> None:
+        """Say that ``steps`` training steps have drawn gates (a resume), and update the probabilities in force."""
+        self.steps_taken = steps
+        factor = self.time_schedule.drop_factor(self.current_step)
+        if factor != self.factor_in_force:
+            self.factor_in_force = factor
+            self.probs_in_force = survival_probs_at(self.depth_probs, self.time_schedule, self.current_step)
+            self.survival_probs = torch.tensor(self.probs_in_force, dtype=torch.float64)
+
+    def expected_branches(self, start: int, stop: int) -> float:
+        """The expected number of branches run per step over the 0-based steps ``start`` <= t < ``stop``.
+
+        The sum of p_l(t) over the branches, averaged over those steps (the time schedule's mean).
+        """
+        factor = self.time_schedule.mean_drop_factor(start, stop)
+        return sum(1.0 - factor * (1.0 - prob) for prob in self.depth_probs)
 
     def begin_step(self) -> None:
         """The next gate asked for draws a new step's gates (the converted module's pre-hook calls this)."""
@@ -168,6 +203,8 @@ class GateGenerator:
         Never compiled: a host decision, drawn eagerly under ``torch.compile``.
         """
         step = self.step
+        if step is None:
+            self.set_steps_taken(self.steps_taken + 1)
         if step is None or step.batch_size != batch_size:
             step = self.draw_step(batch_size, device)
         return step.survives[index], step.rows[index]
@@ -182,23 +219,42 @@ class GateGenerator:
             self.every_block = before
 
     def state_dict(self) -> dict[str, object]:
-        return {"seed": self.seed, "state": self.generator.get_state()}
+        """The seed, the generator's state, the steps taken and (to rebuild the schedule) the steps planned."""
+        return {
+            "seed": self.seed,
+            "state": self.generator.get_state(),
+            "steps_taken": self.steps_taken,
+            "total_steps": self.time_schedule.total_steps,
+        }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        """Continue the gate sequence of ``state`` (a state without ``steps_taken``, from before time schedules: 0).
+
+        The schedule stays this generator's own (a run resumed with more epochs plans more steps).
+        """
+        steps = state.get("steps_taken", 0)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"gate state: steps_taken must be a non-negative integer, got {steps!r}")
         self.seed = int(state["seed"])
         self.generator.set_state(state["state"])
         self.step = None
+        self.set_steps_taken(steps)
 
     def __getstate__(self) -> dict[str, object]:
         """Plain Python values only, so a converted module pickles and crosses ``torch.multiprocessing``."""
+        schedule = self.time_schedule
         return {
             "seed": self.seed,
             "state": bytes(self.generator.get_state().tolist()),
-            "survival_probs": self.survival_probs.tolist(),
+            "survival_probs": self.depth_probs,
             "drop_mode": self.drop_mode,
             "scaling": self.scaling,
+            "time_schedule": (schedule.kind, schedule.fraction, schedule.total_steps),
+            "steps_taken": self.steps_taken,
         }
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__(int(state["seed"]), state["survival_probs"], state["drop_mode"], state["scaling"])
+        schedule = TimeSchedule(*state["time_schedule"])
+        self.__init__(int(state["seed"]), state["survival_probs"], state["drop_mode"], state["scaling"], schedule)
         self.generator.set_state(torch.tensor(list(state["state"]), dtype=torch.uint8))
+        self.set_steps_taken(state["steps_taken"])

@@ -169,6 +169,12 @@ class StochasticModule(nn.Module):
         """The parameters that only branch ``which`` uses (they get a zero gradient when it is dropped)."""
         raise NotImplementedError
 
+    def probs_in_force(self) -> tuple[float, ...]:
+        """Each branch's survival probability at the current step of the time schedule (``survival_probs``: the
+        depth schedule's)."""
+        first = self.first_index
+        return tuple(self.gates.probs_in_force[first : first + len(self.survival_probs)])
+
     def folded(self) -> nn.Module:
         """A plain module with each p_l multiplied into its branch under the paper's scaling (eq. 5)."""
         raise NotImplementedError
@@ -187,21 +193,24 @@ def stochastic_residual(
     """Residual branch ``which`` of a stochastic ``block``: training gates it, evaluation runs it.
 
     Evaluation (or :func:`~stochdepth.run_every_block`) scales the branch by p_l under the
-    paper's scaling, not under the inverted one. Every stochastic module (this library's
+    paper's scaling, not under the inverted one; p_l is the probability in force at the current
+    step of the time schedule (:attr:`GateGenerator.probs_in_force`). Every stochastic module (this library's
     blocks and the adapters of other libraries' blocks) computes its residual sums here.
     Under ``torch.compile`` this function runs eagerly (the gates are host decisions, and a
     new gate pattern must not recompile) while the branch it calls is compiled.
     """
-    survival_prob = block.survival_probs[which]
     gates = block.gates
+    index = block.first_index + which
     post_activation = post_activation if post_activation is not None else _identity
     if not block.training or gates.every_block:
         out = branch(branch_input)
+        survival_prob = gates.probs_in_force[index]
         if gates.scaling == "paper" and survival_prob < 1.0:
             return post_activation(shortcut.add(out, alpha=survival_prob))
         return post_activation(shortcut + out)
     batch_size = branch_input.shape[0]
-    runs, rows = gates.gate(block.first_index + which, batch_size, branch_input.device)
+    runs, rows = gates.gate(index, batch_size, branch_input.device)
+    survival_prob = gates.probs_in_force[index]
     if not runs:
         out = shortcut if dropped_returns_shortcut else post_activation(shortcut)
         return give_zero_gradients(out, block.branch_parameters(which))
@@ -273,8 +282,9 @@ class StochasticResidual(ResidualBlock, StochasticModule):
         return self.branch.parameters()
 
     def folded(self) -> ResidualBlock:
-        if self.gates.scaling == "paper" and self.survival_prob < 1.0:
-            scale_last_affine_layer(self.branch, self.survival_prob)
+        (prob,) = self.probs_in_force()
+        if self.gates.scaling == "paper" and prob < 1.0:
+            scale_last_affine_layer(self.branch, prob)
         return ResidualBlock(
             self.branch, self.shortcut, self.pre_activation, self.post_activation, self.dropped_returns_shortcut
         )

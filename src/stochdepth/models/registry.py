@@ -108,6 +108,8 @@ def resolve_model_depth_options(
     final_survival_prob: float | None = None,
     drop_mode: str | None = None,
     scaling: str | None = None,
+    time_schedule: str | None = None,
+    time_schedule_fraction: float | None = None,
 ) -> DepthOptions:
     """The stochastic-depth options model ``name`` is built with: the defaults filled in, checked.
 
@@ -124,7 +126,9 @@ def resolve_model_depth_options(
             )
         survival_rule = "none"
     default_scaling = "inverted" if _external(name) else "paper"
-    return resolve_depth_options(survival_rule, final_survival_prob, drop_mode, scaling, default_scaling)
+    return resolve_depth_options(
+        survival_rule, final_survival_prob, drop_mode, scaling, default_scaling, time_schedule, time_schedule_fraction
+    )
 
 
 def create_model(
@@ -138,6 +142,9 @@ def create_model(
     gate_seed: int | None = None,
     scaling: str | None = None,
     image_size: int | None = None,
+    time_schedule: str | None = None,
+    time_schedule_fraction: float | None = None,
+    total_steps: int | None = None,
     depth_options: DepthOptions | None = None,
     **family_options: object,
 ) -> nn.Module:
@@ -153,13 +160,19 @@ def create_model(
     10 elsewhere; 3 input channels); an option the family does not take is a ``ValueError``.
     ``image_size`` goes to torchvision's and timm's builders that take one (their Vision
     Transformers and Swins are built for one input size); this library's networks take any.
-    ``depth_options`` (instead of the four depth options) are options resolved already, for
-    this model, and used as they are: a run resolves its configuration once and passes it on.
+    ``time_schedule``, ``time_schedule_fraction`` and ``total_steps`` change the drop rates over
+    training (:func:`~stochdepth.stochastic_depth`). ``depth_options`` (instead of the six depth
+    options) are options resolved already, for this model, and used as they are: a run
+    resolves its configuration once and passes it on.
     """
+    depth = (survival_rule, final_survival_prob, drop_mode, scaling, time_schedule, time_schedule_fraction)
     if depth_options is None:
-        depth_options = resolve_model_depth_options(name, survival_rule, final_survival_prob, drop_mode, scaling)
-    elif any(value is not None for value in (survival_rule, final_survival_prob, drop_mode, scaling)):
-        raise ValueError("give either depth_options or survival_rule/final_survival_prob/drop_mode/scaling")
+        depth_options = resolve_model_depth_options(name, *depth)
+    elif any(value is not None for value in depth):
+        raise ValueError(
+            "give either depth_options or survival_rule/final_survival_prob/drop_mode/scaling/time_schedule/"
+            "time_schedule_fraction"
+        )
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
@@ -177,7 +190,7 @@ def create_model(
         if "unexpected keyword argument" not in str(error):
             raise
         raise ValueError(f"model {name!r} does not take {str(error).rsplit(' ', 1)[-1]}") from None
-    return stochastic_depth(network, gate_seed=gate_seed, options=depth_options)
+    return stochastic_depth(network, gate_seed=gate_seed, total_steps=total_steps, options=depth_options)
 
 
 def _external_builder(name: str) -> ModelBuilder:

@@ -19,7 +19,7 @@ from torch import nn
 import stochdepth
 from stochdepth.config import TrainConfig
 from stochdepth.data import DataSpec
-from stochdepth.depth import survival_probs
+from stochdepth.depth import gate_generator, survival_probs
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint
 from stochdepth.train.distributed import Ranks, join
 from stochdepth.train.progress import write_line
@@ -225,7 +225,12 @@ def load_trained_model(
     if state.get("model_name") != expected or config.model.model != expected:
         names = {state.get("model_name"), config.model.model} - {expected}
         raise CheckpointError(f"{path}: checkpoint is for model {', '.join(map(repr, names))}, not {expected!r}")
-    model = build_model(config, spec)
+    try:
+        gate_state = state["random_states"]["gates"]
+        model = build_model(config, spec, total_steps=gate_state.get("total_steps"))
+        gate_generator(model).load_state_dict(gate_state)
+    except (KeyError, RuntimeError, TypeError, AttributeError, ValueError) as error:
+        raise CheckpointError(f"{path}: its gate state does not fit its configuration ({error})") from None
     try:
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, TypeError, AttributeError) as error:

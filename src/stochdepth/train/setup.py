@@ -33,7 +33,13 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     model = config.model
     info = model_info(model.model)
     options = resolve_model_depth_options(
-        model.model, model.survival_rule, model.final_survival_prob, model.drop_mode, model.scaling
+        model.model,
+        model.survival_rule,
+        model.final_survival_prob,
+        model.drop_mode,
+        model.scaling,
+        model.time_schedule,
+        model.time_schedule_fraction,
     )
     if config.data.dataset == "imagenet" and config.data.image_size < info.min_image_size:
         raise ValueError(f"image_size must be at least {info.min_image_size} for {model.model}")
@@ -64,20 +70,27 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def build_model(config: TrainConfig, spec: DataSpec, gate_seed: int = 0) -> nn.Module:
+def depth_options_of(config: TrainConfig) -> DepthOptions:
+    """The depth options of a resolved ``config`` (:func:`resolve_config`), as they are."""
+    return DepthOptions(**{field.name: getattr(config.model, field.name) for field in dataclasses.fields(DepthOptions)})
+
+
+def build_model(config: TrainConfig, spec: DataSpec, gate_seed: int = 0, total_steps: int | None = None) -> nn.Module:
     """The network ``config.model`` describes, for data of ``spec``'s classes, channels and image size.
 
     ``config`` is resolved (:func:`resolve_config`): its depth options are passed on as they are.
+    ``total_steps``, the run's training steps, is what a time schedule spans.
     """
     model = config.model
     return create_model(
         model.model,
         num_classes=spec.num_classes,
         in_channels=spec.in_channels,
-        depth_options=DepthOptions(model.survival_rule, model.final_survival_prob, model.drop_mode, model.scaling),
+        depth_options=depth_options_of(config),
         dropout_rate=model.dropout_rate,
         gate_seed=gate_seed,
         image_size=spec.image_size,
+        total_steps=total_steps,
     )
 
 

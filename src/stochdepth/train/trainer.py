@@ -30,10 +30,7 @@ from torch import nn
 
 from stochdepth.config import TrainConfig
 from stochdepth.data import Loaders, build_loaders
-from stochdepth.depth import (
-    gate_generator,
-    survival_probs,
-)
+from stochdepth.depth import gate_generator
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stochdepth.train.distributed import Ranks, SingleProcess
 from stochdepth.train.gradients import GradientRecorder
@@ -111,7 +108,8 @@ class Trainer:
                 raise ValueError("run.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm does not run on the CPU)")
             torch.manual_seed(seed)
             self.loaders: Loaders = build_loaders(config.data, config.optim.batch_size, self.device, seed, ranks.shard)
-            self.model = build_model(config, self.loaders.spec, gate_seed=seed).to(self.device)
+            total_steps = config.optim.epochs * len(self.loaders.train)
+            self.model = build_model(config, self.loaders.spec, seed, total_steps).to(self.device)
         ranks.seed_own_stream(seed)
         if config.run.sync_batchnorm:
             self.model = ranks.sync_batchnorm(self.model)
@@ -122,7 +120,6 @@ class Trainer:
         self.gates = gate_generator(self.model)
         self.network = ranks.wrap(self.model)
         self.gradient_recorder = GradientRecorder(self.model, self.gates)
-        self.expected_active_blocks = sum(survival_probs(self.model))
         optim = config.optim
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
@@ -384,6 +381,7 @@ class Trainer:
         val_error = self._error(self.loaders.val, "validation")
         test_error = self._error(self.loaders.test, "test") if self.config.run.test_every_eval else math.nan
         loss_sum, wrong, images = window.totals(self.ranks)
+        steps_taken = self.gates.steps_taken
         record = {
             "epoch": round(self.counters.iteration / len(self.loaders.train), 4),
             "iteration": self.counters.iteration,
@@ -393,7 +391,7 @@ class Trainer:
             "test_error": test_error,
             "lr": window.lr,
             "mean_active_blocks": self.gates.take_branches_run() / max(window.steps, 1),
-            "expected_active_blocks": self.expected_active_blocks,
+            "expected_active_blocks": self.gates.expected_branches(steps_taken - window.steps, steps_taken),
             "epoch_seconds": window.seconds,
             "images_per_second": images / window.seconds if window.seconds > 0 else math.nan,
             "skipped_steps": self.counters.skipped_steps,
@@ -432,10 +430,10 @@ class Trainer:
         """One evaluation as a line: errors, learning rate, realised vs expected blocks, speed."""
         test = "" if math.isnan(record["test_error"]) else f"  test error {percent(record['test_error'])}"
         depth = ""
-        if self.expected_active_blocks:
+        if self.gates.depth_probs:
             depth = (
-                f"  blocks run {record['mean_active_blocks']:.1f} (expected {self.expected_active_blocks:.1f} "
-                f"of {len(self.gates.survival_probs)})"
+                f"  blocks run {record['mean_active_blocks']:.1f} (expected {record['expected_active_blocks']:.1f} "
+                f"of {len(self.gates.depth_probs)})"
             )
         return (
             f"epoch {record['epoch']:g}/{self.config.optim.epochs}  iter {record['iteration']}  "

@@ -64,7 +64,7 @@ class SwappedBlock(StochasticModule):
 
     def folded(self) -> nn.Module:
         if self.gates.scaling == "paper":
-            for prob, end in zip(self.survival_probs, self.branch_ends()):
+            for prob, end in zip(self.probs_in_force(), self.branch_ends()):
                 if prob < 1.0:
                     _scale_output(end, prob)
         return self._swap_back()

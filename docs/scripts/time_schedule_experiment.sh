@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The short-budget experiment of docs/results.md (issue 27): ResNet-56 on the first 300 Fashion-MNIST
+# training images, no augmentation, batch 32, lr 0.025 (Nesterov 0.9, weight decay 1e-4) divided by 10
+# at 50% and 75% of 2,700 steps (300 epochs of 9 steps); validation on all 5,000 held-out images every
+# 270 steps (10% of the run); the test set (all 10,000) once, with the best-validation weights.
+# Arms (ARMS, space-separated): none (constant depth), linear (p_L = 0.5, constant time schedule), or
+# linear-<schedule><fraction> (p_L = 0.5 under a time schedule, e.g. linear-late0.5).
+# Every arm of one seed runs side by side (one thread each, nice), so each seed's time ratios are
+# measured on one machine under one load; seeds run one after another.
+# Usage: ARMS="none linear" docs/scripts/time_schedule_experiment.sh OUT SEED [SEED ...]
+# Run again to continue: finished runs are skipped, interrupted ones resume (--auto-resume).
+set -euo pipefail
+out=${1:?usage: ARMS="none linear" time_schedule_experiment.sh OUT SEED [SEED ...]}
+shift
+arms=${ARMS:-none linear}
+mkdir -p "$out/runs" "$out/logs"
+run() {  # run ARM SEED
+  local arm=$1 seed=$2 name flags=(--survival-rule none)
+  name="resnet56-$arm-seed$seed"
+  if [[ $arm == linear* ]]; then
+    flags=(--survival-rule linear --final-survival-prob 0.5)
+    if [[ $arm =~ ^linear-([a-z]+)([0-9.]+)$ ]]; then
+      flags+=(--time-schedule "${BASH_REMATCH[1]}" --time-schedule-fraction "${BASH_REMATCH[2]}")
+    fi
+  fi
+  [[ -f "$out/runs/$name/summary.json" ]] && return 0
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice python -m stochdepth train --model resnet56 "${flags[@]}" \
+    --seed "$seed" --dataset fashion-mnist --train-size 300 --no-augment --epochs 300 --batch-size 32 \
+    --lr 0.025 --eval-every-iters 270 --no-test-every-eval --device cpu --no-progress \
+    --auto-resume --out "$out/runs/$name" >>"$out/logs/$name.log" 2>&1 || echo "$name failed" >&2
+}
+for seed in "$@"; do
+  for arm in $arms; do run "$arm" "$seed" & done
+  wait
+  lscpu | grep -m1 'Model name' | sed "s/^/seed $seed ran on: /" >>"$out/machine.txt"
+done
