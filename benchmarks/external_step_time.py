@@ -152,7 +152,8 @@ def measure(title: str, variants: dict[str, nn.Module], images: torch.Tensor, ar
     }
     baseline = statistics.median(times["none"])
     baseline_passes = statistics.median(passes["none"])
-    print(f"\n{title}")
+    mean_prob = statistics.fmean(stochdepth.survival_probs(variants["batch"]))
+    print(f"\n{title} (the schedule's mean p_l, its expected share of the branches run: {mean_prob:.3f})")
     print(
         "| variant | median step (ms) | ratio to none | forward+backward (ms) | ratio to none | compute share "
         "| saved activations (MiB) | ratio |"

@@ -31,7 +31,8 @@ PLANS = {
     "cifar10-wrn-28-10": ((60, 0.1), (60, 0.02), (40, 0.004), (40, 0.0008)),
     "cifar100-wrn-28-10": ((60, 0.1), (60, 0.02), (40, 0.004), (40, 0.0008)),
 }
-"""Each paper recipe's learning rate, as (epochs, lr) pieces written out from the papers."""
+"""Each paper recipe's learning rate, as (epochs, lr) pieces written out from the papers' text (the Torch code
+of Huang et al. drops one epoch earlier: README, "Where this library differs")."""
 
 
 @pytest.mark.parametrize("name", list_presets())

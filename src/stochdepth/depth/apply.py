@@ -77,7 +77,8 @@ def stochastic_depth(
     own drop-path layer holds, exactly (``survival_rule`` is then ``"native"``, p_L the smallest
     p_l), and the converted block skips instead of multiplying by a mask. Both libraries ramp
     the rate linearly over the blocks, from 0 at the first block to the rate r at the last
-    (timm's and torchvision's ResNets, ViTs, ConvNeXts, Swins): p_l = 1 - r (l - 1) / (L - 1),
+    (timm's ResNets, ViTs, ConvNeXts and Swins, torchvision's ConvNeXts and Swins; torchvision's
+    ResNets and ViTs have no drop path): p_l = 1 - r (l - 1) / (L - 1),
     the paper's eq. 4 with p_L = 1 - r but starting one block later (the first block never
     drops). EfficientNets (both libraries) stop one step short, p_l = 1 - r (l - 1) / L,
     counting all their blocks (those without a skip too). Giving ``survival_rule`` or

@@ -3,8 +3,10 @@
 The schedule is stepped by iteration, with milestones at fractions of the run's total
 iterations: on a short run (1 or 2 epochs) a drop lands where its fraction says rather than
 being rounded to a whole epoch. Where a milestone falls on a whole epoch (the paper's 50%
-and 75% of 500 epochs) the drop comes at that epoch's first iteration, exactly the paper's
-per-epoch schedule. The learning rate is a function of the iteration alone, so a checkpoint
+and 75% of 500 epochs) the drop comes at that epoch's first iteration: 250 epochs at 0.1, then
+125 at 0.01 and 125 at 0.001, as the paper's text says ("after epochs 250 and 375"). The
+paper's ``main.lua`` drops one epoch earlier (249, 125, 126: it compares a 1-based epoch
+counter with ``< 0.5 * maxEpochs``). The learning rate is a function of the iteration alone, so a checkpoint
 needs no scheduler state, and a run resumed with more epochs re-plans its milestones.
 """
 
