@@ -68,7 +68,9 @@ class ModelConfig:
         None, "p_L, the last block's survival probability, in (0, 1]; 1 is constant depth; default: 0.5"
     )
     drop_mode: str | None = _option(
-        None, "batch (one gate per block per mini-batch, the paper) or sample; default: batch"
+        None,
+        "batch (one gate per block per mini-batch, the paper), sample (per-sample gates) or subset (a fixed "
+        "round(p_l * batch) rows per block); default: batch",
     )
     scaling: str | None = _option(
         None,

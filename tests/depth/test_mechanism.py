@@ -18,6 +18,7 @@ from stochdepth.depth import (
     survival_schedule,
     survivor_counts,
 )
+from stochdepth.depth.gates import subset_sizes
 from tests.helpers import randomise_batchnorm
 
 
@@ -347,26 +348,123 @@ def _rows_run(step, index: int) -> list[int]:
     return rows.tolist()
 
 
-def test_sample_mode_shards_draw_together_what_one_process_draws(monkeypatch):
-    """With torch.distributed initialised, each rank keeps its rows of gates drawn for the global batch."""
+def _draw_on_ranks(monkeypatch, shards: list[GateGenerator], batch_size: int) -> list:
+    """One step's gates drawn by each of ``shards`` as rank r of len(shards) would draw them."""
     from stochdepth.depth import gates as gates_module
 
-    probs = [0.9, 0.6, 0.3, 0.1]
-    whole = GateGenerator(8, probs, "sample")
-    shards = [GateGenerator(8, probs, "sample") for _ in range(2)]
-    cpu = torch.device("cpu")
-    for _ in range(40):
-        step = whole.draw_step(6, cpu)
-        parts = []
-        for rank, gates in enumerate(shards):
-            monkeypatch.setattr(gates_module, "data_parallel_position", lambda rank=rank: (rank, 2))
-            parts.append(gates.draw_step(3, cpu))
-        monkeypatch.undo()
-        assert parts[0].runs_anywhere == parts[1].runs_anywhere == step.survives
-        for branch in range(len(probs)):
-            together = _rows_run(parts[0], branch) + [row + 3 for row in _rows_run(parts[1], branch)]
-            assert together == _rows_run(step, branch)
-    assert shards[0].branches_run == shards[1].branches_run == pytest.approx(whole.branches_run)
+    parts = []
+    for rank, gates in enumerate(shards):
+        monkeypatch.setattr(gates_module, "data_parallel_position", lambda rank=rank: (rank, len(shards)))
+        parts.append(gates.draw_step(batch_size, torch.device("cpu")))
+    monkeypatch.undo()
+    return parts
+
+
+@pytest.mark.parametrize("drop_mode", ["sample", "subset"])
+def test_no_rank_runs_a_branch_on_one_row_and_every_sample_survives_with_its_probability(monkeypatch, drop_mode):
+    """The issue's case: p_L 0.3 over 8 blocks, 8 images on each of 2 ranks; ranks agree on what runs anywhere."""
+    probs = survival_schedule(8, "linear", 0.3)
+    shards = [GateGenerator(8, probs, drop_mode) for _ in range(2)]
+    steps, batch_size = 600, 8
+    inclusions = torch.zeros(2, len(probs), batch_size)
+    for _ in range(steps):
+        parts = _draw_on_ranks(monkeypatch, shards, batch_size)
+        assert parts[0].runs_anywhere == parts[1].runs_anywhere
+        for rank, step in enumerate(parts):
+            for branch in range(len(probs)):
+                rows = _rows_run(step, branch)
+                assert len(rows) != 1, (rank, branch, rows)
+                inclusions[rank, branch, rows] += 1
+    assert shards[0].branches_run == shards[1].branches_run
+    frequency = inclusions / steps
+    if drop_mode == "subset":
+        sizes = [min(max(round(prob * batch_size), 2), batch_size) for prob in probs]
+        assert inclusions.sum(dim=2).tolist() == [[size * steps for size in sizes]] * 2
+        probs = [size / batch_size for size in sizes]
+    for branch, prob in enumerate(probs):
+        bound = 4.5 * math.sqrt(prob * (1 - prob) / steps) + 1e-9
+        assert (frequency[:, branch] - prob).abs().max() <= bound, (branch, frequency[:, branch], prob)
+
+
+def test_one_process_draws_the_same_sample_mode_gates_as_before_ranks_were_counted_apart():
+    """A single process's sequence is unchanged: the per-rank draw of one rank is the former global draw."""
+    probs = [0.9, 0.6, 0.3]
+    gates = GateGenerator(8, probs, "sample")
+    reference = torch.Generator().manual_seed(8)
+    for _ in range(20):
+        step = gates.draw_step(6, torch.device("cpu"))
+        draws = torch.rand(2, 3, generator=reference, dtype=torch.float64)
+        counts = survivor_counts(torch.tensor(probs), 6, draws[0], draws[1])
+        order = torch.rand(3, 6, generator=reference).argsort(dim=1)
+        for branch in range(3):
+            expected = sorted(order[branch][: counts[branch]].tolist())
+            assert _rows_run(step, branch) == expected
+
+
+def _mean_and_standard_error(network: nn.Module, x: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    network.train()
+    with torch.no_grad():
+        outputs = torch.stack([network(x) for _ in range(passes)]).double()
+    return outputs.mean(dim=0), outputs.std(dim=0) / math.sqrt(passes)
+
+
+def _small_torchvision_convnext(drop_rate: float) -> nn.Module:
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    setting = [CNBlockConfig(8, 16, 2), CNBlockConfig(16, None, 2)]
+    return ConvNeXt(setting, stochastic_depth_prob=drop_rate, num_classes=5)
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_sample_mode_inverted_scaling_has_the_native_drop_paths_expected_output(library):
+    """Mean output over many passes against the network's own drop path, same weights, in standard errors."""
+    torch.manual_seed(0)
+    if library == "timm":
+        import timm
+
+        native = timm.create_model("convnext_atto", num_classes=5, drop_path_rate=0.6)
+    else:
+        native = _small_torchvision_convnext(0.6)
+    with torch.no_grad():
+        for param in native.parameters():
+            param.add_(0.2 * torch.randn_like(param))  # layer scales far from zero: branches matter
+    converted = stochdepth.stochastic_depth(copy.deepcopy(native), drop_mode="sample", gate_seed=1)
+    x = torch.randn(2, 3, 32, 32)  # at batch 2 the former share-of-the-batch scaling never rescaled (mean z^2 > 15)
+    passes = 300
+    native_mean, native_error = _mean_and_standard_error(native, x, passes)
+    converted_mean, converted_error = _mean_and_standard_error(converted, x, passes)
+    z = (converted_mean - native_mean) / (native_error.square() + converted_error.square()).sqrt()
+    assert z.square().mean() < 2.0, z
+    assert z.abs().max() < 5.0, z
+
+
+@pytest.mark.parametrize("batch_size", [2, 5, 8])
+def test_subset_mode_runs_a_fixed_number_of_rows_and_scales_by_the_batch_over_them(batch_size):
+    probs = survival_schedule(3, "linear", 0.1)
+    torch.manual_seed(0)
+    branches = [nn.Linear(3, 3, bias=False) for _ in probs]
+    network = nn.Sequential(*(ResidualBlock(branch) for branch in branches))
+    stochdepth.stochastic_depth(network, final_survival_prob=0.1, drop_mode="subset", scaling="inverted")
+    gates = stochdepth.gate_generator(network)
+    sizes = [min(max(round(prob * batch_size), 2), batch_size) for prob in probs]
+    assert subset_sizes(torch.tensor(probs, dtype=torch.float64), batch_size).tolist() == sizes
+    calls = [[] for _ in branches]
+    for branch, record in zip(branches, calls):
+        branch.register_forward_hook(lambda module, args, output, record=record: record.append(args[0].shape[0]))
+    x = torch.randn(batch_size, 3)
+    with torch.no_grad():
+        network.train()
+        for _ in range(5):
+            network(x)
+    assert calls == [[size] * 5 for size in sizes]
+    block = network[0]
+    gates.begin_step()
+    with torch.no_grad():
+        out = block(x)
+    rows = _rows_run(gates.step, 0)
+    expected = x.clone()
+    expected[rows] += branches[0](x[rows]) * batch_size / sizes[0]
+    torch.testing.assert_close(out, expected)
 
 
 @pytest.mark.parametrize("survival_rule", ["linear", "uniform"])

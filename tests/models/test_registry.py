@@ -42,6 +42,8 @@ def test_arguments_left_as_none_take_the_family_defaults():
         "final_survival_prob": 0.5,
         "drop_mode": "batch",
         "scaling": "paper",
+        "time_schedule": "constant",
+        "time_schedule_fraction": 0.5,
     }
     assert stochdepth.create_model("torchvision/resnet18", survival_rule=None).depth_options["scaling"] == "inverted"
 

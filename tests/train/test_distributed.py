@@ -269,7 +269,7 @@ def _assert_identical_runs(first: Path, second: Path) -> None:
 def test_sync_batchnorm_is_refused_on_the_cpu_and_in_sample_mode(tiny_config):
     with pytest.raises(ValueError, match="run.sync_batchnorm needs CUDA"):
         train(tiny_config.override(sync_batchnorm=True))
-    with pytest.raises(ValueError, match="run.sync_batchnorm works with model.drop_mode batch only"):
+    with pytest.raises(ValueError, match="run.sync_batchnorm works with model.drop_mode batch or subset"):
         train(tiny_config.override(sync_batchnorm=True, drop_mode="sample"))
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stochdepth.depth.schedule import ROW_MODES
 from stochdepth.train.run_folder import METRIC_KEYS, RunFolder
 
 MAX_SEARCH_DEPTH = 3
@@ -86,7 +87,7 @@ class Run:
         if self.survival_rule == "none" or not self.survival_probs:
             return "constant depth"
         model = self.config["model"]
-        mode = ", sample" if model.get("drop_mode") == "sample" else ""
+        mode = f", {model['drop_mode']}" if model.get("drop_mode") in ROW_MODES else ""
         scaling = ", inverted" if model.get("scaling") == "inverted" else ""
         schedule = model.get("time_schedule", "constant")
         timing = f", {schedule} {model.get('time_schedule_fraction', 0.5):g}" if schedule != "constant" else ""

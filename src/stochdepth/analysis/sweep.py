@@ -41,8 +41,8 @@ def run_name(config: TrainConfig) -> str:
     parts = [_path_safe(model.model), model.survival_rule]
     if model.survival_rule != "none":
         parts.append(f"p{model.final_survival_prob:g}")
-    if model.drop_mode == "sample":
-        parts.append("sample")
+    if model.drop_mode != "batch":
+        parts.append(model.drop_mode)
     if model.scaling == "inverted" and model.survival_rule != "none":
         parts.append("inverted")
     parts.append(f"seed{config.run.seed}")

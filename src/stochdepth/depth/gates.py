@@ -12,15 +12,19 @@ call :meth:`GateGenerator.begin_step` (``stochdepth.gate_generator(model).begin_
 before each step.
 
 Batch mode draws one vector of L uniforms; sample mode the L subset sizes and one L x batch
-matrix. Drawing never waits for the device, and the sequence is a function of the seed and
-the number of steps only. The generator counts the steps that drew gates (``steps_taken``, in
-its state): a time schedule (:class:`~stochdepth.depth.schedule.TimeSchedule`) reads the
-survival probabilities in force at that step, so a resumed run continues it exactly.
+matrix; subset mode the matrix only (its sizes are fixed: :func:`subset_sizes`). Drawing never
+waits for the device, and the sequence is a function of the seed and the number of steps
+only. The generator counts the steps that drew gates (``steps_taken``, in its state): a time
+schedule (:class:`~stochdepth.depth.schedule.TimeSchedule`) reads the survival probabilities in
+force at that step, so a resumed run continues it exactly.
 
-When ``torch.distributed`` is initialised, sample mode draws for
-the global batch (this rank's batch times the world size, equal batches assumed) and keeps
-this rank's rows, so N ranks drop exactly what one process would on the global batch; batch
-mode is the same on every rank as long as the seeds are (see :func:`common_seed`).
+When ``torch.distributed`` is initialised, sample and subset mode draw every rank's rows (the
+world size times this rank's batch, equal batches assumed) and keep this rank's: each rank's
+count follows :func:`survivor_counts` (or :func:`subset_sizes`) on its own batch, so no rank's
+branch ever runs on exactly one row of several, and every sample is in its branch's subset with
+probability exactly p_l. Every rank knows whether a branch runs on any rank
+(``StepGates.runs_anywhere``). Batch mode is the same on every rank as long as the seeds are
+(see :func:`common_seed`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,18 @@ def survivor_counts(
     if batch_size >= 2:
         counts = torch.where(counts == 1, torch.where(split_draws < 0.5, 2, 0), counts)
     return counts
+
+
+def subset_sizes(survival_probs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """How many rows run each branch in subset mode: ``round(p_l * batch_size)``, at least 2 and at most the batch.
+
+    The same every step (DINOv2's fixed-size subsets): shapes never change, so a compiled
+    branch needs no dynamic batch size. At least two rows (when the batch has two) keep
+    BatchNorm in a branch from seeing one sample; the inverted scaling divides by the share
+    of the batch that ran, which is exact here.
+    """
+    sizes = (survival_probs.double() * batch_size).round().long()
+    return sizes.clamp(min=min(2, batch_size), max=batch_size)
 
 
 def data_parallel_position() -> tuple[int, int]:
@@ -173,16 +189,17 @@ class GateGenerator:
             self.branches_run += float(sum(survives))
         else:
             shard, shards = data_parallel_position()
-            full = batch_size * shards
-            draws = torch.rand(2, count, generator=self.generator, dtype=torch.float64)
-            counts = survivor_counts(probs, full, draws[0], draws[1])
-            order = torch.rand(count, full, generator=self.generator).argsort(dim=1)
-            keep = torch.zeros(count, full, dtype=torch.bool)
-            keep.scatter_(1, order, torch.arange(full).expand(count, -1) < counts[:, None])
-            self.branches_run += counts.sum().item() / full
-            runs_anywhere = (counts > 0).tolist()
-            keep = keep[:, shard * batch_size : (shard + 1) * batch_size]
-            counts = keep.sum(dim=1)
+            if self.drop_mode == "sample":
+                draws = torch.rand(2, shards, count, generator=self.generator, dtype=torch.float64)
+                counts = survivor_counts(probs.expand(shards, count), batch_size, draws[0], draws[1])
+            else:
+                counts = subset_sizes(probs, batch_size).expand(shards, count)
+            order = torch.rand(shards, count, batch_size, generator=self.generator).argsort(dim=2)
+            keep = torch.zeros(shards, count, batch_size, dtype=torch.bool)
+            keep.scatter_(2, order, torch.arange(batch_size).expand(shards, count, -1) < counts[..., None])
+            self.branches_run += counts.sum().item() / (batch_size * shards)
+            runs_anywhere = (counts.sum(dim=0) > 0).tolist()
+            keep, counts = keep[shard], counts[shard]
             flat = keep.nonzero()[:, 1]
             if device.type == "cuda":
                 flat = flat.pin_memory()

@@ -8,13 +8,14 @@ shortcut of a ReLU output), a dropped block returns the shortcut itself, H_l = i
 as in eq. 2, and keeps no activation for backward. ``drop_mode="sample"``: the branch runs
 on the surviving rows only (gathered, then added back), so compute and saved activations
 fall with the survival probability; the gathered rows themselves are not kept for backward
-(they are gathered again from the block input, which is kept anyway).
+(they are gathered again from the block input, which is kept anyway). ``drop_mode="subset"``:
+the same on a fixed number of rows, round(p_l B) (DINOv2's way): shapes never change.
 
 Scaling, ``"paper"``: no rescaling in training; in evaluation each branch is multiplied by
 p_l (eq. 5), which :func:`~stochdepth.fold_survival` bakes into the weights. ``"inverted"``
 (timm's ``drop_path``, torchvision's ``StochasticDepth``, so their pretrained weights): in
-training a surviving branch is divided by p_l (batch mode) or by the share of the batch it
-ran on (sample mode); evaluation runs the plain branch. The scale is the ``alpha`` of the
+training a surviving branch is divided by p_l (batch and sample mode) or by the share of the
+batch it ran on (subset mode); evaluation runs the plain branch. The scale is the ``alpha`` of the
 residual addition, so it costs no extra tensor.
 
 A dropped branch's parameters get an *exact zero gradient* in backward (not none): PyTorch's
@@ -42,15 +43,17 @@ AFFINE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.conv._ConvNd, nn.Li
 def training_scale(scaling: str, drop_mode: str, survival_prob: float, rows: int, batch_size: int) -> float:
     """The factor on a branch that ran on ``rows`` of ``batch_size`` samples in a training step.
 
-    ``"paper"``: 1 (section 3: no rescaling in training). ``"inverted"``: 1 / p_l in batch
-    mode; in sample mode ``batch_size / rows``, the inverse of the share of the batch the
-    branch ran on (whose expectation is p_l).
+    ``"paper"``: 1 (section 3: no rescaling in training). ``"inverted"``: 1 / p_l in batch and
+    sample mode (each sample's branch runs with probability exactly p_l, so the expected
+    output is the plain block's, as timm's ``drop_path`` and torchvision's ``StochasticDepth``
+    make it); in subset mode ``batch_size / rows``, the inverse of the share of the batch that
+    ran (fixed, so exact).
     """
     if scaling == "paper":
         return 1.0
-    if drop_mode == "batch":
-        return 1.0 / survival_prob
-    return batch_size / rows
+    if drop_mode == "subset":
+        return batch_size / rows
+    return 1.0 / survival_prob
 
 
 class _ZeroGradientsThrough(torch.autograd.Function):

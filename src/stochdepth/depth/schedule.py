@@ -16,7 +16,9 @@ import math
 from dataclasses import dataclass
 
 SURVIVAL_RULES = ("linear", "uniform", "none")
-DROP_MODES = ("batch", "sample")
+DROP_MODES = ("batch", "sample", "subset")
+ROW_MODES = ("sample", "subset")
+"""The drop modes in which a branch runs on some rows of the batch (the others: all rows or none)."""
 SCALINGS = ("paper", "inverted")
 TIME_SCHEDULES = ("constant", "ramp", "late", "early")
 

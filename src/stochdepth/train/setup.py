@@ -45,8 +45,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"image_size must be at least {info.min_image_size} for {model.model}")
     if config.run.sync_batchnorm and options.drop_mode == "sample":
         raise ValueError(
-            "run.sync_batchnorm works with model.drop_mode batch only: in sample mode a rank whose rows all skip "
-            "a block would not join that block's SyncBatchNorm"
+            "run.sync_batchnorm works with model.drop_mode batch or subset: in sample mode a rank whose rows all "
+            "skip a block would not join that block's SyncBatchNorm"
         )
     resolved = dataclasses.replace(model, **options.as_dict())
     return dataclasses.replace(config, model=resolved)

@@ -22,6 +22,7 @@ from torch import nn
 
 from stochdepth.depth.adapters import NormedTwoBranchBlock, SwappedBlock, parameters_outside
 from stochdepth.depth.residual import stochastic_residual
+from stochdepth.depth.schedule import ROW_MODES
 
 
 def _refuse_squeeze_excitation(block: nn.Module) -> None:
@@ -83,8 +84,8 @@ class TimmBottleneck(TimmResNetBlock, resnet.Bottleneck):
 
 
 def _refuse_masks_in_sample_mode(block: SwappedBlock, attn_mask: torch.Tensor | None, is_causal: bool) -> None:
-    if (attn_mask is not None or is_causal) and block.training and block.gates.drop_mode == "sample":
-        raise ValueError("sample mode cannot subset an attention mask; use drop_mode='batch'")
+    if (attn_mask is not None or is_causal) and block.training and block.gates.drop_mode in ROW_MODES:
+        raise ValueError(f"{block.gates.drop_mode} mode cannot subset an attention mask; use drop_mode='batch'")
 
 
 class TimmTransformerBlock(NormedTwoBranchBlock):
