@@ -23,20 +23,24 @@ from tests.train.distributed_ranks import run_ranks
 
 
 @pytest.mark.parametrize(
-    ("drop_mode", "final_survival_prob", "find_unused_parameters", "native"),
+    ("drop_mode", "final_survival_prob", "find_unused_parameters", "native", "convert_first"),
     [
-        ("batch", 0.5, False, False),
-        ("sample", 0.15, False, False),
-        ("batch", 0.5, True, False),
-        ("batch", 0.2, False, True),
-        ("sample", 0.2, False, True),
+        ("batch", 0.5, False, False, False),
+        ("sample", 0.15, False, False, False),
+        ("batch", 0.5, True, False, False),
+        ("batch", 0.2, False, True, False),
+        ("sample", 0.2, False, True, False),
+        ("batch", 0.5, False, False, True),
+        ("subset", 0.3, False, False, True),
     ],
 )
 def test_ddp_in_a_users_loop_trains_with_dropped_blocks_and_ranks_seeded_differently(
-    drop_mode, final_survival_prob, find_unused_parameters, native, tmp_path
+    drop_mode, final_survival_prob, find_unused_parameters, native, convert_first, tmp_path
 ):
-    """Default DDP, the usual workaround users may already have (find_unused_parameters=True), and a timm
-    ViT built with its own drop path (``native``: the conversion takes its rates over)."""
+    """Default DDP, the usual workaround users may already have (find_unused_parameters=True), a timm
+    ViT built with its own drop path (``native``: the conversion takes its rates over), and a network
+    converted before the process group exists (``convert_first``, Lightning's order: rank 0's gate
+    state is taken at the first training step)."""
     if native:
         pytest.importorskip("timm")
     job = functools.partial(
@@ -45,6 +49,7 @@ def test_ddp_in_a_users_loop_trains_with_dropped_blocks_and_ranks_seeded_differe
         final_survival_prob=final_survival_prob,
         find_unused_parameters=find_unused_parameters,
         native=native,
+        convert_first=convert_first,
     )
     ranks = run_ranks(job, tmp_path)
     assert all("error" not in rank for rank in ranks), [rank.get("traceback") for rank in ranks]
@@ -69,7 +74,7 @@ def test_ddp_in_a_users_loop_trains_with_dropped_blocks_and_ranks_seeded_differe
         assert dropped > 0, "the ViT's own rates (up to 0.8) dropped no branch in 6 steps"
     elif drop_mode == "batch":
         assert decayed > 0, "no block was dropped in 6 steps"
-    else:
+    elif drop_mode == "sample":
         assert idle_on_one_rank > 0, "no block ran on one rank's rows only (the case DDP would fail on)"
 
 
@@ -200,6 +205,28 @@ def test_update_bn_under_run_every_block_recalibrates_every_batchnorm():
     with stochdepth.run_every_block(model):
         torch.optim.swa_utils.update_bn(loader, model)
     assert at_reset(model) == 0
+    swa = torch.optim.swa_utils.AveragedModel(copy.deepcopy(dropped))
+    assert stochdepth.gate_generator(swa) is not stochdepth.gate_generator(dropped), "the copy has its own gates"
+    with stochdepth.run_every_block(swa):
+        torch.optim.swa_utils.update_bn(loader, swa)
+    assert at_reset(swa) == 0, "an AveragedModel runs every block of the copy it holds"
+
+
+def test_run_every_block_contexts_nest_and_close_in_any_order_and_wrappers_find_their_network():
+    model = stochdepth.create_model("resnet8", gate_seed=1)
+    gates = stochdepth.gate_generator(nn.Sequential(model))
+    assert gates is model.gate_generator
+    first, second = stochdepth.run_every_block(model), stochdepth.run_every_block(nn.Sequential(model))
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gates.every_block, "the second context is still open"
+    second.__exit__(None, None, None)
+    assert not gates.every_block
+    with pytest.raises(ValueError, match="2 converted networks"):
+        stochdepth.gate_generator(nn.Sequential(model, stochdepth.create_model("resnet8")))
+    with pytest.raises(ValueError, match="holds no converted network"), stochdepth.run_every_block(nn.Linear(2, 2)):
+        pass
 
 
 def _compile_counter() -> tuple[list[int], object]:

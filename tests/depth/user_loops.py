@@ -33,12 +33,15 @@ def plain_ddp_loop(
     final_survival_prob: float,
     find_unused_parameters: bool = False,
     native: bool = False,
+    convert_first: bool = False,
 ) -> dict[str, Any]:
     """timm's train.py order: join the group, seed each rank differently, build, convert, wrap in default DDP.
 
     ``native``: a timm ViT built with drop path rate 1 - ``final_survival_prob``, converted with its own schedule.
+    ``convert_first``: Lightning's order instead, seed each rank differently, build and convert, then join.
     """
-    dist.init_process_group("gloo")
+    if not convert_first:
+        dist.init_process_group("gloo")
     try:
         torch.manual_seed(100 + rank)
         if native:
@@ -47,6 +50,8 @@ def plain_ddp_loop(
             model = stochdepth.stochastic_depth(
                 small_resnet(), survival_rule="uniform", final_survival_prob=final_survival_prob, drop_mode=drop_mode
             )
+        if convert_first:
+            dist.init_process_group("gloo")
         ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.1)
         data = torch.Generator().manual_seed(rank)

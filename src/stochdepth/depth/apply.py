@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from stochdepth.depth.adapters import native_drop_rate, register_adapters
-from stochdepth.depth.gates import GateGenerator, common_seed
+from stochdepth.depth.gates import GateGenerator, common_seed, data_parallel_position
 from stochdepth.depth.residual import ResidualAdapter, StochasticModule, adapter_for
 from stochdepth.depth.schedule import DepthOptions, resolve_depth_options, schedule_for, time_schedule_for
 
@@ -152,6 +152,7 @@ def stochastic_depth(
     _refuse_drop_path_outside(model)
     seed = common_seed(torch.initial_seed() & (2**63 - 1)) if gate_seed is None else gate_seed
     gates = GateGenerator(seed, probs, options.drop_mode, options.scaling, schedule)
+    gates.agreed_across_ranks = gate_seed is not None or data_parallel_position()[1] > 1
     first = 0
     for (parent, name, child, adapter), size in zip(found, sizes):
         setattr(parent, name, adapter.make_stochastic(child, probs[first : first + size], first, gates))
@@ -230,17 +231,33 @@ def survival_probs_in_force(model: nn.Module) -> list[float]:
     return [prob for block in stochastic_blocks(model) for prob in block.probs_in_force()]
 
 
+def gate_generators(model: nn.Module) -> list[GateGenerator]:
+    """The gate generators of the converted networks in ``model`` (itself, or one it wraps), in order found."""
+    own = getattr(model, "gate_generator", None)
+    found = [own] if isinstance(own, GateGenerator) else []
+    for block in stochastic_blocks(model):
+        if all(block.gates is not gates for gates in found):
+            found.append(block.gates)
+    return found
+
+
 def gate_generator(model: nn.Module) -> GateGenerator:
     """The :class:`~stochdepth.depth.gates.GateGenerator` that :func:`stochastic_depth` gave ``model``.
 
-    Its ``state_dict()`` / ``load_state_dict()`` carry the gate sequence in a checkpoint of
-    your own (``checkpoint["gates"] = gate_generator(model).state_dict()``); they are kept out
-    of the model's ``state_dict`` so that the weights load into the plain network unchanged.
+    ``model`` may also be a module that wraps one converted network (DDP's module, a
+    LightningModule, an ``AveragedModel``). Its ``state_dict()`` / ``load_state_dict()`` carry
+    the gate sequence in a checkpoint of your own
+    (``checkpoint["gates"] = gate_generator(model).state_dict()``); they are kept out of the
+    model's ``state_dict`` so that the weights load into the plain network unchanged.
     """
-    gates = getattr(model, "gate_generator", None)
-    if not isinstance(gates, GateGenerator):
+    found = gate_generators(model)
+    if not found:
         raise ValueError("this model has no gate generator; apply stochdepth.stochastic_depth to it first")
-    return gates
+    if len(found) > 1:
+        raise ValueError(
+            f"this model holds {len(found)} converted networks, each with its own gate generator; pass the one you mean"
+        )
+    return found[0]
 
 
 @contextlib.contextmanager
@@ -250,8 +267,16 @@ def run_every_block(model: nn.Module) -> Iterator[None]:
     For recalibrating BatchNorm statistics of the network that evaluation runs
     (``torch.optim.swa_utils.update_bn``, or a few training-mode passes under ``no_grad``):
     with blocks dropped, the BatchNorm layers inside dropped branches would see nothing.
+    ``model`` is the network that runs, or anything that holds it: an ``AveragedModel``
+    (its own copy, with its own gate generator), DDP's wrapper, a LightningModule; every
+    converted network in it runs every block.
     """
-    with gate_generator(model).running_every_block():
+    found = gate_generators(model)
+    if not found:
+        raise ValueError("this model holds no converted network; apply stochdepth.stochastic_depth to it first")
+    with contextlib.ExitStack() as stack:
+        for gates in found:
+            stack.enter_context(gates.running_every_block())
         yield
 
 

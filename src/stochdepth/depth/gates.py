@@ -77,19 +77,24 @@ def data_parallel_position() -> tuple[int, int]:
     return 0, 1
 
 
+def broadcast_from_rank_zero(values: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``values`` (an int64 CPU tensor) on every rank; on a CUDA device for NCCL, back on the CPU."""
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    values = values.to(device)
+    dist.broadcast(values, src=0)
+    return values.cpu()
+
+
 def common_seed(seed: int) -> int:
     """``seed`` as rank 0 has it when ``torch.distributed`` is initialised (a broadcast), else ``seed``.
 
     timm's ``train.py`` seeds every rank differently; gates must still agree across ranks.
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if data_parallel_position()[1] == 1:
         return seed
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    value = torch.tensor([seed], dtype=torch.int64, device=device)
-    dist.broadcast(value, src=0)
-    return int(value.item())
+    return int(broadcast_from_rank_zero(torch.tensor([seed], dtype=torch.int64))[0])
 
 
 @dataclass
@@ -143,7 +148,8 @@ class GateGenerator:
         self.generator.manual_seed(seed)
         self.branches_run = 0.0
         self.step: StepGates | None = None
-        self.every_block = False
+        self.every_block_requests = 0
+        self.agreed_across_ranks = False
         self.factor_in_force: float | None = None
         self.set_steps_taken(0)
 
@@ -168,6 +174,30 @@ class GateGenerator:
         """
         factor = self.time_schedule.mean_drop_factor(start, stop)
         return sum(1.0 - factor * (1.0 - prob) for prob in self.depth_probs)
+
+    @property
+    def every_block(self) -> bool:
+        """Whether a :meth:`running_every_block` context is open (every branch runs as in evaluation)."""
+        return self.every_block_requests > 0
+
+    def agree_across_ranks(self) -> None:
+        """Take rank 0's gate state (seed, generator, steps) once, when ``torch.distributed`` is initialised.
+
+        A network converted before the process group existed (Lightning builds the module
+        first) on ranks seeded differently would otherwise drop different blocks on each rank.
+        One broadcast, at the first training step under ``torch.distributed``; a generator whose
+        seed came from rank 0 at conversion, or was given, needs none.
+        """
+        if self.agreed_across_ranks or data_parallel_position()[1] == 1:
+            return
+        state = self.generator.get_state()
+        values = broadcast_from_rank_zero(
+            torch.cat([torch.tensor([self.seed, self.steps_taken], dtype=torch.int64), state.long()])
+        )
+        self.seed, steps = int(values[0]), int(values[1])
+        self.generator.set_state(values[2:].to(torch.uint8))
+        self.set_steps_taken(steps)
+        self.agreed_across_ranks = True
 
     def begin_step(self) -> None:
         """The next gate asked for draws a new step's gates (the converted module's pre-hook calls this)."""
@@ -221,6 +251,7 @@ class GateGenerator:
         """
         step = self.step
         if step is None:
+            self.agree_across_ranks()
             self.set_steps_taken(self.steps_taken + 1)
         if step is None or step.batch_size != batch_size:
             step = self.draw_step(batch_size, device)
@@ -228,12 +259,15 @@ class GateGenerator:
 
     @contextlib.contextmanager
     def running_every_block(self) -> Iterator[None]:
-        """Within the block every branch runs, scaled as in evaluation, whatever the modules' training flags."""
-        before, self.every_block = self.every_block, True
+        """Within the block every branch runs, scaled as in evaluation, whatever the modules' training flags.
+
+        Contexts may nest and close in any order: every branch runs while any is open.
+        """
+        self.every_block_requests += 1
         try:
             yield
         finally:
-            self.every_block = before
+            self.every_block_requests -= 1
 
     def state_dict(self) -> dict[str, object]:
         """The seed, the generator's state, the steps taken and (to rebuild the schedule) the steps planned."""
@@ -268,6 +302,7 @@ class GateGenerator:
             "scaling": self.scaling,
             "time_schedule": (schedule.kind, schedule.fraction, schedule.total_steps),
             "steps_taken": self.steps_taken,
+            "agreed_across_ranks": self.agreed_across_ranks,
         }
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -275,3 +310,4 @@ class GateGenerator:
         self.__init__(int(state["seed"]), state["survival_probs"], state["drop_mode"], state["scaling"], schedule)
         self.generator.set_state(torch.tensor(list(state["state"]), dtype=torch.uint8))
         self.set_steps_taken(state["steps_taken"])
+        self.agreed_across_ranks = state["agreed_across_ranks"]
