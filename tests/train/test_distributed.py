@@ -101,7 +101,7 @@ def test_a_dropped_blocks_weights_still_move_under_weight_decay_on_every_rank(tw
     assert moved > 0
 
 
-def test_sample_mode_with_empty_shares_does_not_hang_and_matches_one_process(two_ranks, synthetic_data_dir):
+def test_sample_mode_with_empty_shares_does_not_hang_and_never_runs_a_branch_on_one_row(two_ranks):
     first, second = (result["steps"] for result in _case(two_ranks, "sample"))
 
     def rows_run(step: dict, block: int) -> int:
@@ -115,19 +115,10 @@ def test_sample_mode_with_empty_shares_does_not_hang_and_matches_one_process(two
         if (rows_run(mine, block) == 0) != (rows_run(theirs, block) == 0)
     ]
     assert uneven, "no step had a block with rows on one rank and none on the other"
+    assert all(rows_run(step, block) != 1 for step in first + second for block in range(3))
     for mine, theirs in zip(first, second):
         for name, value in mine["params"].items():
             assert torch.equal(value, theirs["params"][name]), name
-    one = recorded_training(
-        plain_config(
-            synthetic_data_dir, drop_mode="sample", final_survival_prob=0.2, batch_size=4, train_size=32, epochs=1
-        ),
-        None,
-    )
-    for mine, theirs, one_step in zip(first, second, one["steps"], strict=True):
-        for block in range(3):
-            assert rows_run(mine, block) + rows_run(theirs, block) == rows_run(one_step, block)
-    _assert_same_weights(first[-1]["params"], one["steps"][-1]["params"])
 
 
 def test_evaluation_on_two_ranks_equals_one_process_evaluating_the_saved_weights(two_ranks):

@@ -45,9 +45,12 @@ def find_residual_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Modu
     ]
 
 
-@torch.compiler.disable
 def begin_gate_step(module: nn.Module, args: object) -> None:
-    """The converted module's forward pre-hook: a training-mode call begins a step (``stochdepth.depth.gates``)."""
+    """The converted module's forward pre-hook: a training-mode call begins a step (``stochdepth.depth.gates``).
+
+    In evaluation it does nothing, so ``torch.export`` of a converted network in evaluation
+    mode traces through it.
+    """
     if module.training:
         module.gate_generator.begin_step()
 

@@ -199,6 +199,7 @@ class GateGenerator:
         self.set_steps_taken(steps)
         self.agreed_across_ranks = True
 
+    @torch.compiler.disable
     def begin_step(self) -> None:
         """The next gate asked for draws a new step's gates (the converted module's pre-hook calls this)."""
         self.step = None

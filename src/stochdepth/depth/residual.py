@@ -29,6 +29,8 @@ so no activation is copied.
 from __future__ import annotations
 
 import contextlib
+import functools
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -131,28 +133,62 @@ def _gathered_rows_not_saved(
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
+def run_branch(
+    branch: Callable[[torch.Tensor], torch.Tensor], branch_input: torch.Tensor, rows: torch.Tensor | None
+) -> torch.Tensor:
+    """``branch(branch_input)``, on ``rows`` of it only if given (sample and subset mode).
+
+    The part of a training step's residual sum that ``torch.compile`` compiles: each branch
+    calls its own copy of this function (:func:`branch_runner`), so the graphs of one branch
+    never count against another's recompile limit.
+    """
+    if rows is None:
+        return branch(branch_input)
+    gathered = branch_input.index_select(0, rows)
+    with _gathered_rows_not_saved(gathered, branch_input, rows):
+        return branch(gathered)
+
+
+_RUNNERS: dict[int, Callable[..., torch.Tensor]] = {}
+
+
+def branch_runner(index: int) -> Callable[..., torch.Tensor]:
+    """:func:`run_branch` with a code object of its own for branch ``index`` of a network.
+
+    ``torch.compile`` keeps its graphs and its recompile limit (8 by default) per code object.
+    With one shared function, the blocks of a network (other widths, strides, survival
+    probabilities) would recompile it until the limit and then run uncompiled; with one copy
+    per branch index, each branch compiles once (sample mode: once more for the subset rows,
+    and once with a dynamic batch size). Networks of one process share a branch's copy.
+    """
+    runner = _RUNNERS.get(index)
+    if runner is None:
+        name = f"run_branch_{index}"
+        code = run_branch.__code__.replace(co_name=name)
+        runner = types.FunctionType(code, run_branch.__globals__, name)
+        _RUNNERS[index] = runner
+    return runner
+
+
+@torch.compiler.disable
 def gated_residual(
     shortcut: torch.Tensor,
-    branch_input: torch.Tensor,
-    branch: Callable[[torch.Tensor], torch.Tensor],
+    added: torch.Tensor,
     rows: torch.Tensor | None,
     post_activation: Callable[[torch.Tensor], torch.Tensor],
     dropped_returns_shortcut: bool,
-    scale: Callable[[int], float],
+    alpha: float,
 ) -> torch.Tensor:
-    """``post_activation(shortcut + scale * branch(branch_input))`` for a branch that runs, on ``rows`` only if given.
+    """``post_activation(shortcut + alpha * added)``, where ``added`` is a branch's output on ``rows`` only if given.
 
-    ``scale(rows)`` is the branch's factor when it ran on that many rows. In sample mode the
-    branch's output is added back into its rows; with ``dropped_returns_shortcut`` the
-    post-activation runs on those rows only (the others are the shortcut, unchanged by it),
-    so nothing full-sized is kept for backward.
+    In sample and subset mode the branch's output is added back into its rows; with
+    ``dropped_returns_shortcut`` the post-activation runs on those rows only (the others are
+    the shortcut, unchanged by it), so nothing full-sized is kept for backward. Never compiled:
+    a few elementwise operations whose shapes differ in every block and every subset size.
     """
     if rows is None:
-        return post_activation(shortcut.add(branch(branch_input), alpha=scale(branch_input.shape[0])))
-    gathered = branch_input.index_select(0, rows)
-    with _gathered_rows_not_saved(gathered, branch_input, rows):
-        added = branch(gathered).to(shortcut.dtype)
-    alpha = scale(rows.shape[0])
+        return post_activation(shortcut.add(added, alpha=alpha))
+    added = added.to(shortcut.dtype)
     if dropped_returns_shortcut:
         return shortcut.index_copy(0, rows, post_activation(shortcut.index_select(0, rows).add(added, alpha=alpha)))
     return post_activation(shortcut.index_add(0, rows, added, alpha=alpha))
@@ -167,6 +203,13 @@ class StochasticModule(nn.Module):
     survival_probs: tuple[float, ...]
     first_index: int
     gates: GateGenerator
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Each stochastic module's own ``forward`` runs eagerly in training (:func:`_eager_in_training`)."""
+        super().__init_subclass__(**kwargs)
+        forward = cls.__dict__.get("forward")
+        if forward is not None:
+            cls.forward = _eager_in_training(forward)
 
     def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
         """The parameters that only branch ``which`` uses (they get a zero gradient when it is dropped)."""
@@ -183,7 +226,29 @@ class StochasticModule(nn.Module):
         raise NotImplementedError
 
 
-@torch.compiler.disable(recursive=False)
+def _eager_in_training(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``forward`` of a stochastic module, run eagerly under ``torch.compile`` in training, traced in evaluation.
+
+    In training a block's gates are host decisions, so ``torch.compile`` breaks its graph
+    there. Were the break inside the block's ``forward``, every block of a class would compile
+    that ``forward`` as a frame of its own, one code object for all of them, and a network
+    with more than 8 kinds of block (widths, strides, shortcuts: torchvision's ResNet-50)
+    would pass dynamo's default recompile limit and run blocks uncompiled. Breaking before
+    the first operation leaves that frame empty; the modules the block calls compile (each
+    branch through its own :func:`branch_runner`). Evaluation is traced whole.
+    """
+    eager = torch.compiler.disable(forward, recursive=False)
+
+    @functools.wraps(forward)
+    def forward_eagerly_in_training(self: StochasticModule, *args: object, **kwargs: object) -> torch.Tensor:
+        if self.training and not self.gates.every_block:
+            return eager(self, *args, **kwargs)
+        return forward(self, *args, **kwargs)
+
+    _never_a_frame_of_its_own(forward_eagerly_in_training)
+    return forward_eagerly_in_training
+
+
 def stochastic_residual(
     shortcut: torch.Tensor,
     branch_input: torch.Tensor,
@@ -197,31 +262,72 @@ def stochastic_residual(
 
     Evaluation (or :func:`~stochdepth.run_every_block`) scales the branch by p_l under the
     paper's scaling, not under the inverted one; p_l is the probability in force at the current
-    step of the time schedule (:attr:`GateGenerator.probs_in_force`). Every stochastic module (this library's
-    blocks and the adapters of other libraries' blocks) computes its residual sums here.
+    step of the time schedule (:attr:`GateGenerator.probs_in_force`). Every stochastic module
+    (this library's blocks and the adapters of other libraries' blocks) computes its residual
+    sums here. Evaluation is plain tensor code (``torch.compile`` traces it whole and
+    ``torch.export`` exports it); training goes through :func:`gated_training_residual`.
+    """
+    gates = block.gates
+    post_activation = post_activation if post_activation is not None else _identity
+    if block.training and not gates.every_block:
+        return gated_training_residual(
+            shortcut, branch_input, branch, block, which, post_activation, dropped_returns_shortcut
+        )
+    out = branch(branch_input)
+    survival_prob = gates.probs_in_force[block.first_index + which]
+    if gates.scaling == "paper" and survival_prob < 1.0:
+        return post_activation(shortcut.add(out, alpha=survival_prob))
+    return post_activation(shortcut + out)
+
+
+@torch.compiler.disable(recursive=False)
+def gated_training_residual(
+    shortcut: torch.Tensor,
+    branch_input: torch.Tensor,
+    branch: Callable[[torch.Tensor], torch.Tensor],
+    block: StochasticModule,
+    which: int,
+    post_activation: Callable[[torch.Tensor], torch.Tensor],
+    dropped_returns_shortcut: bool,
+) -> torch.Tensor:
+    """A training step's residual sum: the gate decides, a dropped branch is not run.
+
     Under ``torch.compile`` this function runs eagerly (the gates are host decisions, and a
-    new gate pattern must not recompile) while the branch it calls is compiled.
+    new gate pattern must not recompile) while the branch it calls is compiled, through its
+    own :func:`branch_runner`; the scale is applied here, so a survival probability that
+    changes over training (a time schedule) recompiles nothing.
     """
     gates = block.gates
     index = block.first_index + which
-    post_activation = post_activation if post_activation is not None else _identity
-    if not block.training or gates.every_block:
-        out = branch(branch_input)
-        survival_prob = gates.probs_in_force[index]
-        if gates.scaling == "paper" and survival_prob < 1.0:
-            return post_activation(shortcut.add(out, alpha=survival_prob))
-        return post_activation(shortcut + out)
     batch_size = branch_input.shape[0]
     runs, rows = gates.gate(index, batch_size, branch_input.device)
-    survival_prob = gates.probs_in_force[index]
     if not runs:
         out = shortcut if dropped_returns_shortcut else post_activation(shortcut)
         return give_zero_gradients(out, block.branch_parameters(which))
+    added = branch_runner(index)(branch, branch_input, rows)
+    ran = batch_size if rows is None else rows.shape[0]
+    alpha = training_scale(gates.scaling, gates.drop_mode, gates.probs_in_force[index], ran, batch_size)
+    return gated_residual(shortcut, added, rows, post_activation, dropped_returns_shortcut, alpha)
 
-    def scale(ran: int) -> float:
-        return training_scale(gates.scaling, gates.drop_mode, survival_prob, ran, batch_size)
 
-    return gated_residual(shortcut, branch_input, branch, rows, post_activation, dropped_returns_shortcut, scale)
+def _never_a_frame_of_its_own(*functions: Callable[..., object]) -> None:
+    """``torch.compile`` never compiles a call of these from eager code as a frame of its own (it still
+    compiles what they call, and inlines them where it traces their caller).
+
+    In training a stochastic module's ``forward`` runs eagerly; the calls it makes into
+    :func:`stochastic_residual` and the modules' ``forward`` wrapper would otherwise be
+    compiled as frames, one code object for every block, whose guards (widths, strides,
+    aliasing of shortcut and input) pass dynamo's recompile limit on networks with many
+    kinds of block. Uses dynamo's own mechanism for ``torch.compiler.disable(recursive=False)``
+    where this PyTorch has it.
+    """
+    skip_code = getattr(getattr(torch, "_dynamo", None) and torch._dynamo.eval_frame, "skip_code", None)
+    if skip_code is not None:
+        for function in functions:
+            skip_code(function.__code__)
+
+
+_never_a_frame_of_its_own(stochastic_residual)
 
 
 class ResidualBlock(nn.Module):
