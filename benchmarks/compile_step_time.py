@@ -1,15 +1,19 @@
 """torch.compile and stochastic depth: compiled stochastic vs compiled constant depth, side by side, with recompiles.
 
 Variants, built from the same model name with the same weights and trained on the same batch:
-  eager constant / eager stochastic        no compilation
-  compiled constant / compiled stochastic  ``model.compile(backend=...)`` of the whole network
+  eager constant / eager <mode>        no compilation
+  compiled constant / compiled <mode>  ``model.compile(backend=...)`` of the whole network
+for each drop mode of ``--drop-modes`` (default: batch, sample and subset).
 
-Under ``torch.compile`` the gate decisions run eagerly and the branches are compiled, so a new
-gate pattern must not recompile; the table counts the graphs dynamo compiled during warm-up and
-during the measured steps (a new graph in the measured steps is a recompilation). The variants
-take turns step by step; a variant's time is the median of its measured steps.
+Under ``torch.compile`` the gate decisions run eagerly and each branch compiles through a
+function of its own, so a new gate pattern must not recompile; the table counts the graphs
+dynamo compiled during warm-up and during the measured steps (a new graph in the measured steps
+is a recompilation), at dynamo's default settings, and the last line says whether any function
+reached dynamo's recompile limit (it would then run uncompiled). The variants take turns step by
+step; a variant's time is the median of its measured steps.
 
     python benchmarks/compile_step_time.py --model resnet56 --batch-size 64 --warmup 6 --steps 12
+    python benchmarks/compile_step_time.py --model resnet110 --backend eager --warmup 4 --steps 10
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import stochdepth
+from stochdepth.depth import DROP_MODES
 
 
 def counting(backend: str, graphs: list[int]) -> object:
@@ -44,7 +49,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--final-survival-prob", type=float, default=0.5)
-    parser.add_argument("--drop-mode", default="batch", choices=("batch", "sample"))
+    parser.add_argument("--drop-modes", nargs="+", default=["batch", "sample", "subset"], choices=DROP_MODES)
     parser.add_argument("--backend", default="inductor", help="dynamo backend (inductor needs a C compiler)")
     parser.add_argument("--warmup", type=int, default=6, help="steps per variant before timing (compilation)")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per variant")
@@ -56,14 +61,14 @@ def main() -> None:
             args.model,
             survival_rule="none" if depth == "constant" else "linear",
             final_survival_prob=args.final_survival_prob,
-            drop_mode=args.drop_mode,
+            drop_mode="batch" if depth == "constant" else depth,
             gate_seed=0,
         )
 
     weights = build("constant").state_dict()
     graphs: dict[str, list[int]] = {}
     variants: dict[str, nn.Module] = {}
-    for depth in ("constant", "stochastic"):
+    for depth in ("constant", *args.drop_modes):
         for compiled in (False, True):
             name = f"{'compiled' if compiled else 'eager'} {depth}"
             variants[name] = build(depth)
@@ -92,10 +97,10 @@ def main() -> None:
     for _ in range(args.steps):
         for name in variants:
             times[name].append(step(name))
-    probs = stochdepth.survival_probs(variants["eager stochastic"])
+    probs = stochdepth.survival_probs(variants[f"eager {args.drop_modes[0]}"])
     print(
         f"model={args.model} batch={args.batch_size} image={args.image_size} p_L={args.final_survival_prob} "
-        f"mode={args.drop_mode} backend={args.backend} warmup={args.warmup} steps={args.steps} "
+        f"backend={args.backend} warmup={args.warmup} steps={args.steps} "
         f"threads={torch.get_num_threads()} torch={torch.__version__}"
     )
     print(f"expected share of residual branches run: {sum(probs) / len(probs):.3f}")
@@ -103,10 +108,16 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name in variants:
         median = statistics.median(times[name])
-        base = statistics.median(times[name.replace("stochastic", "constant")])
+        base = statistics.median(times[f"{name.split()[0]} constant"])
         warm = warm_graphs.get(name, "—")
         later = len(graphs[name]) - warm_graphs[name] if name in graphs else "—"
         print(f"| {name} | {1000 * median:.1f} | {median / base:.3f} | {warm} | {later} |")
+    from torch._dynamo.utils import counters
+
+    limit_hits = sum(
+        count for reason, count in counters["unimplemented"].items() if "recompile limit" in reason.lower()
+    )
+    print(f"functions that reached dynamo's recompile limit: {limit_hits}")
 
 
 if __name__ == "__main__":

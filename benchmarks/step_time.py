@@ -4,6 +4,7 @@ Variants, all built from the same model name and trained on the same random batc
   constant      survival_rule="none" (the baseline)
   batch         linear decay to p_L, drop_mode="batch" (the paper: dropped branches do not run)
   sample        linear decay to p_L, drop_mode="sample" (branches run on surviving rows only)
+  subset        linear decay to p_L, drop_mode="subset" (each branch on a fixed round(p_l B) rows)
   mask-multiply linear decay to p_L, every branch runs and is multiplied by a per-sample 0/1
                 mask, as timm's DropPath and torchvision's StochasticDepth do (the reference)
 
@@ -60,7 +61,7 @@ class MaskMultiplyResidual(ResidualBlock):
 def build_variants(
     model_name: str, final_survival_prob: float, in_channels: int, image_size: int
 ) -> dict[str, nn.Module]:
-    """The four variants; for ``timm/<name>`` the mask-multiply row is timm's own drop path at rate 1 - p_L."""
+    """The five variants; for ``timm/<name>`` the mask-multiply row is timm's own drop path at rate 1 - p_L."""
 
     def make(**options: object) -> nn.Module:
         return stochdepth.create_model(
@@ -85,6 +86,7 @@ def build_variants(
         "constant": make(survival_rule="none"),
         "batch": make(drop_mode="batch", **stochastic),
         "sample": make(drop_mode="sample", **stochastic),
+        "subset": make(drop_mode="subset", **stochastic),
         "mask-multiply": mask_multiply,
     }
 

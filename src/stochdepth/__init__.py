@@ -21,6 +21,7 @@ _PUBLIC = {
     "load_exported": "stochdepth.export",
     "fold_survival": "stochdepth.depth",
     "gate_generator": "stochdepth.depth",
+    "keep_gate_state_in_state_dict": "stochdepth.depth",
     "register_residual_adapter": "stochdepth.depth",
     "run_every_block": "stochdepth.depth",
     "stochastic_depth": "stochdepth.depth",

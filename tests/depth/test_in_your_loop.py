@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 import stochdepth
 from stochdepth.depth import stochastic_blocks
-from tests.depth.user_loops import plain_ddp_loop, small_resnet, train_mode_forward
+from tests.depth.user_loops import fsdp2_against_ddp_loop, plain_ddp_loop, small_resnet, train_mode_forward
 from tests.train.distributed_ranks import run_ranks
 
 
@@ -257,10 +257,24 @@ def _compiled_network(source: str, drop_mode: str) -> tuple[nn.Module, torch.Ten
     )
 
 
-@pytest.mark.parametrize("drop_mode", ["batch", "sample", "subset"])
 @pytest.mark.parametrize(
-    "source",
-    [pytest.param("library", marks=pytest.mark.slow), "torchvision", pytest.param("timm", marks=pytest.mark.slow)],
+    ("source", "drop_mode"),
+    [
+        ("torchvision", "batch"),
+        ("timm", "subset"),
+        *(
+            pytest.param(source, mode, marks=pytest.mark.slow)
+            for source, mode in [
+                ("torchvision", "sample"),
+                ("torchvision", "subset"),
+                ("library", "batch"),
+                ("library", "sample"),
+                ("library", "subset"),
+                ("timm", "batch"),
+                ("timm", "sample"),
+            ]
+        ),
+    ],
 )
 def test_a_compiled_converted_network_skips_like_the_eager_one_at_dynamos_default_limits(drop_mode, source):
     """ResNet-110, torchvision's ResNet-50 and a timm ViT at PyTorch's default settings: no recompile limit hit.
@@ -339,3 +353,54 @@ def test_lightning_ddp_strategy_trains_a_converted_network_with_no_change_to_the
         if dropped:
             moved += not torch.equal(first["steps"][0]["conv1"][block], first["before"][block])
     assert moved == sum(dropped_first), "weight decay moves the blocks dropped in the first step"
+
+
+def test_a_loop_that_checkpoints_only_the_state_dict_resumes_the_gates_with_one_call():
+    """timm's train.py and many loops save ``model.state_dict()`` alone."""
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        net = stochdepth.create_model("resnet8", final_survival_prob=0.3, time_schedule="ramp", total_steps=8)
+        return stochdepth.keep_gate_state_in_state_dict(net)
+
+    def train(net: nn.Module, steps: int, optimizer_state: dict | None = None) -> torch.optim.Optimizer:
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+        x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+        for _ in range(steps):
+            optimizer.zero_grad()
+            net(x).square().mean().backward()
+            optimizer.step()
+        return optimizer
+
+    straight = build()
+    train(straight, 8)
+    first = build()
+    optimizer = train(first, 3)
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    assert "stochdepth_gates._extra_state" in saved["model"]
+    resumed = build()
+    resumed.load_state_dict(saved["model"])
+    assert stochdepth.gate_generator(resumed).steps_taken == 3
+    train(resumed, 5, saved["optimizer"])
+    for name, value in straight.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, resumed.state_dict()[name]), name
+    assert "stochdepth_gates._extra_state" not in stochdepth.fold_survival(resumed).state_dict()
+
+
+@pytest.mark.parametrize("drop_mode", ["batch", pytest.param("sample", marks=pytest.mark.slow)])
+def test_fsdp2_per_block_trains_like_ddp_with_the_same_gates(drop_mode, tmp_path):
+    ranks = run_ranks(functools.partial(fsdp2_against_ddp_loop, drop_mode=drop_mode), tmp_path)
+    assert all("error" not in rank for rank in ranks), [rank.get("traceback") for rank in ranks]
+    dropped = 0
+    for rank in ranks:
+        for step in rank["steps"]:
+            dropped += step["survives"].count(False)
+            for name, value in step["ddp"].items():
+                torch.testing.assert_close(step["fsdp"][name], value, rtol=0, atol=0, msg=name)
+    assert dropped > 0, "no block was dropped in 4 steps"

@@ -82,3 +82,52 @@ def train_mode_forward(model: nn.Module, out: str) -> None:
     output = model(torch.randn(2, 3, 32, 32))
     output.sum().backward()
     torch.save({"shape": tuple(output.shape), "steps": stochdepth.gate_generator(model).step is not None}, out)
+
+
+def fsdp2_against_ddp_loop(rank: int, out: Path, drop_mode: str) -> dict[str, Any]:
+    """The same converted network under FSDP2 (``fully_shard`` per block and on the root) and under DDP.
+
+    Both copies start from the same weights with the same gate seed and see the same batches;
+    returns each copy's full parameters after every step.
+    """
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch < 2.6 keeps it under _composable
+        from torch.distributed._composable.fsdp import fully_shard
+
+    dist.init_process_group("gloo")
+    try:
+        torch.manual_seed(0)
+        build = [
+            stochdepth.stochastic_depth(
+                small_resnet(), survival_rule="uniform", final_survival_prob=0.4, drop_mode=drop_mode, gate_seed=7
+            )
+            for _ in range(2)
+        ]
+        build[1].load_state_dict(build[0].state_dict())
+        ddp_model, fsdp_model = build
+        for block in stochdepth.depth.stochastic_blocks(fsdp_model):
+            fully_shard(block)
+        fully_shard(fsdp_model)
+        ddp = nn.parallel.DistributedDataParallel(ddp_model)
+        optimizers = [torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) for model in (ddp_model, fsdp_model)]
+        data = torch.Generator().manual_seed(rank)
+        steps = []
+        for _ in range(4):
+            images, labels = torch.randn(4, 3, 32, 32, generator=data), torch.randint(0, 4, (4,), generator=data)
+            for network, optimizer in zip((ddp, fsdp_model), optimizers):
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(network(images), labels).backward()
+                optimizer.step()
+            steps.append(
+                {
+                    "survives": list(stochdepth.gate_generator(fsdp_model).step.survives),
+                    "ddp": {name: value.detach().clone() for name, value in ddp_model.named_parameters()},
+                    "fsdp": {
+                        name: value.full_tensor().detach().clone() for name, value in fsdp_model.named_parameters()
+                    },
+                }
+            )
+        return {"steps": steps}
+    finally:
+        dist.destroy_process_group()

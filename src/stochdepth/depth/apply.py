@@ -283,6 +283,36 @@ def run_every_block(model: nn.Module) -> Iterator[None]:
         yield
 
 
+class GateState(nn.Module):
+    """A parameter-free child that carries a gate generator's state in its network's ``state_dict``.
+
+    Added by :func:`keep_gate_state_in_state_dict`; its key is ``<name>._extra_state``.
+    """
+
+    def __init__(self, gates: GateGenerator) -> None:
+        super().__init__()
+        self.gates = gates
+
+    def get_extra_state(self) -> dict[str, object]:
+        return self.gates.state_dict()
+
+    def set_extra_state(self, state: dict[str, object]) -> None:
+        self.gates.load_state_dict(state)
+
+
+def keep_gate_state_in_state_dict(model: nn.Module) -> nn.Module:
+    """Make ``model.state_dict()`` carry the gate state (``stochdepth_gates._extra_state``); returns ``model``.
+
+    For training code that checkpoints nothing but the model's ``state_dict`` and has no place
+    for anything else (timm's ``train.py``, many users' loops): a run resumed from such a
+    checkpoint then continues the gate sequence and the time schedule exactly. The weights then
+    load into the plain network only with ``strict=False`` (or after :func:`fold_survival`,
+    which leaves the gate state out).
+    """
+    model.stochdepth_gates = GateState(gate_generator(model))
+    return model
+
+
 def fold_survival(model: nn.Module) -> nn.Module:
     """An evaluation-only copy of ``model`` that is a plain network again.
 
@@ -304,6 +334,10 @@ def fold_survival(model: nn.Module) -> nn.Module:
     ]
     for parent, name, child in stochastic:
         setattr(parent, name, child.folded())
+    for parent in list(folded.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GateState):
+                delattr(parent, name)
     folded.__dict__.pop("gate_generator", None)
     folded.__dict__.pop("depth_options", None)
     for key, hook in list(folded._forward_pre_hooks.items()):
