@@ -154,12 +154,14 @@ def test_load_exported_refuses_files_it_cannot_rebuild_with_one_line(trained_run
         "code.safetensors": {"data_spec": spec, "model": json.dumps({"model": "resnet8", "dropout_rate": "os"})},
         "other.safetensors": {"data_spec": spec, "model": json.dumps({"model": "resnet20"})},
         "fewer.safetensors": {"data_spec": spec, "model": json.dumps({"model": "resnet8"})},
+        "detection.safetensors": {"data_spec": spec, "model": json.dumps({"model": "torchvision/deeplabv3_resnet50"})},
     }
     messages = {
         "old.safetensors": "no model name in its metadata",
         "hub.safetensors": "only a plain architecture name",
         "code.safetensors": "build options must be numbers",
         "other.safetensors": r"do not fit resnet20 \(tensor shapes differ\)",
+        "detection.safetensors": "no classification model 'deeplabv3_resnet50'",
     }
     messages["fewer.safetensors"] = r"do not fit resnet8 \(1 missing, 0 unexpected tensors\)"
     for name, metadata in cases.items():

@@ -315,6 +315,24 @@ def test_model_names_that_are_paths_or_hub_references_never_reach_a_loader(name,
     assert not list(tmp_path.iterdir()), "nothing written"
 
 
+@pytest.mark.parametrize(
+    "name", ["torchvision/fasterrcnn_resnet50_fpn", "torchvision/deeplabv3_resnet50", "torchvision/quantized_resnet18"]
+)
+def test_only_classification_networks_are_built_from_a_name_and_nothing_downloads(name, tmp_path, capsys, monkeypatch):
+    """Detection and segmentation builders fetch backbone weights by default: such names are refused first."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a model name reached the network")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", name, "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    assert "no classification model" in one_line_error(capsys)
+    assert not list(tmp_path.iterdir()), "nothing written, no hub cache made"
+
+
 def test_sweep_run_names_are_one_path_component_inside_the_sweep(tmp_path):
     from stochdepth.analysis.sweep import run_name
     from stochdepth.config import TrainConfig

@@ -258,7 +258,7 @@ def _list(args: argparse.Namespace) -> None:
     print(
         "  torchvision/<name>, timm/<name>  a torchvision or timm classification network whose residual blocks are "
         "recognised\n    (ResNet, ConvNeXt, Swin, ViT/DeiT, EVA, EfficientNet, MobileNetV3, RegNet; list the names:\n"
-        "    python -c 'import torchvision; print(torchvision.models.list_models())', timm.list_models())"
+        "    python -c 'import torchvision as tv; print(tv.models.list_models(module=tv.models))', timm.list_models())"
     )
     print("presets:")
     for name in list_presets():

@@ -200,8 +200,11 @@ def _external_builder(name: str) -> ModelBuilder:
     def torchvision_model(num_classes: int = 1000, in_channels: int = 3, image_size: int | None = None) -> nn.Module:
         import torchvision
 
-        if model not in torchvision.models.list_models():
-            raise ValueError(f"torchvision has no model {model!r}")
+        if model not in torchvision.models.list_models(module=torchvision.models):
+            raise ValueError(
+                f"torchvision has no classification model {model!r} (detection, segmentation, video, optical-flow "
+                "and quantized models are not built here: their builders fetch backbone weights)"
+            )
         try:
             network = _with_image_size(
                 lambda **size: torchvision.models.get_model(model, weights=None, num_classes=num_classes, **size),
