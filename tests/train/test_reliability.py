@@ -181,6 +181,33 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, tiny_config
     assert sorted(path.name for path in folder.checkpoints.iterdir()) == ["best.pt", "last.pt"]
 
 
+@pytest.mark.parametrize("fault", ["killed", "disk full"])
+def test_a_run_stopped_between_its_first_best_and_last_checkpoint_resumes_from_best(tmp_path, tiny_config, fault):
+    """The moment between the first ``best.pt`` and ``last.pt``: ``best.pt`` holds the whole training state."""
+    config = tiny_config.override(epochs=2)
+    train(config, out=tmp_path / "straight")
+    real_save = torch.save
+
+    def save(obj, file, *args, **kwargs):
+        if ".last.pt." in file.name:
+            if fault == "killed":
+                raise KeyboardInterrupt  # stands for SIGKILL: nothing after this point runs
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, file, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("stochdepth.train.checkpoint.torch.save", save)
+        with pytest.raises((KeyboardInterrupt, CheckpointError)):
+            train(config, out=tmp_path / "run")
+    folder = RunFolder(tmp_path / "run")
+    assert sorted(path.name for path in folder.checkpoints.iterdir()) == ["best.pt"]
+    summary = resume(tmp_path / "run")
+    straight = load_checkpoint(RunFolder(tmp_path / "straight").checkpoint("last"))["model"]
+    resumed = load_checkpoint(folder.checkpoint("last"))["model"]
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    assert summary["iterations"] == 16
+
+
 def test_an_unwritable_out_is_one_clear_line(tmp_path, synthetic_data_dir, capsys):
     (tmp_path / "file").write_text("not a folder")
     assert main(_flags(synthetic_data_dir, tmp_path / "file" / "run")) == 2

@@ -133,9 +133,11 @@ def _refuse_contradictions(given: TrainConfig, folder: RunFolder) -> None:
 def _resume_plan(folder: RunFolder, epochs: int | None) -> Plan:
     """Where a run folder holding a run goes on from: its last checkpoint, or the start if it has none.
 
-    Everything is checked before anything is changed. A run that finished an epoch (its
-    ``best.pt`` or ``summary.json`` is there) but has no usable ``last.pt`` is refused rather
-    than restarted over its results; one killed before its first checkpoint starts again.
+    Everything is checked before anything is changed. A run killed (or out of disk) between
+    writing its first ``best.pt`` and its ``last.pt`` goes on from ``best.pt``, which holds the
+    whole training state of its moment (records after it are dropped). A finished run
+    (``summary.json``) without ``last.pt`` is refused rather than restarted over its results;
+    one killed before its first checkpoint starts again.
     """
     config, values = folder.read_config()
     if epochs is not None:
@@ -145,16 +147,19 @@ def _resume_plan(folder: RunFolder, epochs: int | None) -> Plan:
         raise RunFolderError(f"{folder.checkpoints} is not a folder; nothing was changed")
     if last.exists() and (last.is_symlink() or not last.is_file()):
         raise RunFolderError(f"{last} is not a regular file; nothing was changed")
-    if not last.is_file():
-        finished = [path.name for path in (folder.checkpoint("best"), folder.summary) if path.exists()]
-        if finished:
-            raise RunFolderError(
-                f"{folder.path} has finished epochs ({' and '.join(finished)} present) but no checkpoints/last.pt "
-                "to resume from; nothing was changed (move the folder aside to start it again)"
-            )
+    best = folder.checkpoint("best")
+    if not last.is_file() and folder.summary.exists():
+        raise RunFolderError(
+            f"{folder.path} has finished (summary.json present) but has no checkpoints/last.pt to resume from; "
+            "nothing was changed (move the folder aside to start it again)"
+        )
+    if not last.is_file() and (best.is_symlink() or not best.is_file()):
+        if best.exists():
+            raise RunFolderError(f"{best} is not a regular file; nothing was changed")
         folder.keep_records(0, 0)
         folder.checkpoints.mkdir(exist_ok=True)
         return Plan(config)
+    last = last if last.is_file() else best
     state = load_checkpoint(last)
     done = state.get("epoch")
     if epochs is not None and isinstance(done, int) and epochs < done:
