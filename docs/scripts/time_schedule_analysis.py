@@ -1,0 +1,162 @@
+"""The short-budget experiment's numbers (docs/results.md): collected from its run folders, tabled, plotted.
+
+    python docs/scripts/time_schedule_analysis.py collect EXPERIMENT_FOLDER docs/data/time_schedule_runs.json
+    python docs/scripts/time_schedule_analysis.py table docs/data/time_schedule_runs.json [--plot FIGURE.png]
+
+``collect`` keeps, per run, what the tables and the figure need: its arm and seed, the summary
+(test error at the best validation evaluation, best validation error, training seconds) and each
+evaluation's iteration, validation error, training error, training loss and training seconds.
+``table`` prints the per-arm table, each arm against constant depth (Welch's and the paired
+t-test, the equivalence test with a margin of 1 point, the pairs a 1-point difference would need
+at 80% power) and the training-time ratio of each seed's side-by-side runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from stochdepth.analysis.compare import compare
+
+CONSTANT = "none"
+PERCENT = 100.0
+
+
+def arm_and_seed(run_name: str) -> tuple[str, int]:
+    """``resnet56-linear-late0.25-seed3`` -> (``linear-late0.25``, 3)."""
+    stem, seed = run_name.rsplit("-seed", 1)
+    return stem.split("-", 1)[1], int(seed)
+
+
+def collect(folder: Path) -> list[dict]:
+    runs = []
+    for summary_path in sorted(folder.glob("runs/*/summary.json")):
+        run = summary_path.parent
+        arm, seed = arm_and_seed(run.name)
+        summary = json.loads(summary_path.read_text())
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        runs.append(
+            {
+                "arm": arm,
+                "seed": seed,
+                "test_error_at_best_val": summary["test_error_at_best_val"],
+                "best_val_error": summary["best_val_error"],
+                "best_epoch": summary["best_epoch"],
+                "train_seconds": summary["train_seconds"],
+                "epochs": summary["epochs"],
+                "evaluations": [
+                    {
+                        key: record[key]
+                        for key in ("iteration", "val_error", "train_error", "train_loss", "epoch_seconds")
+                    }
+                    for record in records
+                ],
+            }
+        )
+    return runs
+
+
+def by_arm(runs: list[dict], key: str) -> dict[str, dict[int, float]]:
+    arms: dict[str, dict[int, float]] = {}
+    for run in runs:
+        arms.setdefault(run["arm"], {})[run["seed"]] = run[key]
+    return arms
+
+
+def table(runs: list[dict]) -> list[str]:
+    errors = {
+        arm: {seed: PERCENT * value for seed, value in values.items()}
+        for arm, values in by_arm(runs, "test_error_at_best_val").items()
+    }
+    seconds = {
+        arm: {seed: value for seed, value in values.items()} for arm, values in by_arm(runs, "train_seconds").items()
+    }
+    vals = by_arm(runs, "best_val_error")
+    arms = [CONSTANT, *sorted(arm for arm in errors if arm != CONSTANT)]
+    lines = [
+        "| arm | runs | test error at best val. (%): mean | std | range | best val. error (%) mean |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm in arms:
+        values = list(errors.get(arm, {}).values())
+        if not values:
+            continue
+        spread = f"{statistics.stdev(values):.2f}" if len(values) > 1 else "—"
+        lines.append(
+            f"| {arm} | {len(values)} | {statistics.fmean(values):.2f} | {spread} | {min(values):.2f} to "
+            f"{max(values):.2f} | {PERCENT * statistics.fmean(vals[arm].values()):.2f} |"
+        )
+    lines += [
+        "",
+        "| comparison | pairs | difference (points) | paired s.e. | paired p | Welch p | equivalence p (±1 point) "
+        "| pairs for 80% power at 1 point | time ratio (per seed, mean) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in arms[1:]:
+        shared = sorted(set(errors[arm]) & set(errors.get(CONSTANT, {})))
+        if len(shared) < 2:
+            continue
+        result = compare(errors[arm], errors[CONSTANT])
+        ratio = statistics.fmean(seconds[arm][seed] / seconds[CONSTANT][seed] for seed in shared)
+        needed = result.pairs_for_power if result.pairs_for_power is not None else "—"
+        lines.append(
+            f"| {arm} minus {CONSTANT} | {result.pairs} | {result.difference:+.2f} "
+            f"| {result.paired_standard_error:.2f} | {result.paired_p:.3g} | {result.welch_p:.3g} "
+            f"| {result.equivalence_p:.3g} | {needed} | {ratio:.3f} |"
+        )
+    return lines
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for arm in sorted({run["arm"] for run in runs}, key=lambda arm: (arm != CONSTANT, arm)):
+        members = [run for run in runs if run["arm"] == arm]
+        steps = [record["iteration"] for record in members[0]["evaluations"]]
+        curves = [[PERCENT * record["val_error"] for record in run["evaluations"]] for run in members]
+        means = [statistics.fmean(column) for column in zip(*curves)]
+        errors = [
+            statistics.stdev(column) / math.sqrt(len(column)) if len(column) > 1 else 0.0 for column in zip(*curves)
+        ]
+        axis.plot(steps, means, marker="o", label=f"{arm} ({len(members)} seeds)")
+        axis.fill_between(
+            steps, [m - e for m, e in zip(means, errors)], [m + e for m, e in zip(means, errors)], alpha=0.2
+        )
+    axis.set_xlabel("training step")
+    axis.set_ylabel("validation error (%)")
+    axis.set_title("ResNet-56, 300 Fashion-MNIST images: mean validation error, band = 1 standard error over seeds")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    gather = commands.add_parser("collect")
+    gather.add_argument("experiment", type=Path)
+    gather.add_argument("out", type=Path)
+    show = commands.add_parser("table")
+    show.add_argument("numbers", type=Path)
+    show.add_argument("--plot", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "collect":
+        args.out.write_text(json.dumps(collect(args.experiment), indent=1) + "\n")
+        return 0
+    runs = json.loads(args.numbers.read_text())
+    print("\n".join(table(runs)))
+    if args.plot is not None:
+        plot(runs, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Comparing two arms of an experiment over seeds: difference, Welch's and the paired t-test, equivalence, power.
+
+The arms are paired by seed (the same data order, initialisation and machine load for both
+runs of a seed). Reported side by side, whichever way they go: the mean difference, Welch's
+t-test (unpaired), the paired t-test, the two one-sided tests of equivalence within a margin
+(Schuirmann's TOST, on the paired differences), and how many pairs would detect a difference of
+one margin with 80% power (two-sided, alpha 0.05), from the spread of the paired differences.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from scipy import stats
+
+ALPHA = 0.05
+POWER = 0.8
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``first`` minus ``second`` over the seeds both have (values in the units given, e.g. points of error)."""
+
+    pairs: int
+    difference: float
+    welch_p: float
+    paired_standard_error: float
+    paired_p: float
+    equivalence_p: float
+    margin: float
+    pairs_for_power: int | None
+
+
+def pairs_needed(spread: float, effect: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
+    """The number of pairs a paired t-test needs to detect ``effect`` with ``power``, given the SD of differences.
+
+    The smallest n with noncentral-t power >= ``power`` (two-sided at ``alpha``); ``None`` when
+    the spread is not known (fewer than two pairs) or is zero.
+    """
+    if not math.isfinite(spread) or spread <= 0:
+        return None
+    for count in range(2, 10_000):
+        freedom = count - 1
+        critical = stats.t.ppf(1 - alpha / 2, freedom)
+        shift = effect / (spread / math.sqrt(count))
+        achieved = stats.nct.sf(critical, freedom, shift) + stats.nct.cdf(-critical, freedom, shift)
+        if achieved >= power:
+            return count
+    return None
+
+
+def compare(first: dict[int, float], second: dict[int, float], margin: float = 1.0) -> Comparison:
+    """``first`` against ``second``, each a value per seed; the seeds both have are the pairs.
+
+    Needs at least two pairs; ``ValueError`` otherwise.
+    """
+    seeds = sorted(set(first) & set(second))
+    if len(seeds) < 2:
+        raise ValueError(f"a comparison needs at least two seeds in both arms, got {len(seeds)}")
+    differences = [first[seed] - second[seed] for seed in seeds]
+    mean = statistics.fmean(differences)
+    spread = statistics.stdev(differences)
+    standard_error = spread / math.sqrt(len(seeds))
+    welch = stats.ttest_ind(list(first.values()), list(second.values()), equal_var=False)
+    paired = stats.ttest_rel([first[seed] for seed in seeds], [second[seed] for seed in seeds])
+    freedom = len(seeds) - 1
+    if standard_error > 0:
+        lower = stats.t.sf((mean + margin) / standard_error, freedom)
+        upper = stats.t.cdf((mean - margin) / standard_error, freedom)
+        equivalence = max(lower, upper)
+    else:
+        equivalence = 0.0 if abs(mean) < margin else 1.0
+    return Comparison(
+        pairs=len(seeds),
+        difference=mean,
+        welch_p=float(welch.pvalue),
+        paired_standard_error=standard_error,
+        paired_p=float(paired.pvalue),
+        equivalence_p=float(equivalence),
+        margin=margin,
+        pairs_for_power=pairs_needed(spread, margin),
+    )

@@ -1,0 +1,47 @@
+"""The paired comparison of two arms: its tests against scipy's and textbook values, its power calculation."""
+
+import math
+
+import pytest
+from scipy import stats
+
+from stochdepth.analysis.compare import compare, pairs_needed
+
+
+def test_the_tests_agree_with_scipy_and_pair_by_seed():
+    first = {1: 23.1, 2: 24.0, 3: 22.5, 4: 23.8, 9: 30.0}
+    second = {1: 22.0, 2: 23.2, 3: 22.9, 4: 22.1, 5: 21.0}
+    result = compare(first, second)
+    seeds = [1, 2, 3, 4]
+    differences = [first[seed] - second[seed] for seed in seeds]
+    assert result.pairs == 4
+    assert result.difference == pytest.approx(sum(differences) / 4)
+    assert result.paired_p == pytest.approx(
+        stats.ttest_rel([first[s] for s in seeds], [second[s] for s in seeds]).pvalue
+    )
+    assert result.welch_p == pytest.approx(
+        stats.ttest_ind(list(first.values()), list(second.values()), equal_var=False).pvalue
+    )
+    spread = math.sqrt(sum((d - result.difference) ** 2 for d in differences) / 3)
+    assert result.paired_standard_error == pytest.approx(spread / 2)
+
+
+def test_equivalence_is_shown_for_close_arms_and_not_for_distant_ones():
+    close = compare({seed: 20.0 + 0.1 * (seed % 3) for seed in range(12)}, {seed: 20.05 for seed in range(12)})
+    far = compare({seed: 22.0 + 0.1 * (seed % 3) for seed in range(12)}, {seed: 20.0 for seed in range(12)})
+    assert close.equivalence_p < 0.001
+    assert far.equivalence_p > 0.5 and far.paired_p < 0.001
+
+
+def test_pairs_needed_matches_the_normal_approximation_and_grows_with_the_spread():
+    # normal approximation n = ((z_0.975 + z_0.8) sd / effect)^2; the t-test needs a pair or two more
+    approximation = ((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * 1.9) ** 2
+    needed = pairs_needed(1.9, 1.0)
+    assert approximation <= needed <= approximation + 3
+    assert pairs_needed(0.5, 1.0) < pairs_needed(1.0, 1.0) < needed
+    assert pairs_needed(0.0, 1.0) is None
+
+
+def test_fewer_than_two_pairs_is_a_value_error():
+    with pytest.raises(ValueError, match="at least two seeds"):
+        compare({1: 1.0, 2: 2.0}, {2: 1.0, 3: 1.0})
