@@ -328,3 +328,49 @@ def test_sigterm_while_the_data_loads_stops_with_its_message_and_leaves_no_folde
     assert "stopped by SIGTERM before training started" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [], "the run folder (and a/) removed, lock and checkpoints/ with it"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("model", "scaling", "inverted"),
+        ("model", "survival_rule", "uniform"),
+        ("model", "final_survival_prob", 0.7),
+        ("model", "drop_mode", "sample"),
+        ("model", "time_schedule", "late"),
+        ("optim", "lr", 0.3),
+        ("run", "seed", 5),
+        ("data", "train_size", 64),
+    ],
+)
+def test_a_config_json_edited_after_the_checkpoint_is_refused_naming_the_field(
+    tmp_path, tiny_config, section, key, value
+):
+    run = tmp_path / "run"
+    train(tiny_config.override(epochs=1), out=run)
+    folder = RunFolder(run)
+    values = json.loads(folder.config.read_text())
+    values[section][key] = value
+    folder.config.write_text(json.dumps(values))
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    with pytest.raises(RunFolderError, match=f"disagree on {section}.{key} "):
+        resume(run, epochs=2)
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before, "nothing was changed"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("momentum", 50.0), ("maximize", True), ("dampening", 0.9), ("nesterov", "yes"), ("weight_decay", -1.0)],
+)
+def test_a_checkpoint_whose_optimizer_settings_differ_from_the_run_is_refused(tmp_path, tiny_config, key, value):
+    from stochdepth.train.checkpoint import content_digest
+
+    run = tmp_path / "run"
+    train(tiny_config.override(epochs=1), out=run)
+    last = RunFolder(run).checkpoint("last")
+    content = {name: part for name, part in torch.load(last, weights_only=True).items() if name != "checksum"}
+    for group in content["optimizer"]["param_groups"]:
+        group[key] = value
+    torch.save({**content, "checksum": content_digest(content)}, last)  # a valid digest: the edit is in the content
+    with pytest.raises(CheckpointError, match=f"its optimizer has {key} "):
+        resume(run, epochs=2)

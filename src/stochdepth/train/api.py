@@ -130,6 +130,52 @@ def _refuse_contradictions(given: TrainConfig, folder: RunFolder) -> None:
         )
 
 
+MAY_DIFFER_ON_RESUME = {
+    ("run", "out"),
+    ("run", "device"),
+    ("data", "data_dir"),
+    ("data", "download"),
+    ("data", "workers"),
+}
+"""What a resumed run's ``config.json`` may say differently from its checkpoint: where it runs, and from where
+its data comes (the folder may have moved to another machine). The epochs may differ when the resume extends the
+run; everything else is what the checkpoint was trained with."""
+
+
+def _refuse_edits(config: TrainConfig, recorded: object, source: Path, extending: bool) -> None:
+    """``config.json`` and the checkpoint must describe the same run: a field edited in either is one line.
+
+    A checkpoint of format 1 holds no configuration: there is nothing to compare.
+    """
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise RunFolderError(f"{source}: holds no run configuration; nothing was changed")
+    wanted = config.to_dict()
+    allowed = MAY_DIFFER_ON_RESUME | ({("optim", "epochs")} if extending else set())
+    differing = [
+        f"{section}.{key} ({value!r} in config.json, {recorded.get(section, {}).get(key)!r} in the checkpoint)"
+        for section, values in wanted.items()
+        for key, value in values.items()
+        if (section, key) not in allowed
+        and isinstance(recorded.get(section), dict)
+        and _recorded_value(recorded[section].get(key)) != _recorded_value(value)
+    ]
+    missing = [section for section in wanted if not isinstance(recorded.get(section), dict)]
+    if missing:
+        raise RunFolderError(f"{source}: its configuration lacks {', '.join(missing)}; nothing was changed")
+    if differing:
+        raise RunFolderError(
+            f"{source.parent.parent / 'config.json'} and {source} disagree on {', '.join(differing)}: one was edited; "
+            "nothing was changed (put the value back, or train a new run)"
+        )
+
+
+def _recorded_value(value: object) -> object:
+    """A configuration value as JSON and a checkpoint both hold it (tuples and lists alike)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _resume_plan(folder: RunFolder, epochs: int | None) -> Plan:
     """Where a run folder holding a run goes on from: its last checkpoint, or the start if it has none.
 
@@ -161,6 +207,7 @@ def _resume_plan(folder: RunFolder, epochs: int | None) -> Plan:
         return Plan(config)
     last = last if last.is_file() else best
     state = load_checkpoint(last)
+    _refuse_edits(config, state.get("config"), last, epochs is not None)
     done = state.get("epoch")
     if epochs is not None and isinstance(done, int) and epochs < done:
         raise RunFolderError(

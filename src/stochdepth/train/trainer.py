@@ -172,6 +172,7 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            self._check_optimizer_settings()
             for param in self.model.parameters():
                 buffer = self.optimizer.state.get(param, {}).get("momentum_buffer")
                 if buffer is not None and (not isinstance(buffer, torch.Tensor) or buffer.shape != param.shape):
@@ -189,6 +190,22 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CheckpointError(f"{source}: does not fit this run ({first_line})") from None
+
+    def _check_optimizer_settings(self) -> None:
+        """A loaded optimizer state must carry the run's own SGD settings (a checkpoint is untrusted input)."""
+        optim = self.config.optim
+        expected = {
+            "momentum": optim.momentum,
+            "dampening": 0,
+            "nesterov": optim.momentum > 0,
+            "weight_decay": optim.weight_decay,
+            "maximize": False,
+        }
+        for group in self.optimizer.param_groups:
+            for key, value in expected.items():
+                given = group.get(key, value)
+                if isinstance(given, bool) != isinstance(value, bool) or given != value:
+                    raise ValueError(f"its optimizer has {key} {given!r} where the run has {value!r}")
 
     def save(self, which: str) -> None:
         """Write checkpoint ``which`` (every rank takes part; rank 0 writes)."""
