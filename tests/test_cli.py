@@ -3,6 +3,7 @@
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -155,20 +156,42 @@ def test_load_exported_refuses_files_it_cannot_rebuild_with_one_line(trained_run
         "other.safetensors": {"data_spec": spec, "model": json.dumps({"model": "resnet20"})},
         "fewer.safetensors": {"data_spec": spec, "model": json.dumps({"model": "resnet8"})},
         "detection.safetensors": {"data_spec": spec, "model": json.dumps({"model": "torchvision/deeplabv3_resnet50"})},
+        "unknown.safetensors": {"data_spec": spec, "model": json.dumps({"model": "resnet8", "final_survival_prob": 7})},
+        "huge.safetensors": {"data_spec": spec, "model": json.dumps({"model": "timm/vit_giant_patch14_224"})},
+        "nan.safetensors": {"data_spec": spec, "model": json.dumps({"model": "resnet8"})},
+        "int8.safetensors": {"data_spec": spec, "model": json.dumps({"model": "resnet8"})},
+        "variance.safetensors": {"data_spec": spec, "model": json.dumps({"model": "resnet8"})},
     }
     messages = {
         "old.safetensors": "no model name in its metadata",
         "hub.safetensors": "only a plain architecture name",
         "code.safetensors": "build options must be numbers",
-        "other.safetensors": r"do not fit resnet20 \(tensor shapes differ\)",
+        "other.safetensors": r"do not fit resnet20 \(72 missing, 0 unexpected tensors\)",
         "detection.safetensors": "no classification model 'deeplabv3_resnet50'",
+        "unknown.safetensors": "unknown build option",
+        "huge.safetensors": r"do not fit timm/vit_giant_patch14_224 \(\d+ missing",
+        "nan.safetensors": "holds non-finite values",
+        "int8.safetensors": "holds torch.int8 values where the network has torch.float32",
+        "variance.safetensors": "holds negative variances",
+    }
+    first_weight = next(key for key in tensors if key.endswith("weight"))
+    running_var = next(key for key in tensors if key.endswith("running_var"))
+    damaged = {
+        "nan.safetensors": {first_weight: torch.full_like(tensors[first_weight], math.nan)},
+        "int8.safetensors": {first_weight: tensors[first_weight].to(torch.int8)},
+        "variance.safetensors": {running_var: -tensors[running_var] - 1},
     }
     messages["fewer.safetensors"] = r"do not fit resnet8 \(1 missing, 0 unexpected tensors\)"
     for name, metadata in cases.items():
         kept = {key: value for key, value in tensors.items() if name != "fewer.safetensors" or key != "stem.0.weight"}
-        save_file(kept, tmp_path / name, metadata=metadata)
+        save_file({**kept, **damaged.get(name, {})}, tmp_path / name, metadata=metadata)
         with pytest.raises(ValueError, match=messages[name]):
             stochdepth.load_exported(tmp_path / name)
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    with pytest.raises(ValueError, match="not a regular file"):
+        stochdepth.load_exported(tmp_path / "pipe.safetensors")  # a FIFO: refused, never opened (no hang)
+    with pytest.raises(ValueError, match="not a regular file"):
+        stochdepth.load_exported(tmp_path)
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         stochdepth.load_exported(tmp_path / "junk.safetensors")

@@ -73,7 +73,12 @@ def test_onnx_on_raw_test_images_agrees_with_eval(tmp_path, synthetic_data_dir):
     ("change", "message"),
     [
         ({"mean": [0.5]}, "one number per channel"),
-        ({"std": [0.2, 0.0, 0.2]}, "std positive"),
+        ({"std": [0.2, 0.0, 0.2]}, r"std numbers in \[1e-6, 1000\]"),
+        ({"std": [0.2, float("inf"), 0.2]}, "std numbers"),
+        ({"std": [0.2, 5e-324, 0.2]}, "std numbers"),
+        ({"mean": [10**400, 0.5, 0.5]}, r"mean must be numbers in \[-1000, 1000\]"),
+        ({"mean": [float("nan"), 0.5, 0.5]}, "mean must be numbers"),
+        ({"num_classes": 100_000}, "out of range"),
         ({"num_classes": "ten"}, "integers"),
         ({"image_size": 100_000}, "out of range"),
     ],

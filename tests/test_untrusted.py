@@ -457,3 +457,30 @@ def test_a_failed_start_removes_every_folder_it_created_and_odd_names_are_one_li
     assert "File name too long" in one_line_error(capsys)
     assert main(["reproduce", "fashion-mnist-resnet110", "--seeds", str(10**12), "--out", "r"]) == 2
     assert "--seeds must be between 1 and 1000" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(("damage", "message"), [("nan", "non-finite values"), ("variance", "negative variances")])
+def test_eval_export_and_resume_refuse_a_checkpoint_with_unsound_weights(
+    finished_run, tmp_path, capsys, damage, message
+):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    for name in ("best.pt", "last.pt"):
+        path = run / "checkpoints" / name
+        content = {key: part for key, part in torch.load(path, weights_only=True).items() if key != "checksum"}
+        weights = content["model"]
+        if damage == "nan":
+            key = next(key for key in weights if key.endswith("weight"))
+            weights[key] = torch.full_like(weights[key], float("nan"))
+        else:
+            key = next(key for key in weights if key.endswith("running_var"))
+            weights[key] = -weights[key] - 1
+        torch.save({**content, "checksum": content_digest(content)}, path)
+    before = _snapshot(run)
+    assert main(["eval", str(run)]) == 2
+    assert message in one_line_error(capsys)
+    assert main(["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert message in one_line_error(capsys)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    assert message in one_line_error(capsys)
+    assert _snapshot(run) == before and not (tmp_path / "m.safetensors").exists()

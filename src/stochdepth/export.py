@@ -150,6 +150,10 @@ def _default_permissions(path: Path) -> None:
     path.chmod(0o666 & ~umask)
 
 
+EXPORTED_OPTIONS = {"dropout_rate": (0.0, 0.999)}
+"""The build options an export records beside the model name, with their ranges (nothing else is read)."""
+
+
 def load_exported(path: str | Path) -> RawImageClassifier:
     """The classifier a ``safetensors`` export holds, rebuilt from the file alone, in evaluation mode.
 
@@ -166,9 +170,12 @@ def load_exported(path: str | Path) -> RawImageClassifier:
     from safetensors.torch import load_file
 
     from stochdepth.depth import fold_survival
-    from stochdepth.models import create_model
+    from stochdepth.models import check_weights, create_model
 
     path = Path(path)
+    if not path.is_file():
+        kind = "no such file" if not path.exists() else "not a regular file (a folder, device or pipe)"
+        raise ValueError(f"{path}: {kind}")
     try:
         with safe_open(str(path), framework="pt") as source:
             metadata = source.metadata() or {}
@@ -183,28 +190,34 @@ def load_exported(path: str | Path) -> RawImageClassifier:
         if not isinstance(options, dict) or not isinstance(options.get("model"), str):
             raise ValueError("model metadata must be an object with a 'model' name")
         name = options.pop("model")
-        if any(
-            not isinstance(value, (int, float, type(None))) or isinstance(value, bool) for value in options.values()
-        ):
-            raise ValueError("build options must be numbers")
-        network = create_model(
-            name,
-            num_classes=spec.num_classes,
-            in_channels=spec.in_channels,
-            image_size=spec.image_size,
-            survival_rule="none",
-            **options,
-        )
+        unknown = sorted(set(options) - set(EXPORTED_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown build option(s) {', '.join(map(repr, unknown))} in its metadata")
+        for option, (low, high) in EXPORTED_OPTIONS.items():
+            value = options.get(option)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError("build options must be numbers")
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"build option {option} must be in [{low}, {high}], got {value!r}")
+
+        def build() -> nn.Module:
+            return create_model(
+                name,
+                num_classes=spec.num_classes,
+                in_channels=spec.in_channels,
+                image_size=spec.image_size,
+                survival_rule="none",
+                **options,
+            )
+
+        with torch.device("meta"):
+            check_weights(build(), tensors, name)  # names and shapes first, nothing allocated: a file can't cost GBs
+        network = build()
+        check_weights(network, tensors, name)
     except (ValueError, TypeError, RuntimeError) as error:
-        raise ValueError(f"{path}: {str(error).splitlines()[0]}") from None
-    try:
-        missing, unexpected = network.load_state_dict(tensors, strict=False)
-    except RuntimeError:
-        raise ValueError(f"{path}: its weights do not fit {name} (tensor shapes differ)") from None
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: its weights do not fit {name} ({len(missing)} missing, {len(unexpected)} unexpected tensors)"
-        )
+        message = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: {message}") from None
+    network.load_state_dict(tensors)
     return RawImageClassifier(fold_survival(network), spec).eval()
 
 

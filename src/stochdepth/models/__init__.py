@@ -6,6 +6,7 @@ from stochdepth.models.imagenet_resnet import imagenet_resnet
 from stochdepth.models.preact_resnet import PreActResNet, preact_resnet
 from stochdepth.models.registry import (
     ModelInfo,
+    check_weights,
     create_model,
     list_models,
     model_info,
@@ -20,6 +21,7 @@ __all__ = [
     "ModelInfo",
     "PreActResNet",
     "WideResNet",
+    "check_weights",
     "cifar_resnet",
     "create_model",
     "densenet_bc",

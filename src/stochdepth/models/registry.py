@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from stochdepth.depth import DepthOptions, resolve_depth_options, stochastic_depth
@@ -266,3 +267,28 @@ def _replace_stem(network: nn.Module, in_channels: int) -> None:
                 setattr(parent, name, replacement)
                 return
     raise ValueError(f"in_channels={in_channels}: {type(network).__name__} has no convolution to take them")
+
+
+def check_weights(network: nn.Module, tensors: dict[str, torch.Tensor], name: str) -> None:
+    """``tensors`` (a state dict from a file: untrusted) must fit ``network`` (model ``name``) and hold sound numbers.
+
+    Every key of the network and no other, each with its shape and its kind of number (a
+    floating-point weight is not cast from integers or booleans), every floating-point value
+    finite, and BatchNorm running variances not negative. ``ValueError`` says the first problem.
+    """
+    own = network.state_dict()
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"its weights do not fit {name} ({len(missing)} missing, {len(unexpected)} unexpected tensors)"
+        )
+    for key, value in tensors.items():
+        expected = own[key]
+        if not isinstance(value, torch.Tensor) or value.shape != expected.shape:
+            raise ValueError(f"its weights do not fit {name} (tensor shapes differ: {key})")
+        if value.is_floating_point() != expected.is_floating_point() or value.dtype == torch.bool:
+            raise ValueError(f"{key} holds {value.dtype} values where the network has {expected.dtype}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{key} holds non-finite values (NaN or infinity)")
+        if key.endswith("running_var") and (value < 0).any():
+            raise ValueError(f"{key} holds negative variances")

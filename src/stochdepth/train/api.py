@@ -20,6 +20,7 @@ import stochdepth
 from stochdepth.config import TrainConfig
 from stochdepth.data import DataSpec
 from stochdepth.depth import gate_generator, survival_probs
+from stochdepth.models import check_weights
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint
 from stochdepth.train.distributed import Ranks, join
 from stochdepth.train.progress import write_line
@@ -284,9 +285,10 @@ def load_trained_model(
     except (KeyError, RuntimeError, TypeError, AttributeError, ValueError) as error:
         raise CheckpointError(f"{path}: its gate state does not fit its configuration ({error})") from None
     try:
+        check_weights(model, state["model"], config.model.model)
         model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{path}: weights do not fit {config.model.model} ({type(error).__name__})") from None
+    except (KeyError, RuntimeError, TypeError, AttributeError, ValueError) as error:
+        raise CheckpointError(f"{path}: {error if isinstance(error, ValueError) else type(error).__name__}") from None
     return model.to(resolve_device(device)).eval(), config, spec
 
 

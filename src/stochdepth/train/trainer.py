@@ -31,6 +31,7 @@ from torch import nn
 from stochdepth.config import TrainConfig
 from stochdepth.data import Loaders, build_loaders
 from stochdepth.depth import gate_generator
+from stochdepth.models import check_weights
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stochdepth.train.distributed import Ranks, SingleProcess
 from stochdepth.train.gradients import GradientRecorder
@@ -170,6 +171,7 @@ class Trainer:
                 f"but the run is {self.config.model.model!r}"
             )
         try:
+            check_weights(self.model, state["model"], self.config.model.model)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self._check_optimizer_settings()
