@@ -484,3 +484,19 @@ def test_eval_export_and_resume_refuse_a_checkpoint_with_unsound_weights(
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
     assert message in one_line_error(capsys)
     assert _snapshot(run) == before and not (tmp_path / "m.safetensors").exists()
+
+
+def test_text_in_kept_records_never_reaches_metrics_csv_and_the_report_says_why(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    folder = RunFolder(run)
+    records = folder.read_metrics()
+    records[0]["train_loss"] = "=cmd|' /C calc'!A0"
+    folder.metrics.write_text("".join(json.dumps(record) + "\n" for record in records))
+    before = _snapshot(run)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    assert "metrics.jsonl: line 1 lacks numbers" in one_line_error(capsys)
+    assert _snapshot(run) == before, "metrics.csv is not rewritten from the damaged records"
+    assert "=cmd" not in folder.metrics_table.read_text()
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 2
+    assert "line 1 lacks numbers" in one_line_error(capsys)

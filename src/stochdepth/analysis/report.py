@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stochdepth.analysis import plots
-from stochdepth.analysis.runs import Run, expected_blocks_per_step, find_runs, is_number, realised_blocks_per_step
+from stochdepth.analysis.runs import Run, expected_blocks_per_step, find_runs, realised_blocks_per_step
 from stochdepth.files import WriteFailed, write_text_atomically
-from stochdepth.train.run_folder import RunFolder
+from stochdepth.train.run_folder import RunFolder, is_number
 
 PERCENT = 100.0
 
@@ -313,7 +313,8 @@ def write_report(paths: list[str | Path], out: str | Path) -> tuple[Path, list[s
     """Write ``report.md`` and its figures into ``out``; returns its path and the warnings."""
     runs, warnings = find_runs(paths)
     if not runs:
-        raise ValueError("no runs found in " + ", ".join(map(str, paths)))
+        skipped = f" ({'; '.join(warnings)})" if warnings else ""
+        raise ValueError("no runs found in " + ", ".join(map(str, paths)) + skipped)
     out = Path(out)
     _check_out(out, runs)
     try:

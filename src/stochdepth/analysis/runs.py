@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stochdepth.depth.schedule import ROW_MODES
-from stochdepth.train.run_folder import METRIC_KEYS, RunFolder
+from stochdepth.train.run_folder import RunFolder, check_metric_records, in_range, is_number
 
 MAX_SEARCH_DEPTH = 3
 
@@ -146,32 +146,9 @@ def blocks_per_step(records: list[dict[str, Any]], key: str) -> float | None:
     return sum(record[key] * count for record, count in zip(records, steps)) / sum(steps)
 
 
-def is_number(value: Any) -> bool:
-    """A JSON number (``bool`` is not one)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-FRACTIONS = ("train_error", "val_error", "test_error")
-"""Record values that are error rates: in [0, 1], or NaN where not measured."""
-
-LARGEST = 1e12
-"""No count, time or loss in a record is larger (a bound that keeps sums finite)."""
-
-
-def _in_range(key: str, value: float) -> bool:
-    if key in FRACTIONS:
-        return math.isnan(value) or 0.0 <= value <= 1.0
-    return math.isnan(value) or -LARGEST <= value <= LARGEST
-
-
 def _check_records(folder: RunFolder, metrics: list[dict[str, Any]], gradients: list[dict[str, Any]]) -> None:
     """Refuse records a report cannot use (a run folder from elsewhere is untrusted input)."""
-    for number, record in enumerate(metrics, 1):
-        if not all(is_number(record.get(key)) for key in METRIC_KEYS):
-            raise ValueError(f"{folder.metrics}: line {number} lacks numbers for {', '.join(METRIC_KEYS)}")
-        wrong = [key for key in METRIC_KEYS if not _in_range(key, record[key])]
-        if wrong:
-            raise ValueError(f"{folder.metrics}: line {number} has values out of range ({', '.join(wrong)})")
+    check_metric_records(folder.metrics, metrics)
     for number, record in enumerate(gradients, 1):
         blocks = record.get("blocks")
         values = [record.get("stem"), *(blocks if isinstance(blocks, list) else [""])]
@@ -189,7 +166,7 @@ def _read_run(path: Path) -> Run:
     if summary is not None and not isinstance(summary, dict):
         raise ValueError(f"{folder.summary}: not an object")
     if summary is not None and any(
-        is_number(summary.get(key)) and not _in_range("val_error", summary[key])
+        is_number(summary.get(key)) and not in_range("val_error", summary[key])
         for key in ("best_val_error", "test_error_at_best_val", "final_test_error", "final_val_error")
     ):
         raise ValueError(f"{folder.summary}: an error rate out of [0, 1]")

@@ -26,6 +26,7 @@ import errno
 import fcntl
 import io
 import json
+import math
 import os
 import stat
 from collections.abc import Iterator
@@ -52,6 +53,36 @@ METRIC_KEYS = (
 
 class RunFolderError(ValueError):
     """A run folder that cannot be used as asked; the message says why."""
+
+
+FRACTIONS = ("train_error", "val_error", "test_error")
+"""Record values that are error rates: in [0, 1], or NaN where not measured."""
+
+LARGEST = 1e12
+"""No count, time or loss in a record is larger (a bound that keeps sums finite)."""
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number (``bool`` is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def in_range(key: str, value: float) -> bool:
+    """Whether a record's ``key`` may hold ``value``: error rates in [0, 1], the rest bounded; NaN: not measured."""
+    if key in FRACTIONS:
+        return math.isnan(value) or 0.0 <= value <= 1.0
+    return math.isnan(value) or -LARGEST <= value <= LARGEST
+
+
+def check_metric_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Every record holds a number in range for each of ``METRIC_KEYS`` (text, such as a spreadsheet formula, never
+    reaches ``metrics.csv`` or a report); ``RunFolderError`` names the file and the line."""
+    for number, record in enumerate(records, 1):
+        if not all(is_number(record.get(key)) for key in METRIC_KEYS):
+            raise RunFolderError(f"{path}: line {number} lacks numbers for {', '.join(METRIC_KEYS)}")
+        wrong = [key for key in METRIC_KEYS if not in_range(key, record[key])]
+        if wrong:
+            raise RunFolderError(f"{path}: line {number} has values out of range ({', '.join(wrong)})")
 
 
 class RunFolderBusy(RunFolderError):
@@ -254,8 +285,10 @@ class RunFolder:
 
     def keep_records(self, evaluations: int, iteration: int) -> None:
         """Keep what the checkpoint being resumed from knows: its evaluations, and gradients up to its iteration."""
+        metrics = self.read_records(self.metrics)[:evaluations]
+        check_metric_records(self.metrics, metrics)
         kept = {
-            self.metrics: self.read_records(self.metrics)[:evaluations],
+            self.metrics: metrics,
             self.gradients: [
                 record
                 for record in self.read_records(self.gradients)
