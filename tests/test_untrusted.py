@@ -70,6 +70,7 @@ BAD_OPTIONS = [
     (["train", "--scaling", "half"], "paper, inverted"),
     (["train", "--precision", "fp8"], "fp32, bf16"),
     (["train", "--time-schedule", "cosine"], "constant, ramp, late, early"),
+    (["train", "--model", "torchvision/densenet121", "--survival-rule", "none"], "does not run on 28x28 images"),
     (["train", "--time-schedule", "late", "--time-schedule-fraction", "1.5"], "time_schedule_fraction"),
     (["train", "--time-schedule-fraction", "-0.1"], "time_schedule_fraction"),
     (["train", "--time-schedule-fraction", "nan"], "time_schedule_fraction"),
@@ -374,7 +375,7 @@ def test_a_pickle_checkpoint_is_refused_in_one_line_without_torch_warnings(tmp_p
 
     path = tmp_path / "evil.pt"
     torch.save({"format_version": 3, "thing": Path("x")}, path)
-    with pytest.raises(CheckpointError, match="refused, not a plain checkpoint"):
+    with pytest.raises(CheckpointError, match="refused, not a checkpoint of plain tensors and numbers"):
         load_checkpoint(path)
     assert not [warning for warning in recwarn if "torch" in str(warning.filename)]
 
@@ -500,3 +501,12 @@ def test_text_in_kept_records_never_reaches_metrics_csv_and_the_report_says_why(
     assert "=cmd" not in folder.metrics_table.read_text()
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 2
     assert "line 1 lacks numbers" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("content", [b"hello", b"\x80\x04K\x01.", b""])
+def test_eval_of_a_file_that_is_no_checkpoint_is_one_line(tmp_path, capsys, content):
+    path = tmp_path / "h.pt"
+    path.write_bytes(content)
+    assert main(["eval", str(path)]) == 2
+    error = one_line_error(capsys)
+    assert "h.pt" in error and "checkpoint" in error and len(error) < 200, error

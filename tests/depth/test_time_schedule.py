@@ -157,8 +157,17 @@ def test_the_step_count_is_gate_state_and_travels_with_copies_and_checkpoints():
     copied = copy.deepcopy(model)
     assert stochdepth.gate_generator(copied).steps_taken == 5
     assert stochdepth.survival_probs_in_force(copied) == stochdepth.survival_probs_in_force(model)
-    with pytest.raises(ValueError, match="steps_taken"):
-        stochdepth.gate_generator(fresh).load_state_dict({**state, "steps_taken": -1})
+    damaged = [
+        ({**state, "steps_taken": -1}, "steps_taken"),
+        ({**state, "seed": math.inf}, "seed must be an integer"),
+        ({"seed": 1}, "must hold 'seed' and 'state'"),
+        ({**state, "state": torch.zeros(3, dtype=torch.uint8)}, "not a CPU generator's state"),
+        ({**state, "state": torch.zeros_like(state["state"])}, "not a valid generator state"),
+    ]
+    for bad, message in damaged:
+        with pytest.raises(ValueError, match=f"gate state: .*{message}"):
+            stochdepth.gate_generator(fresh).load_state_dict(bad)
+    assert stochdepth.survival_probs_in_force(fresh) == stochdepth.survival_probs_in_force(model), "left unchanged"
 
 
 @pytest.mark.parametrize(

@@ -284,11 +284,26 @@ class GateGenerator:
 
         The schedule stays this generator's own (a run resumed with more epochs plans more steps).
         """
-        steps = state.get("steps_taken", 0)
+        if not isinstance(state, dict) or not {"seed", "state"} <= set(state):
+            raise ValueError("gate state: must hold 'seed' and 'state'")
+        steps, seed, generator_state = state.get("steps_taken", 0), state["seed"], state["state"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"gate state: steps_taken must be a non-negative integer, got {steps!r}")
-        self.seed = int(state["seed"])
-        self.generator.set_state(state["state"])
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"gate state: seed must be an integer in [0, 2**64), got {seed!r}")
+        expected = self.generator.get_state()
+        if (
+            not isinstance(generator_state, torch.Tensor)
+            or generator_state.dtype != torch.uint8
+            or generator_state.shape != expected.shape
+        ):
+            raise ValueError("gate state: 'state' is not a CPU generator's state")
+        try:
+            self.generator.set_state(generator_state)
+        except RuntimeError:
+            self.generator.set_state(expected)
+            raise ValueError("gate state: 'state' is not a valid generator state") from None
+        self.seed = seed
         self.step = None
         self.set_steps_taken(steps)
 

@@ -194,6 +194,10 @@ def create_model(
     return stochastic_depth(network, gate_seed=gate_seed, total_steps=total_steps, options=depth_options)
 
 
+AUXILIARY_HEADS = ("googlenet", "inception_v3")
+"""torchvision classifiers whose training-mode output carries auxiliary logits unless built without them."""
+
+
 def _external_builder(name: str) -> ModelBuilder:
     """A builder for ``torchvision/<name>`` or ``timm/<name>``: random weights, the data's classes and channels."""
     library, model = name.split("/", 1)
@@ -207,8 +211,11 @@ def _external_builder(name: str) -> ModelBuilder:
                 "and quantized models are not built here: their builders fetch backbone weights)"
             )
         try:
+            extra = {"aux_logits": False} if model in AUXILIARY_HEADS else {}
             network = _with_image_size(
-                lambda **size: torchvision.models.get_model(model, weights=None, num_classes=num_classes, **size),
+                lambda **size: torchvision.models.get_model(
+                    model, weights=None, num_classes=num_classes, **extra, **size
+                ),
                 {"image_size": image_size},
             )
         except (ValueError, AssertionError) as error:

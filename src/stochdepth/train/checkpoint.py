@@ -82,11 +82,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's own warnings about a refused file: the error says it in one line
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
-        raise CheckpointError(f"{path}: refused, not a plain checkpoint ({first_line})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({type(error).__name__})") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused, not a checkpoint of plain tensors and numbers (loading it could run code)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"{path}: not a checkpoint, or a truncated or corrupted one ({type(error).__name__})"
+        ) from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: not a stochdepth checkpoint")
     if state["format_version"] not in KNOWN_FORMAT_VERSIONS:

@@ -79,6 +79,30 @@ def error_rate(model: nn.Module, loader: Any, autocast: Any, channels_last: bool
     return wrong / total if total else math.nan
 
 
+def check_runs_on(model: nn.Module, spec: Any, name: str, device: torch.device) -> None:
+    """``model`` maps two images of ``spec``'s size to two rows of logits, or the run stops before it starts.
+
+    A network built for larger images (GoogLeNet, Inception, DenseNet-121 on 28x28) fails here,
+    in one line, rather than in the first training step with a folder left behind.
+    """
+    images = torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(images)
+    except (RuntimeError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{name} does not run on {spec.image_size}x{spec.image_size} images with {spec.in_channels} channel(s) "
+            f"({first_line})"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, spec.num_classes):
+        raise ValueError(f"{name} does not return one row of {spec.num_classes} logits per image")
+
+
 class Trainer:
     """One training run: model, data, optimizer, schedule, counters and (optionally) its folder.
 
@@ -111,6 +135,7 @@ class Trainer:
             self.loaders: Loaders = build_loaders(config.data, config.optim.batch_size, self.device, seed, ranks.shard)
             total_steps = config.optim.epochs * len(self.loaders.train)
             self.model = build_model(config, self.loaders.spec, seed, total_steps).to(self.device)
+            check_runs_on(self.model, self.loaders.spec, config.model.model, self.device)
         ranks.seed_own_stream(seed)
         if config.run.sync_batchnorm:
             self.model = ranks.sync_batchnorm(self.model)
