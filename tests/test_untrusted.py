@@ -58,6 +58,8 @@ BAD_OPTIONS = [
     (["train", "--no-such-option"], "unrecognized arguments"),
     (["train", "--resume", "somewhere", "--auto-resume"], "not both"),
     (["train", "--init-weights", "/nonexistent/weights.safetensors"], "--init-weights /nonexistent"),
+    (["train", "--init-weights", "/dev/zero"], "/dev/zero: not a regular file"),
+    (["train", "--init-weights", "/etc"], "/etc: not a regular file"),
     (["train", "--sync-batchnorm", "--device", "cpu"], "--sync-batchnorm"),
     (["train", "--sync-batchnorm", "--drop-mode", "sample"], "--sync-batchnorm works with --drop-mode batch"),
     (["train", "--final-survival-prob", "1.5"], "(0, 1]"),

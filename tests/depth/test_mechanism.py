@@ -528,3 +528,24 @@ def test_sample_mode_passes_the_branchs_saved_tensors_through_the_users_own_hook
     branch.zero_grad()
     block(x).square().sum().backward()
     torch.testing.assert_close(x.grad, expected_grad)
+
+
+def test_contradictions_in_the_api_are_value_errors():
+    import torchvision
+
+    with pytest.raises(ValueError, match="drop rate must be in"):
+        stochdepth.stochastic_depth(torchvision.models.convnext_tiny(stochastic_depth_prob=-0.5))
+    with pytest.raises(ValueError, match=r"at least 0\.001"):
+        stochdepth.create_model("resnet8", final_survival_prob=1e-320)
+    with pytest.raises(ValueError, match="fixes 'depth' itself"):
+        stochdepth.create_model("resnet8", depth=10)
+    with pytest.raises(ValueError, match="must be text"):
+        stochdepth.create_model(123)
+
+
+def test_a_block_whose_forward_was_replaced_on_the_instance_is_not_converted():
+    network = nn.Sequential(ResidualBlock(nn.Conv2d(4, 4, 1)), ResidualBlock(nn.Conv2d(4, 4, 1)))
+    network[1].forward = lambda x: x * 2
+    stochdepth.stochastic_depth(network, final_survival_prob=0.5)
+    assert [type(block) for block in network] == [StochasticResidual, ResidualBlock]
+    assert stochdepth.survival_probs(network) == [0.5]

@@ -30,7 +30,8 @@ def find_residual_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Modu
     """The residual blocks of ``model`` (declared ``ResidualBlock``\\ s and registered adapter types).
 
     Registration order, which every family in this library makes the forward order. A module
-    of a registered type with no residual branch (an EfficientNet block without a skip) is left out.
+    of a registered type with no residual branch (an EfficientNet block without a skip), or
+    whose ``forward`` was replaced on the instance (it computes something else), is left out.
     """
 
     def recognised(module: nn.Module) -> bool:
@@ -41,6 +42,7 @@ def find_residual_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Modu
         for parent, name, child in _children_in_order(model, recognised)
         if adapter_for(child) is not None
         and not isinstance(child, StochasticModule)
+        and "forward" not in vars(child)
         and adapter_for(child).num_branches(child) > 0
     ]
 

@@ -26,6 +26,8 @@ DEFAULT_SURVIVAL_RULE = "linear"
 DEFAULT_FINAL_SURVIVAL_PROB = 0.5
 DEFAULT_DROP_MODE = "batch"
 DEFAULT_SCALING = "paper"
+MIN_FINAL_SURVIVAL_PROB = 1e-3
+"""A smaller p_L would divide a branch by more than 1,000 under the inverted scaling: a typo, not a schedule."""
 DEFAULT_TIME_SCHEDULE = "constant"
 DEFAULT_TIME_SCHEDULE_FRACTION = 0.5
 
@@ -84,8 +86,10 @@ def resolve_depth_options(
     final_survival_prob = DEFAULT_FINAL_SURVIVAL_PROB if final_survival_prob is None else final_survival_prob
     if isinstance(final_survival_prob, bool) or not isinstance(final_survival_prob, (int, float)):
         raise ValueError(f"final_survival_prob must be a number in (0, 1], got {final_survival_prob!r}")
-    if not 0.0 < final_survival_prob <= 1.0:
-        raise ValueError(f"final_survival_prob must be in (0, 1], got {final_survival_prob}")
+    if not MIN_FINAL_SURVIVAL_PROB <= final_survival_prob <= 1.0:
+        raise ValueError(
+            f"final_survival_prob must be in (0, 1] (at least {MIN_FINAL_SURVIVAL_PROB:g}), got {final_survival_prob}"
+        )
     if final_survival_prob == 1.0:
         return DepthOptions("none", 1.0, drop_mode, scaling)
     return DepthOptions(

@@ -96,6 +96,8 @@ def model_info(name: str) -> ModelInfo:
                 "stochdepth.stochastic_depth to it"
             )
         return ModelInfo(name, library, 0, residual=True, min_image_size=32, parameters=0)
+    if not isinstance(name, str):
+        raise ValueError(f"a model name must be text, got {name!r}")
     if name not in _ENTRIES:
         close = difflib.get_close_matches(name, _ENTRIES, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -167,6 +169,7 @@ def create_model(
     resolves its configuration once and passes it on.
     """
     depth = (survival_rule, final_survival_prob, drop_mode, scaling, time_schedule, time_schedule_fraction)
+    model_info(name)
     if depth_options is None:
         depth_options = resolve_model_depth_options(name, *depth)
     elif any(value is not None for value in depth):
@@ -188,9 +191,11 @@ def create_model(
     try:
         network = builder(**given)
     except TypeError as error:
-        if "unexpected keyword argument" not in str(error):
-            raise
-        raise ValueError(f"model {name!r} does not take {str(error).rsplit(' ', 1)[-1]}") from None
+        if "unexpected keyword argument" in str(error):
+            raise ValueError(f"model {name!r} does not take {str(error).rsplit(' ', 1)[-1]}") from None
+        if "multiple values for" in str(error):
+            raise ValueError(f"model {name!r} fixes {str(error).rsplit(' ', 1)[-1]} itself; leave it out") from None
+        raise
     return stochastic_depth(network, gate_seed=gate_seed, total_steps=total_steps, options=depth_options)
 
 

@@ -103,7 +103,13 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> str:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"model.init_weights {path}: no such file")
+        if path.is_symlink() and not path.exists():
+            kind = "a symbolic link to nothing (or in a loop)"
+        elif path.exists():
+            kind = "not a regular file (a folder, device or pipe)"
+        else:
+            kind = "no such file"
+        raise ValueError(f"model.init_weights {path}: {kind}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -169,9 +169,16 @@ _RATE_ATTRIBUTES = {"DropPath": "drop_prob", "StochasticDepth": "p"}
 
 
 def native_drop_rate(module: nn.Module | None) -> float:
-    """The rate of a library's own drop-path layer (timm's ``DropPath``, torchvision's ``StochasticDepth``); else 0."""
+    """The rate of a library's own drop-path layer (timm's ``DropPath``, torchvision's ``StochasticDepth``); else 0.
+
+    A rate outside [0, 1) (a network built with ``stochastic_depth_prob=-0.5``) is a ``ValueError``.
+    """
     rate = getattr(module, _RATE_ATTRIBUTES.get(type(module).__name__, ""), 0.0)
-    return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else 0.0
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool):
+        return 0.0
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{type(module).__name__} has a drop rate of {rate!r}; a drop rate must be in [0, 1)")
+    return float(rate)
 
 
 def without_native_drop_path(network: nn.Module) -> nn.Module:
