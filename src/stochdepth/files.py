@@ -91,3 +91,30 @@ def write_path_atomically(path: str | os.PathLike, write: Callable[[Path], None]
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     """:func:`write_atomically` for UTF-8 text."""
     return write_atomically(path, lambda file: file.write(text.encode()))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files (``.<name>.<pid>.tmp``) that killed writers left in ``folder``; returns them.
+
+    A writer killed by a signal that Python cannot catch (SIGKILL, or SIGTERM with its default
+    action) leaves its temporary file; one whose process is still alive is left alone.
+    """
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        pid = path.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or not path.is_file() or path.is_symlink() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

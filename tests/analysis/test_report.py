@@ -300,3 +300,19 @@ def test_hostile_values_in_runs_are_skipped_or_drawn_literally(sweep, tmp_path):
     report = report_path.read_text()
     assert "$x^{^}$" in report.replace("\\$", "$"), "the odd run is a group of its own, labelled with its setting"
     assert len(list((tmp_path / "report").glob("curves_*.png"))) == 2
+
+
+def test_a_report_removes_what_a_killed_report_left_and_keeps_a_live_writers_file(sweep, tmp_path):
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "report"
+    out.mkdir()
+    stale = out / f".curves_x.png.{int(finished.stdout)}.tmp"
+    live = out / f".curves_y.png.{os.getpid()}.tmp"
+    stale.write_bytes(b"half a figure")
+    live.write_bytes(b"being written")
+    write_report([sweep[1]], out)
+    assert not stale.exists()
+    assert live.exists()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from stochdepth.analysis import plots
 from stochdepth.analysis.runs import Run, expected_blocks_per_step, find_runs, realised_blocks_per_step
-from stochdepth.files import WriteFailed, write_text_atomically
+from stochdepth.files import WriteFailed, remove_stale_temporaries, write_text_atomically
 from stochdepth.train.run_folder import RunFolder, is_number
 
 PERCENT = 100.0
@@ -323,6 +323,7 @@ def write_report(paths: list[str | Path], out: str | Path) -> tuple[Path, list[s
         raise ValueError(f"cannot create the report folder {out}: {error.strerror or error}") from None
     if not os.access(out, os.W_OK):
         raise ValueError(f"cannot write into the report folder {out}: not writable")
+    remove_stale_temporaries(out)
     groups, set_aside = group_runs(runs)
     warnings = [*warnings, *set_aside]
     lines = ["# stochdepth report", ""]
