@@ -3,7 +3,7 @@
     python docs/scripts/time_schedule_analysis.py collect EXPERIMENT_FOLDER docs/data/time_schedule_runs.json
     python docs/scripts/time_schedule_analysis.py table docs/data/time_schedule_runs.json [--plot FIGURE.png]
 
-``collect`` keeps, per run, what the tables and the figure need: its arm and seed, the summary
+``collect`` keeps, per run (finished or not), what the tables and the figure need: its arm and seed, the summary
 (test error at the best validation evaluation, best validation error, training seconds) and each
 evaluation's iteration, validation error, training error, training loss and training seconds.
 ``table`` prints the per-arm table, each arm against constant depth (Welch's and the paired
@@ -23,6 +23,7 @@ from pathlib import Path
 from stochdepth.analysis.compare import compare
 
 CONSTANT = "none"
+SUMMARY_KEYS = ("test_error_at_best_val", "best_val_error", "best_epoch", "train_seconds", "epochs")
 PERCENT = 100.0
 
 
@@ -34,20 +35,17 @@ def arm_and_seed(run_name: str) -> tuple[str, int]:
 
 def collect(folder: Path) -> list[dict]:
     runs = []
-    for summary_path in sorted(folder.glob("runs/*/summary.json")):
-        run = summary_path.parent
+    for run in sorted(path.parent for path in folder.glob("runs/*/metrics.jsonl")):
         arm, seed = arm_and_seed(run.name)
-        summary = json.loads(summary_path.read_text())
+        finished = (run / "summary.json").is_file()
+        summary = json.loads((run / "summary.json").read_text()) if finished else dict.fromkeys(SUMMARY_KEYS)
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         runs.append(
             {
                 "arm": arm,
                 "seed": seed,
-                "test_error_at_best_val": summary["test_error_at_best_val"],
-                "best_val_error": summary["best_val_error"],
-                "best_epoch": summary["best_epoch"],
-                "train_seconds": summary["train_seconds"],
-                "epochs": summary["epochs"],
+                "finished": finished,
+                **{key: summary[key] for key in SUMMARY_KEYS},
                 "evaluations": [
                     {
                         key: record[key]
@@ -61,9 +59,11 @@ def collect(folder: Path) -> list[dict]:
 
 
 def by_arm(runs: list[dict], key: str) -> dict[str, dict[int, float]]:
+    """Per arm, the finished runs' ``key`` by seed (a run stopped early is kept in the numbers, not in the tables)."""
     arms: dict[str, dict[int, float]] = {}
     for run in runs:
-        arms.setdefault(run["arm"], {})[run["seed"]] = run[key]
+        if run["finished"]:
+            arms.setdefault(run["arm"], {})[run["seed"]] = run[key]
     return arms
 
 
@@ -118,8 +118,9 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 4.5))
-    for arm in sorted({run["arm"] for run in runs}, key=lambda arm: (arm != CONSTANT, arm)):
-        members = [run for run in runs if run["arm"] == arm]
+    finished = [run for run in runs if run["finished"]]
+    for arm in sorted({run["arm"] for run in finished}, key=lambda arm: (arm != CONSTANT, arm)):
+        members = [run for run in finished if run["arm"] == arm]
         steps = [record["iteration"] for record in members[0]["evaluations"]]
         curves = [[PERCENT * record["val_error"] for record in run["evaluations"]] for run in members]
         means = [statistics.fmean(column) for column in zip(*curves)]
