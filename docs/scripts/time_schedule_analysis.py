@@ -2,6 +2,8 @@
 
     python docs/scripts/time_schedule_analysis.py collect EXPERIMENT_FOLDER docs/data/time_schedule_runs.json
     python docs/scripts/time_schedule_analysis.py table docs/data/time_schedule_runs.json [--plot FIGURE.png]
+    python docs/scripts/time_schedule_analysis.py table docs/data/time_schedule_pilot_2700_steps.json \
+        --go-no-go 540 810 1080 1350
 
 ``collect`` keeps, per run (finished or not), what the tables and the figure need: its arm and seed, the summary
 (test error at the best validation evaluation, best validation error, training seconds) and each
@@ -111,6 +113,25 @@ def table(runs: list[dict]) -> list[str]:
     return lines
 
 
+ARM_NAMES = {CONSTANT: "constant depth", "linear": "linear p_L = 0.5"}
+
+
+def go_no_go_table(runs: list[dict], steps: list[int]) -> list[str]:
+    """Per run, the training error (%) over the window before each of ``steps`` (the last: the first lr drop)."""
+    header = " | ".join(f"{step:,}" for step in steps)
+    lines = [f"| run | step {header} | test error at best val. |", "|---|" + "---|" * (len(steps) + 1)]
+    for run in sorted(runs, key=lambda run: (run["arm"] != CONSTANT, run["arm"], run["seed"])):
+        errors = {record["iteration"]: PERCENT * record["train_error"] for record in run["evaluations"]}
+        cells = " | ".join(f"{errors[step]:.2f}" if step in errors else "—" for step in steps)
+        if run["finished"]:
+            best_step = round(run["best_epoch"] * 9)
+            tested = f"{PERCENT * run['test_error_at_best_val']:.2f}% (best val. at step {best_step:,})"
+        else:
+            tested = "stopped"
+        lines.append(f"| {ARM_NAMES.get(run['arm'], run['arm'])}, seed {run['seed']} | {cells} | {tested} |")
+    return lines
+
+
 def plot(runs: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -148,12 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     show = commands.add_parser("table")
     show.add_argument("numbers", type=Path)
     show.add_argument("--plot", type=Path)
+    show.add_argument("--go-no-go", type=int, nargs="+", metavar="STEP", help="training errors at these steps")
     args = parser.parse_args(argv)
     if args.command == "collect":
         args.out.write_text(json.dumps(collect(args.experiment), indent=1) + "\n")
         return 0
     runs = json.loads(args.numbers.read_text())
-    print("\n".join(table(runs)))
+    print("\n".join(go_no_go_table(runs, args.go_no_go) if args.go_no_go else table(runs)))
     if args.plot is not None:
         plot(runs, args.plot)
     return 0

@@ -1,0 +1,27 @@
+"""The experiment scripts in docs/scripts reproduce the tables in docs from the per-run numbers kept in docs/data."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("numbers", "options"),
+    [("time_schedule_pilot_2700_steps.json", ["--go-no-go", "540", "810", "1080", "1350"])],
+)
+def test_the_time_schedule_analysis_reproduces_the_tables_in_results_md(numbers, options):
+    script = ROOT / "docs/scripts/time_schedule_analysis.py"
+    printed = subprocess.run(
+        [sys.executable, str(script), "table", str(ROOT / "docs/data" / numbers), *options],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    results = (ROOT / "docs/results.md").read_text().splitlines()
+    assert len(printed) > 2
+    missing = [line for line in printed if line.strip() and line not in results]
+    assert not missing, f"lines of the script's table not in docs/results.md: {missing}"
