@@ -299,7 +299,7 @@ def test_training_flops_fall_to_the_schedules_share_within_a_binomial_bound(name
     build, _, _, size = NETWORKS[name]
     x = torch.randn(8, 3, size, size)
     full = _flops(stochdepth.stochastic_depth(build(), survival_rule="none").train(), x)
-    bare = _flops(stochdepth.stochastic_depth(build(), survival_rule="uniform", final_survival_prob=1e-9).train(), x)
+    bare = _flops(stochdepth.stochastic_depth(build(), survival_rule="uniform", final_survival_prob=1e-3).train(), x)
     survival, steps = 0.3, 40
     network = stochdepth.stochastic_depth(
         build(), survival_rule="uniform", final_survival_prob=survival, drop_mode=drop_mode
