@@ -7,7 +7,7 @@ import torch
 
 from stochdepth.train import train
 from stochdepth.train.gradients import GradientRecorder
-from stochdepth.train.run_folder import RunFolder
+from stochdepth.train.run_folder import METRIC_KEYS, RunFolder
 
 
 @pytest.mark.parametrize(("rule", "expect_dropped"), [("none", False), ("uniform", True)])
@@ -47,7 +47,8 @@ def test_resume_keeps_only_the_gradient_records_its_checkpoint_knows(tmp_path):
     folder.gradients.write_text(
         "".join(json.dumps({"iteration": i, "stem": 1.0, "blocks": []}) + "\n" for i in (5, 10, 15))
     )
-    folder.metrics.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 3)))
+    records = [{**dict.fromkeys(METRIC_KEYS, 0.0), "epoch": epoch} for epoch in (1, 2, 3)]
+    folder.metrics.write_text("".join(json.dumps(record) + "\n" for record in records))
     folder.keep_records(evaluations=2, iteration=10)
     assert [record["iteration"] for record in folder.read_records(folder.gradients)] == [5, 10]
     assert [record["epoch"] for record in folder.read_metrics()] == [1, 2]
