@@ -97,6 +97,61 @@ def test_sigterm_during_the_last_evaluation_exits_143_and_resumes(tmp_path, tiny
     assert resume(folder.path)["epochs"] == 2 and folder.summary.is_file()
 
 
+@pytest.mark.parametrize(
+    ("test_every_eval", "signalled_call"),
+    [(False, 3), (False, 2), (True, 1)],
+    ids=["final-test-evaluation", "validation", "validation-before-test"],
+)
+def test_a_signal_during_an_evaluation_stops_it_within_a_batch_and_the_resume_does_it_first(
+    tmp_path, tiny_config, monkeypatch, test_every_eval, signalled_call
+):
+    """A SIGTERM inside an evaluation (a preemption's grace period is short) stops it after one batch; the
+    checkpoint owes that evaluation, and the resumed run ends with the records of an uninterrupted one."""
+    from stochdepth.train import trainer
+
+    config = tiny_config.override(epochs=2, eval_size=96, batch_size=32, test_every_eval=test_every_eval)
+    train(config, out=tmp_path / "straight")
+    real = trainer.error_counts
+    calls = {"count": 0, "batches": 0}
+
+    def counting_batches(progress):
+        real_tick = progress.tick
+
+        def tick():
+            calls["batches"] += 1
+            real_tick()
+
+        progress.tick = tick
+        return progress
+
+    def error_counts_with_sigterm(model, loader, autocast, channels_last, progress=None, should_stop=None):
+        calls["count"] += 1
+        if calls["count"] == signalled_call:
+            calls["batches"] = 0
+            os.kill(os.getpid(), signal.SIGTERM)
+            progress = counting_batches(progress)
+        return real(model, loader, autocast, channels_last, progress, should_stop)
+
+    monkeypatch.setattr(trainer, "error_counts", error_counts_with_sigterm)
+    with pytest.raises(trainer.TrainingStopped) as stopped:
+        train(config, out=tmp_path / "run")
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert calls["batches"] == 1, "the evaluation stopped after the batch the signal arrived in"
+    folder = RunFolder(tmp_path / "run")
+    assert not folder.summary.exists()
+    monkeypatch.setattr(trainer, "error_counts", real)
+    summary = resume(folder.path)
+    straight = RunFolder(tmp_path / "straight")
+    timeless = {"epoch_seconds", "images_per_second"}
+    assert [{k: v for k, v in r.items() if k not in timeless} for r in folder.read_metrics()] == [
+        {k: v for k, v in r.items() if k not in timeless} for r in straight.read_metrics()
+    ]
+    expected = json.loads(straight.summary.read_text())
+    assert {k: v for k, v in summary.items() if k != "train_seconds"} == {
+        k: v for k, v in expected.items() if k != "train_seconds"
+    }
+
+
 def test_two_sweeps_started_together_share_the_folder_without_clobbering(tmp_path, synthetic_data_dir):
     flags = [
         *("sweep", "--model", "resnet8", "--dataset", "fashion-mnist", "--data-dir", str(synthetic_data_dir)),

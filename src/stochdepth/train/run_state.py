@@ -54,6 +54,12 @@ def checked_best(values: object) -> dict[str, Any]:
     }
 
 
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 @dataclass
 class Counters:
     """Where the run is and what it has found: the numbers a checkpoint keeps beside the components' states.
@@ -69,6 +75,8 @@ class Counters:
     train_seconds: float = 0.0
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": None, "val_error": math.inf, "test_error": math.nan})
     final: dict[str, float] = field(default_factory=dict)
+    evaluation_owed: bool = False
+    """A signal stopped an evaluation: a resume does it before training on."""
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,6 +102,7 @@ class Counters:
             final={
                 key: checked_amount(value, f"final.{key}", (math.nan,)) for key, value in dict(state["final"]).items()
             },
+            evaluation_owed=_flag(state.get("evaluation_owed", False), "evaluation_owed"),
         )
 
 

@@ -21,6 +21,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,24 @@ from stochdepth.train.signals import TrainingStopped, stopped_by_signal
 PROGRESS_EVERY = 20
 
 
+class EvaluationStopped(Exception):
+    """A signal arrived during an evaluation, which stopped after its current batch."""
+
+
 def error_counts(
-    model: nn.Module, loader: Any, autocast: Any, channels_last: bool, progress: Progress | None = None
+    model: nn.Module,
+    loader: Any,
+    autocast: Any,
+    channels_last: bool,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """(misclassified, images) in ``loader``, in evaluation mode (every block, scaled by p_l), on the device.
 
     The count of misclassified images stays on the device until the end (no synchronisation per batch).
-    ``progress`` ticks once per batch and is closed at the end.
+    ``progress`` ticks once per batch and is closed at the end. ``should_stop`` is asked after
+    each batch; when it says so, :class:`EvaluationStopped` is raised (a signal is answered
+    within one batch, not after the whole set).
     """
     was_training = model.training
     model.eval()
@@ -67,6 +79,9 @@ def error_counts(
             total += len(labels)
             if progress is not None:
                 progress.tick()
+            if should_stop is not None and should_stop():
+                model.train(was_training)
+                raise EvaluationStopped
     if progress is not None:
         progress.close()
     model.train(was_training)
@@ -247,8 +262,14 @@ class Trainer:
     # Training ----------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Train until ``config.optim.epochs`` and return the summary."""
+        """Train until ``config.optim.epochs`` and return the summary.
+
+        An evaluation a signal stopped (the checkpoint says so) is done first.
+        """
         self.network.train()
+        if self.counters.evaluation_owed:
+            self.evaluate()
+            self.save("last")
         while self.counters.epoch < self.config.optim.epochs:
             self.train_epoch()
         if not self.config.run.test_every_eval:
@@ -402,12 +423,21 @@ class Trainer:
         if not asked:
             return
         progress.close()
+        raise self._stopped()
+
+    def _signalled(self) -> bool:
+        """Whether a signal asked this single process to stop (a rank of several evaluates its whole shard: its
+        shards may differ in length, so the ranks could not agree batch by batch)."""
+        return self.stop_signal is not None
+
+    def _stopped(self) -> TrainingStopped:
+        """What a run stopped by a signal ends with: where it stopped and how to resume."""
         where = "no run folder, so nothing was saved"
         if self.folder is not None:
             where = f"resume the run in {self.folder.path}"
         finished_epoch = self.counters.iteration == self.counters.epoch * len(self.loaders.train)
         when = f"after epoch {self.counters.epoch}" if finished_epoch else f"in epoch {self.counters.epoch + 1}"
-        raise stopped_by_signal(self.stop_signal or "SIGTERM", self.counters.iteration, when, where)
+        return stopped_by_signal(self.stop_signal or "SIGTERM", self.counters.iteration, when, where)
 
     def _close_segment(self, start: float) -> None:
         """Add the training time since ``start`` to the window and the run's total."""
@@ -422,8 +452,14 @@ class Trainer:
         self.check_finite()
         self.ranks.broadcast_buffers(self.model)
         window = self.window
-        val_error = self._error(self.loaders.val, "validation")
-        test_error = self._error(self.loaders.test, "test") if self.config.run.test_every_eval else math.nan
+        try:
+            val_error = self._error(self.loaders.val, "validation")
+            test_error = self._error(self.loaders.test, "test") if self.config.run.test_every_eval else math.nan
+        except EvaluationStopped:
+            self.counters.evaluation_owed = True
+            self.save("last")
+            raise self._stopped() from None
+        self.counters.evaluation_owed = False
         loss_sum, wrong, images = window.totals(self.ranks)
         steps_taken = self.gates.steps_taken
         record = {
@@ -460,13 +496,23 @@ class Trainer:
             return
         self.model.load_state_dict(load_checkpoint(self.folder.checkpoint("best"))["model"])
         best = self.counters.best
-        best["test_error"] = self._error(self.loaders.test, "test")
+        try:
+            best["test_error"] = self._error(self.loaders.test, "test")
+        except EvaluationStopped:
+            raise self._stopped() from None
         write_line(f"test error {percent(best['test_error'])} at the best validation epoch {best['epoch']:g}")
 
     def _error(self, loader: Any, name: str) -> float:
         """The error on ``loader``'s set: each rank counts its shard, the counts are summed."""
         progress = Progress(len(loader), 0, f"evaluating ({name} set)", bar=self.progress)
-        counts = error_counts(self.model, loader, self.autocast, self.config.run.channels_last, progress)
+        counts = error_counts(
+            self.model,
+            loader,
+            self.autocast,
+            self.config.run.channels_last,
+            progress,
+            should_stop=self._signalled if self.ranks.world_size == 1 else None,
+        )
         wrong, total = self.ranks.sum(counts).tolist()
         return wrong / total if total else math.nan
 
