@@ -512,3 +512,13 @@ def test_eval_of_a_file_that_is_no_checkpoint_is_one_line(tmp_path, capsys, cont
     assert main(["eval", str(path)]) == 2
     error = one_line_error(capsys)
     assert "h.pt" in error and "checkpoint" in error and len(error) < 200, error
+
+
+def test_init_weights_from_a_pickle_is_one_line_without_torch_warnings(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "evil.pt"
+    torch.save({"x": Path("a")}, weights)
+    argv = ["train", "--model", "resnet8", "--init-weights", str(weights), "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    error = one_line_error(capsys)
+    assert "not readable as weights" in error and "Weights only load failed" not in error

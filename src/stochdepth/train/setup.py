@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import warnings
 from pathlib import Path
 
 import torch
@@ -116,7 +117,9 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> str:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's paragraph on a refused file: the error says it in one line
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any failure to read an untrusted file is the user's to fix
         raise ValueError(f"model.init_weights {path}: not readable as weights ({type(error).__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
