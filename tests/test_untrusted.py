@@ -67,7 +67,7 @@ BAD_OPTIONS = [
     (["train", "--model", "resnet7"], "known models"),
     (["train", "--model", "torchvision/../x"], "plain architecture name"),
     (["train", "--dataset", "mnist"], "unknown dataset"),
-    (["train", "--survival-rule", "cosine"], "linear, uniform, none"),
+    (["train", "--survival-rule", "cosine"], "linear, uniform, exponential, none"),
     (["train", "--drop-mode", "row"], "batch, sample"),
     (["train", "--scaling", "half"], "paper, inverted"),
     (["train", "--precision", "fp8"], "fp32, bf16"),

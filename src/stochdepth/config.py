@@ -63,7 +63,10 @@ class ModelConfig:
     """Which network, and its stochastic-depth settings (Huang et al. 2016, section 3)."""
 
     model: str = _option("resnet110", "registered model name (stochdepth list)")
-    survival_rule: str | None = _option(None, "linear (eq. 4), uniform or none (constant depth); default: linear")
+    survival_rule: str | None = _option(
+        None,
+        "linear (eq. 4), uniform, exponential (LayerSkip's rise over depth) or none (constant depth); default: linear",
+    )
     final_survival_prob: float | None = _option(
         None, "p_L, the last block's survival probability, in (0, 1]; 1 is constant depth; default: 0.5"
     )

@@ -31,6 +31,19 @@ def test_linear_schedule_of_resnet110_is_eq4():
     assert all(earlier > later for earlier, later in itertools.pairwise(probs))
 
 
+def test_the_exponential_schedule_is_layerskips_rise_over_depth():
+    probs = survival_schedule(12, "exponential", 0.4)
+    assert probs[0] == 1.0 and probs[-1] == pytest.approx(0.4)
+    assert probs == pytest.approx([1 - (2 ** (block / 11) - 1) * 0.6 for block in range(12)])
+    drops = [1 - prob for prob in probs]
+    steps = [later - earlier for earlier, later in itertools.pairwise(drops)]
+    assert all(later > earlier for earlier, later in itertools.pairwise(steps)), "the drop rate rises faster with depth"
+    assert survival_schedule(1, "exponential", 0.4) == [0.4]
+    model = stochdepth.create_model("resnet20", survival_rule="exponential", final_survival_prob=0.5)
+    assert model.depth_options["survival_rule"] == "exponential"
+    assert stochdepth.survival_probs(model) == pytest.approx(survival_schedule(9, "exponential", 0.5))
+
+
 def test_uniform_and_none_schedules():
     assert (
         stochdepth.survival_probs(stochdepth.create_model("resnet20", survival_rule="uniform", final_survival_prob=0.8))
@@ -43,7 +56,7 @@ def test_uniform_and_none_schedules():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"survival_rule": "cosine"}, "linear, uniform, none"),
+        ({"survival_rule": "cosine"}, "linear, uniform, exponential, none"),
         ({"drop_mode": "row"}, "batch, sample"),
         ({"scaling": "half"}, "paper, inverted"),
         ({"final_survival_prob": 0.0}, r"\(0, 1\]"),

@@ -15,7 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-SURVIVAL_RULES = ("linear", "uniform", "none")
+SURVIVAL_RULES = ("linear", "uniform", "exponential", "none")
 DROP_MODES = ("batch", "sample", "subset")
 ROW_MODES = ("sample", "subset")
 """The drop modes in which a branch runs on some rows of the batch (the others: all rows or none)."""
@@ -194,8 +194,11 @@ def survival_schedule(
     """Survival probability p_l of each residual block l = 1..L.
 
     ``"linear"``: p_l = 1 - (l / L) (1 - p_L), the paper's eq. 4 (so block 1 can be dropped
-    too and block L survives with p_L). ``"uniform"``: p_l = p_L. ``"none"``: p_l = 1,
-    the constant-depth baseline.
+    too and block L survives with p_L). ``"uniform"``: p_l = p_L. ``"exponential"``: the drop
+    rate rises exponentially over depth as in LayerSkip (Elhoushi et al., ACL 2024),
+    p_l = 1 - (2^((l - 1) / (L - 1)) - 1) (1 - p_L): block 1 never drops, block L survives with
+    p_L, and most of the dropping falls on the last blocks. ``"none"``: p_l = 1, the
+    constant-depth baseline.
     """
     return schedule_for(num_blocks, resolve_depth_options(survival_rule, final_survival_prob))
 
@@ -206,4 +209,9 @@ def schedule_for(num_blocks: int, options: DepthOptions) -> list[float]:
         return [1.0] * num_blocks
     if options.survival_rule == "uniform":
         return [options.final_survival_prob] * num_blocks
-    return [1.0 - (block / num_blocks) * (1.0 - options.final_survival_prob) for block in range(1, num_blocks + 1)]
+    drop = 1.0 - options.final_survival_prob
+    if options.survival_rule == "exponential":
+        if num_blocks == 1:
+            return [options.final_survival_prob]
+        return [1.0 - (2.0 ** ((block - 1) / (num_blocks - 1)) - 1.0) * drop for block in range(1, num_blocks + 1)]
+    return [1.0 - (block / num_blocks) * drop for block in range(1, num_blocks + 1)]
