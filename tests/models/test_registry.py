@@ -1,6 +1,7 @@
 """The registry: names, defaults and errors."""
 
 import pytest
+import torch
 
 import stochdepth
 from stochdepth.models import register_model
@@ -102,3 +103,28 @@ def test_a_run_resolves_its_depth_options_once_and_passes_them_on(monkeypatch, t
 def test_a_bad_image_size_is_refused_before_anything_is_built(image_size):
     with pytest.raises(ValueError, match="image_size must be a positive integer"):
         stochdepth.create_model("torchvision/resnet18", image_size=image_size)
+
+
+def test_a_network_of_another_library_whose_blocks_are_not_recognised_is_refused_before_it_is_built(monkeypatch):
+    """Checked on the meta device first: no memory, no initialisation (a giant network would take minutes)."""
+    from stochdepth.models import registry
+
+    devices = []
+    real = registry._external_builder
+
+    def recording(name):
+        builder = real(name)
+
+        def build(**options):
+            devices.append(torch.get_default_device().type)
+            return builder(**options)
+
+        return build
+
+    monkeypatch.setattr(registry, "_external_builder", recording)
+    with pytest.raises(ValueError, match="no residual block found"):
+        stochdepth.create_model("torchvision/alexnet", num_classes=10)
+    assert devices == ["meta"]
+    devices.clear()
+    stochdepth.create_model("torchvision/resnet18", num_classes=10)
+    assert devices == ["meta", "cpu"]
