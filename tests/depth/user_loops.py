@@ -38,8 +38,10 @@ def plain_ddp_loop(
     """timm's train.py order: join the group, seed each rank differently, build, convert, wrap in default DDP.
 
     ``native``: a timm ViT built with drop path rate 1 - ``final_survival_prob``, converted with its own schedule.
-    ``convert_first``: Lightning's order instead, seed each rank differently, build and convert, then join.
+    ``convert_first``: Lightning's order instead, seed each rank differently, build and convert (with a ``ramp``
+    time schedule over the 6 steps, so the ranks must agree on the step count too), then join.
     """
+    timing = {"time_schedule": "ramp", "time_schedule_fraction": 0.5, "total_steps": 6} if convert_first else {}
     if not convert_first:
         dist.init_process_group("gloo")
     try:
@@ -48,7 +50,11 @@ def plain_ddp_loop(
             model = stochdepth.stochastic_depth(native_rate_vit(1 - final_survival_prob), drop_mode=drop_mode)
         else:
             model = stochdepth.stochastic_depth(
-                small_resnet(), survival_rule="uniform", final_survival_prob=final_survival_prob, drop_mode=drop_mode
+                small_resnet(),
+                survival_rule="uniform",
+                final_survival_prob=final_survival_prob,
+                drop_mode=drop_mode,
+                **timing,
             )
         if convert_first:
             dist.init_process_group("gloo")
