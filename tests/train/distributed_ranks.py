@@ -165,6 +165,19 @@ def _signal_at_step_five(trainer: Any, labels: torch.Tensor) -> None:
         trainer.stop_signal = "SIGTERM"
 
 
+def _signal_in_the_first_evaluation() -> Any:
+    """A SIGTERM noted by this process alone as its first evaluation begins."""
+    from stochdepth.train.trainer import Trainer
+
+    real = Trainer._error
+
+    def error(self: Trainer, loader: Any, name: str) -> float:
+        self.stop_signal = "SIGTERM"
+        return real(self, loader, name)
+
+    return mock.patch.object(Trainer, "_error", error)
+
+
 def _launcher_gone_after_step_five() -> Any:
     """``os.getppid`` as the trainer sees it: the launcher's pid at start and for 5 steps, then init's (re-parented)."""
     real = os.getppid
@@ -214,6 +227,11 @@ def scenarios(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:
         "signal_on_one_rank": _outcome(
             lambda: on_rank_one(
                 _after_each_step(_signal_at_step_five), lambda: train(plain_config(data_dir), out=out / "signal")
+            )
+        ),
+        "signal_in_evaluation": _outcome(
+            lambda: on_rank_one(
+                _signal_in_the_first_evaluation(), lambda: train(plain_config(data_dir), out=out / "signal-eval")
             )
         ),
         "launcher_gone": _outcome(

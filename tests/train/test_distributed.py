@@ -168,6 +168,18 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoin
     assert (state["iteration"], state["random_states"]["data_position"]) == (5, 5)
 
 
+def test_a_signal_on_one_rank_during_an_evaluation_stops_every_rank_there_and_owes_it(two_ranks):
+    for result in (rank_results["signal_in_evaluation"] for rank_results in two_ranks[1]):
+        assert result["error"] == "TrainingStopped"
+        assert result["message"].startswith("stopped by SIGTERM after iteration")
+    state = load_checkpoint(two_ranks[0] / "signal-eval" / "checkpoints" / "last.pt")
+    assert state["evaluation_owed"] is True
+    assert (
+        not (two_ranks[0] / "signal-eval" / "metrics.jsonl").exists()
+        or not RunFolder(two_ranks[0] / "signal-eval").read_metrics()
+    ), "the stopped evaluation wrote no record"
+
+
 def test_a_rank_failing_at_start_stops_every_rank_with_its_rank_named(two_ranks):
     rank0, rank1 = (rank_results["rank_fails_at_start"] for rank_results in two_ranks[1])
     assert rank1 == {"error": "DataMissing", "message": "Fashion-MNIST not found on this node"}

@@ -425,10 +425,22 @@ class Trainer:
         progress.close()
         raise self._stopped()
 
-    def _signalled(self) -> bool:
-        """Whether a signal asked this single process to stop (a rank of several evaluates its whole shard: its
-        shards may differ in length, so the ranks could not agree batch by batch)."""
-        return self.stop_signal is not None
+    def _stop_asker(self, batches: int) -> Callable[[], bool]:
+        """What an evaluation of ``batches`` batches asks after each batch: whether a signal asked to stop.
+
+        The ranks decide together (a signal on one rank stops all at the same batch), for as many
+        batches as every rank's shard has (shards may differ by a batch; one collective finds the
+        shortest), so every rank asks the same number of times.
+        """
+        shared = -self.ranks.maximum(-batches)
+        asked = 0
+
+        def should_stop() -> bool:
+            nonlocal asked
+            asked += 1
+            return asked <= shared and self.ranks.agree([self.stop_signal is not None])[0]
+
+        return should_stop
 
     def _stopped(self) -> TrainingStopped:
         """What a run stopped by a signal ends with: where it stopped and how to resume."""
@@ -511,7 +523,7 @@ class Trainer:
             self.autocast,
             self.config.run.channels_last,
             progress,
-            should_stop=self._signalled if self.ranks.world_size == 1 else None,
+            should_stop=self._stop_asker(len(loader)),
         )
         wrong, total = self.ranks.sum(counts).tolist()
         return wrong / total if total else math.nan
