@@ -5,7 +5,9 @@ time schedule reads) lives in its gate generator, outside the model's ``state_di
 this callback, a Lightning run resumed from its checkpoint would draw the gates from the start
 again and end with other weights than an uninterrupted run::
 
-    trainer = lightning.Trainer(callbacks=[stochdepth.lightning.StochasticDepthCallback()])
+    from stochdepth.lightning import StochasticDepthCallback
+
+    trainer = lightning.Trainer(callbacks=[StochasticDepthCallback()])
 
 Needs ``lightning`` (``pip install lightning``); the rest of stochdepth does not.
 """
