@@ -11,7 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize(
     ("numbers", "options"),
-    [("time_schedule_pilot_2700_steps.json", ["--go-no-go", "540", "810", "1080", "1350"])],
+    [
+        ("time_schedule_pilot_2700_steps.json", ["--go-no-go", "540", "810", "1080", "1350"]),
+        ("time_schedule_runs.json", ["--go-no-go", "540", "1080", "1620", "2160", "2700"]),
+    ],
 )
 def test_the_time_schedule_analysis_reproduces_the_tables_in_results_md(numbers, options):
     script = ROOT / "docs/scripts/time_schedule_analysis.py"
