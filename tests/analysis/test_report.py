@@ -316,3 +316,19 @@ def test_a_report_removes_what_a_killed_report_left_and_keeps_a_live_writers_fil
     write_report([sweep[1]], out)
     assert not stale.exists()
     assert live.exists()
+
+
+def test_a_time_scheduled_run_is_compared_with_constant_depth_in_one_group_and_named_by_its_schedule(sweep, tmp_path):
+    _, out = sweep
+    runs = tmp_path / "runs"
+    _copy_run(out / "runs" / "resnet8-none-seed1", runs / "constant")
+    _copy_run(
+        out / "runs" / "resnet8-linear-p0.3-seed1",
+        runs / "late",
+        lambda config: config["model"].update(time_schedule="late", time_schedule_fraction=0.25),
+    )
+    write_report([runs], tmp_path / "report")
+    table = (tmp_path / "report" / "report.md").read_text().split("## Results")[1].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| fashion-mnist")]
+    assert len({row.split("|")[1] for row in rows}) == 1, "one group: the schedule is what is compared"
+    assert any("stochastic (linear, p_L=0.3, late 0.25)" in row for row in rows)
