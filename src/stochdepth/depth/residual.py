@@ -205,11 +205,15 @@ class StochasticModule(nn.Module):
     gates: GateGenerator
 
     def __init_subclass__(cls, **kwargs: object) -> None:
-        """Each stochastic module's own ``forward`` runs eagerly in training (:func:`_eager_in_training`)."""
-        super().__init_subclass__(**kwargs)
+        """Each stochastic module's own ``forward`` runs eagerly in training (:func:`_eager_in_training`).
+
+        Wrapped before the base classes see the new class, so a base that wraps ``forward`` itself
+        (transformers' ``GradientCheckpointingLayer``) stays the outermost wrapper.
+        """
         forward = cls.__dict__.get("forward")
         if forward is not None:
             cls.forward = _eager_in_training(forward)
+        super().__init_subclass__(**kwargs)
 
     def branch_parameters(self, which: int) -> Iterable[nn.Parameter]:
         """The parameters that only branch ``which`` uses (they get a zero gradient when it is dropped)."""

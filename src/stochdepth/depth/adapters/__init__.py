@@ -192,14 +192,17 @@ def without_native_drop_path(network: nn.Module) -> nn.Module:
 _LIBRARIES = {
     "torchvision": "stochdepth.depth.adapters.torchvision_blocks",
     "timm": "stochdepth.depth.adapters.timm_blocks",
+    "transformers": "stochdepth.depth.adapters.transformers_blocks",
 }
+_IMPORTED_FIRST = ("timm", "transformers")
+"""Libraries whose adapters are registered once the user has imported the library (the network came from it)."""
 _REGISTERED: set[str] = set()
 
 
 def register_adapters() -> None:
-    """Register the torchvision adapters, and timm's once timm is imported (idempotent)."""
+    """Register the torchvision adapters, and timm's and transformers' once imported (idempotent)."""
     for library, module_name in _LIBRARIES.items():
-        if library in _REGISTERED or (library == "timm" and "timm" not in sys.modules):
+        if library in _REGISTERED or (library in _IMPORTED_FIRST and library not in sys.modules):
             continue
         _REGISTERED.add(library)
         for stochastic in importlib.import_module(module_name).ADAPTED:
