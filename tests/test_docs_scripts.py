@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
     [
         ("time_schedule_pilot_2700_steps.json", ["--go-no-go", "540", "810", "1080", "1350"]),
         ("time_schedule_runs.json", ["--go-no-go", "540", "1080", "1620", "2160", "2700"]),
+        ("time_schedule_runs.json", []),
     ],
 )
 def test_the_time_schedule_analysis_reproduces_the_tables_in_results_md(numbers, options):

@@ -92,12 +92,13 @@ def table(runs: list[dict]) -> list[str]:
             f"| {arm} | {len(values)} | {statistics.fmean(values):.2f} | {spread} | {min(values):.2f} to "
             f"{max(values):.2f} | {PERCENT * statistics.fmean(vals[arm].values()):.2f} |"
         )
-    lines += [
+    comparisons = [
         "",
         "| comparison | pairs | difference (points) | paired s.e. | paired p | Welch p | equivalence p (±1 point) "
         "| pairs for 80% power at 1 point | time ratio (per seed, mean) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    header = len(comparisons)
     for arm in arms[1:]:
         shared = sorted(set(errors[arm]) & set(errors.get(CONSTANT, {})))
         if len(shared) < 2:
@@ -105,12 +106,12 @@ def table(runs: list[dict]) -> list[str]:
         result = compare(errors[arm], errors[CONSTANT])
         ratio = statistics.fmean(seconds[arm][seed] / seconds[CONSTANT][seed] for seed in shared)
         needed = result.pairs_for_power if result.pairs_for_power is not None else "—"
-        lines.append(
+        comparisons.append(
             f"| {arm} minus {CONSTANT} | {result.pairs} | {result.difference:+.2f} "
             f"| {result.paired_standard_error:.2f} | {result.paired_p:.3g} | {result.welch_p:.3g} "
             f"| {result.equivalence_p:.3g} | {needed} | {ratio:.3f} |"
         )
-    return lines
+    return lines + comparisons if len(comparisons) > header else lines
 
 
 ARM_NAMES = {CONSTANT: "constant depth", "linear": "linear p_L = 0.5"}
@@ -148,13 +149,13 @@ def plot(runs: list[dict], path: Path) -> None:
         errors = [
             statistics.stdev(column) / math.sqrt(len(column)) if len(column) > 1 else 0.0 for column in zip(*curves)
         ]
-        axis.plot(steps, means, marker="o", label=f"{arm} ({len(members)} seeds)")
+        axis.plot(steps, means, marker="o", label=f"{arm} ({len(members)} seed{'s' if len(members) > 1 else ''})")
         axis.fill_between(
             steps, [m - e for m, e in zip(means, errors)], [m + e for m, e in zip(means, errors)], alpha=0.2
         )
     axis.set_xlabel("training step")
     axis.set_ylabel("validation error (%)")
-    axis.set_title("ResNet-56, 300 Fashion-MNIST images: mean validation error, band = 1 standard error over seeds")
+    axis.set_title("ResNet-56, 300 Fashion-MNIST images (band: 1 standard error over seeds)")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
