@@ -25,6 +25,8 @@ from pathlib import Path
 from stochdepth.analysis.compare import compare
 
 CONSTANT = "none"
+STEPS_PER_EPOCH = 9
+"""The experiment's 300 images in batches of 32, the last partial batch dropped (summaries count epochs)."""
 SUMMARY_KEYS = ("test_error_at_best_val", "best_val_error", "best_epoch", "train_seconds", "epochs")
 PERCENT = 100.0
 
@@ -125,7 +127,7 @@ def go_no_go_table(runs: list[dict], steps: list[int]) -> list[str]:
         errors = {record["iteration"]: PERCENT * record["train_error"] for record in run["evaluations"]}
         cells = " | ".join(f"{errors[step]:.2f}" if step in errors else "—" for step in steps)
         if run["finished"]:
-            best_step = round(run["best_epoch"] * 9)
+            best_step = round(run["best_epoch"] * STEPS_PER_EPOCH)
             tested = f"{PERCENT * run['test_error_at_best_val']:.2f}% (best val. at step {best_step:,})"
         else:
             tested = "stopped"

@@ -54,6 +54,5 @@ class StochasticDepthCallback(lightning.Callback):
         if not self.log_depth:
             return
         gates = gate_generator(pl_module)
-        step = gates.current_step
         pl_module.log("stochdepth/branches_run", gates.take_branches_run(), on_step=True, on_epoch=False)
-        pl_module.log("stochdepth/branches_expected", gates.expected_branches(step, step + 1), on_step=True)
+        pl_module.log("stochdepth/branches_expected", sum(gates.probs_in_force), on_step=True)
