@@ -427,8 +427,10 @@ def test_gradients_equal_the_networks_own_mask_multiply_with_the_same_gates(name
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-5 * scale + 1e-6, msg=key)
 
 
-@pytest.mark.parametrize("survivors", [[], [1], [0, 1, 2, 3]])
-def test_sample_mode_on_a_vit_block_with_none_one_or_all_survivors(survivors, monkeypatch):
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("survivors", [[], [1], [1, 3], [0, 1, 2, 3]])
+def test_sample_mode_on_a_vit_block_with_none_one_or_all_survivors(survivors, masked, monkeypatch):
+    """``masked``: a 4-D attention mask with a different row per sample goes with its sample."""
     network = stochdepth.stochastic_depth(
         _vit(), survival_rule="uniform", final_survival_prob=0.5, drop_mode="sample", scaling="paper"
     )
@@ -436,11 +438,16 @@ def test_sample_mode_on_a_vit_block_with_none_one_or_all_survivors(survivors, mo
     rows = None if len(survivors) in (0, 4) else torch.tensor(survivors)
     monkeypatch.setattr(block.gates, "gate", lambda index, batch, device: (bool(survivors), rows))
     x = torch.randn(4, 5, 32, requires_grad=True)
-    out = block(x)
+    mask = torch.ones(4, 1, 5, 5, dtype=torch.bool)
+    for row, hidden in enumerate([0, 2, 1, 3]):
+        mask[row, :, :, 5 - hidden :] = False
+    options = {"attn_mask": mask} if masked else {}
+    out = block(x, **options)
     expected = x.clone()
     for row in survivors:
         single = x[row : row + 1]
-        single = single + block.ls1(block.attn(block.norm1(single)))
+        mask_row = {"attn_mask": mask[row : row + 1]} if masked else {}
+        single = single + block.ls1(block.attn(block.norm1(single), **mask_row))
         expected[row] = (single + block.ls2(block.mlp(block.norm2(single))))[0]
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     out.sum().backward()

@@ -21,15 +21,26 @@ TINY = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 64,
 }
+TINY_GPT2 = {"vocab_size": 64, "n_embd": 32, "n_layer": 3, "n_head": 2, "n_positions": 64, "resid_pdrop": 0.0}
+TINY_GPT2 |= {"embd_pdrop": 0.0, "attn_pdrop": 0.0}  # no dropout: training steps compare exactly
+FAMILIES = ["Llama", "Mistral", "Qwen2", "Qwen3", "GPT2"]
 
 
 def _tiny(family: str = "Llama") -> torch.nn.Module:
     torch.manual_seed(0)
-    config = getattr(transformers, f"{family}Config")(**TINY)
-    return getattr(transformers, f"{family}ForCausalLM")(config).eval()
+    config = getattr(transformers, f"{family}Config")(**(TINY_GPT2 if family == "GPT2" else TINY))
+    return getattr(transformers, f"{family}LMHeadModel" if family == "GPT2" else f"{family}ForCausalLM")(config).eval()
 
 
-@pytest.mark.parametrize("family", ["Llama", "Mistral", "Qwen2", "Qwen3"])
+def _layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    return model.transformer.h if hasattr(model, "transformer") else model.model.layers
+
+
+def _branches(layer: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    return (layer.attn, layer.mlp) if hasattr(layer, "attn") else (layer.self_attn, layer.mlp)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_converted_decoder_keeps_its_keys_evaluation_and_generation_and_folds_back(family):
     plain = _tiny(family)
     converted = stochdepth.stochastic_depth(copy.deepcopy(plain), final_survival_prob=0.5, gate_seed=1).eval()
@@ -44,7 +55,7 @@ def test_a_converted_decoder_keeps_its_keys_evaluation_and_generation_and_folds_
             generated, plain.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
         )
         folded = stochdepth.fold_survival(converted)
-        assert {type(layer) for layer in folded.model.layers} == {type(plain.model.layers[0])}
+        assert {type(layer) for layer in _layers(folded)} == {type(_layers(plain)[0])}
         assert torch.equal(folded(ids).logits, plain(ids).logits)
 
 
@@ -100,9 +111,70 @@ def _counting(forward, runs: dict[int, int], key: int):
     return counted
 
 
+class _ReplayedGate(torch.nn.Module):
+    """A branch whose output is multiplied per row by the next replayed (mask, scale): what sample mode computes."""
+
+    def __init__(self, branch: torch.nn.Module, replay: list[tuple[torch.Tensor, float]]) -> None:
+        super().__init__()
+        self.branch, self.replay = branch, replay
+
+    def forward(self, *args, **kwargs):
+        mask, scale = self.replay.pop(0)
+        out = self.branch(*args, **kwargs)
+        first = out[0] if isinstance(out, tuple) else out
+        gated = first * mask.view(-1, 1, 1) * scale
+        return (gated, *out[1:]) if isinstance(out, tuple) else gated
+
+
+@pytest.mark.parametrize("family", ["Llama", "GPT2"])
 @pytest.mark.parametrize("drop_mode", ["sample", "subset"])
-def test_row_modes_are_refused_in_training_with_one_line(drop_mode):
-    model = stochdepth.stochastic_depth(_tiny(), drop_mode=drop_mode).train()
+def test_row_modes_gather_each_rows_mask_and_positions_with_the_row(family, drop_mode):
+    """Left-padded rows of different lengths, per-row position ids: the converted model computes each
+    branch on the surviving rows only, and equals the plain model whose branches are multiplied by
+    the same row masks (outputs and gradients). A mask or position row given to the wrong sample
+    would change the padded rows' results."""
+    plain = _tiny(family).train()
+    model = stochdepth.stochastic_depth(copy.deepcopy(plain), final_survival_prob=0.4, drop_mode=drop_mode, gate_seed=8)
+    model.train()
+    batch = 6
+    ids = torch.randint(1, 64, (batch, 9), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones_like(ids)
+    for row, padding in enumerate([0, 3, 1, 5, 0, 2]):
+        mask[row, :padding] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    output = model(**inputs).logits
+    output.square().sum().backward()
+    gates = stochdepth.gate_generator(model)
+    step = gates.step
+    replay = []
+    for index, prob in enumerate(stochdepth.survival_probs(model)):
+        rows = step.rows[index]
+        row_mask = torch.zeros(batch)
+        if step.survives[index]:
+            row_mask[slice(None) if rows is None else rows] = 1.0
+        ran = int(row_mask.sum()) or 1
+        replay.append((row_mask, stochdepth.depth.residual.training_scale(gates.scaling, drop_mode, prob, ran, batch)))
+    kept = sum(int(row_mask.sum()) for row_mask, _ in replay)
+    assert 0 < kept < batch * len(replay), "some rows ran, some were dropped"
+    for layer in _layers(plain):
+        attention, mlp = _branches(layer)
+        for name, branch in (("attn" if hasattr(layer, "attn") else "self_attn", attention), ("mlp", mlp)):
+            setattr(layer, name, _ReplayedGate(branch, replay))
+    expected = plain(**inputs).logits
+    expected.square().sum().backward()
+    assert not replay, "every branch ran once"
+    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+    for (key, mine), theirs in zip(model.named_parameters(), plain.parameters()):
+        scale = float(theirs.grad.abs().max())
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-5 * scale + 1e-6, msg=key)
+
+
+def test_row_modes_refuse_a_cache_holding_earlier_tokens_in_one_line():
+    model = stochdepth.stochastic_depth(_tiny(), drop_mode="sample").eval()
     ids = torch.randint(0, 64, (4, 8))
-    with pytest.raises(ValueError, match=f"{drop_mode} mode cannot gather a decoder layer's attention mask"):
-        model(ids)
+    with torch.no_grad():
+        cache = model(ids, use_cache=True).past_key_values
+    model.train()
+    with pytest.raises(ValueError, match="sample mode cannot gather the rows of a cache holding earlier tokens"):
+        model(ids[:, :2], cache=cache)

@@ -90,10 +90,67 @@ def train_mode_forward(model: nn.Module, out: str) -> None:
     torch.save({"shape": tuple(output.shape), "steps": stochdepth.gate_generator(model).step is not None}, out)
 
 
-def fsdp2_against_ddp_loop(rank: int, out: Path, drop_mode: str) -> dict[str, Any]:
+def _converted_resnet(drop_mode: str) -> nn.Module:
+    torch.manual_seed(0)
+    return stochdepth.stochastic_depth(
+        small_resnet(), survival_rule="uniform", final_survival_prob=0.4, drop_mode=drop_mode, gate_seed=7
+    )
+
+
+def _resnet_batch(data: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"images": torch.randn(4, 3, 32, 32, generator=data), "labels": torch.randint(0, 4, (4,), generator=data)}
+
+
+def _resnet_loss(network: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return nn.functional.cross_entropy(network(batch["images"]), batch["labels"])
+
+
+def tiny_llama() -> nn.Module:
+    """A Llama of 3 decoder layers with random weights (no download), the same on every rank."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+def _converted_llama(drop_mode: str) -> nn.Module:
+    return stochdepth.stochastic_depth(tiny_llama(), final_survival_prob=0.4, drop_mode=drop_mode, gate_seed=11)
+
+
+def _text_batch(data: torch.Generator) -> dict[str, torch.Tensor]:
+    """Token ids of 4 rows, each left-padded by 0 to 3 positions (an attention mask row per sample)."""
+    ids = torch.randint(1, 64, (4, 10), generator=data)
+    return {
+        "input_ids": ids,
+        "attention_mask": (torch.arange(10) >= torch.randint(0, 4, (4, 1), generator=data)).long(),
+    }
+
+
+def _language_model_loss(network: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return network(**batch, labels=batch["input_ids"]).loss
+
+
+SHARDED_CASES = {
+    "resnet": (_converted_resnet, stochdepth.depth.stochastic_blocks, _resnet_batch, _resnet_loss),
+    "llama": (_converted_llama, lambda model: model.model.layers, _text_batch, _language_model_loss),
+}
+"""Per network: the converted build, the modules ``fully_shard`` wraps, a batch and the loss."""
+
+
+def fsdp2_against_ddp_loop(rank: int, out: Path, drop_mode: str, network: str = "resnet") -> dict[str, Any]:
     """The same converted network under FSDP2 (``fully_shard`` per block and on the root) and under DDP.
 
-    Both copies start from the same weights with the same gate seed and see the same batches;
+    ``network``: this library's ResNet-style torchvision network, or a tiny Llama (sharded per decoder
+    layer). Both copies start from the same weights with the same gate seed and see the same batches;
     returns each copy's full parameters after every step.
     """
     try:
@@ -101,33 +158,27 @@ def fsdp2_against_ddp_loop(rank: int, out: Path, drop_mode: str) -> dict[str, An
     except ImportError:  # torch < 2.6 keeps it under _composable
         from torch.distributed._composable.fsdp import fully_shard
 
+    build, shard_units, make_batch, loss_of = SHARDED_CASES[network]
     dist.init_process_group("gloo")
     try:
-        torch.manual_seed(0)
-        build = [
-            stochdepth.stochastic_depth(
-                small_resnet(), survival_rule="uniform", final_survival_prob=0.4, drop_mode=drop_mode, gate_seed=7
-            )
-            for _ in range(2)
-        ]
-        build[1].load_state_dict(build[0].state_dict())
-        ddp_model, fsdp_model = build
-        for block in stochdepth.depth.stochastic_blocks(fsdp_model):
-            fully_shard(block)
+        ddp_model, fsdp_model = (build(drop_mode).train() for _ in range(2))
+        for unit in shard_units(fsdp_model):
+            fully_shard(unit)
         fully_shard(fsdp_model)
         ddp = nn.parallel.DistributedDataParallel(ddp_model)
         optimizers = [torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) for model in (ddp_model, fsdp_model)]
         data = torch.Generator().manual_seed(rank)
         steps = []
         for _ in range(4):
-            images, labels = torch.randn(4, 3, 32, 32, generator=data), torch.randint(0, 4, (4,), generator=data)
-            for network, optimizer in zip((ddp, fsdp_model), optimizers):
+            batch = make_batch(data)
+            for wrapped, optimizer in zip((ddp, fsdp_model), optimizers):
                 optimizer.zero_grad()
-                nn.functional.cross_entropy(network(images), labels).backward()
+                loss_of(wrapped, batch).backward()
                 optimizer.step()
             steps.append(
                 {
                     "survives": list(stochdepth.gate_generator(fsdp_model).step.survives),
+                    "on_some_rows": sum(rows is not None for rows in stochdepth.gate_generator(fsdp_model).step.rows),
                     "ddp": {name: value.detach().clone() for name, value in ddp_model.named_parameters()},
                     "fsdp": {
                         name: value.full_tensor().detach().clone() for name, value in fsdp_model.named_parameters()

@@ -133,6 +133,50 @@ def _gathered_rows_not_saved(
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
+def rows_of(value: object, rows: torch.Tensor, batch_size: int, name: str) -> object:
+    """The ``rows`` of a per-sample argument: a tensor of ``batch_size`` rows, or a tuple of them.
+
+    ``None`` stays ``None``, and a tensor of one row stays whole (it broadcasts over the batch, as
+    rotary position embeddings built from shared positions do). Anything else (another row
+    count, a flex-attention ``BlockMask``) cannot be gathered: a ``ValueError`` in one line.
+    """
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return tuple(rows_of(item, rows, batch_size, name) for item in value)
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        if value.shape[0] == batch_size:
+            return value.index_select(0, rows)
+        if value.shape[0] == 1:
+            return value
+    raise ValueError(
+        f"cannot take the surviving rows of {name} ({type(value).__name__} of shape "
+        f"{tuple(getattr(value, 'shape', ()))}) for a batch of {batch_size}; use drop_mode='batch'"
+    )
+
+
+@dataclass(frozen=True)
+class BranchWithRowArguments:
+    """A branch called with keyword arguments, of which ``per_row`` hold one entry per sample.
+
+    An attention branch takes its mask (``[B, 1, T, S]``) and position embeddings (``[B, T, D]``)
+    beside its input. Called whole (batch mode, evaluation), it passes them unchanged; in sample
+    and subset mode :func:`run_branch` takes :meth:`on_rows`, which gathers each per-row argument's
+    surviving rows with the input's.
+    """
+
+    branch: Callable[..., torch.Tensor]
+    per_row: dict[str, object]
+    shared: dict[str, object]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.branch(x, **self.shared, **self.per_row)
+
+    def on_rows(self, rows: torch.Tensor, batch_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        gathered = {name: rows_of(value, rows, batch_size, name) for name, value in self.per_row.items()}
+        return functools.partial(self.branch, **self.shared, **gathered)
+
+
 def run_branch(
     branch: Callable[[torch.Tensor], torch.Tensor], branch_input: torch.Tensor, rows: torch.Tensor | None
 ) -> torch.Tensor:
@@ -140,10 +184,13 @@ def run_branch(
 
     The part of a training step's residual sum that ``torch.compile`` compiles: each branch
     calls its own copy of this function (:func:`branch_runner`), so the graphs of one branch
-    never count against another's recompile limit.
+    never count against another's recompile limit. A :class:`BranchWithRowArguments` gets
+    its per-row arguments' rows with the input's.
     """
     if rows is None:
         return branch(branch_input)
+    if isinstance(branch, BranchWithRowArguments):
+        branch = branch.on_rows(rows, branch_input.shape[0])
     gathered = branch_input.index_select(0, rows)
     with _gathered_rows_not_saved(gathered, branch_input, rows):
         return branch(gathered)

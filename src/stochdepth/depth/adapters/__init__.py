@@ -22,7 +22,6 @@ registered once timm has been imported, which it has if the network came from it
 
 from __future__ import annotations
 
-import functools
 import importlib
 import sys
 from collections.abc import Iterable
@@ -32,6 +31,7 @@ from torch import nn
 
 from stochdepth.depth.gates import GateGenerator
 from stochdepth.depth.residual import (
+    BranchWithRowArguments,
     ResidualAdapter,
     StochasticModule,
     register_residual_adapter,
@@ -58,8 +58,9 @@ class SwappedBlock(StochasticModule):
         probs = ", ".join(f"{prob:.4f}" for prob in self.survival_probs)
         return f"survival_probs=({probs}), drop_mode={self.gates.drop_mode}, scaling={self.gates.scaling}"
 
-    def branch_ends(self) -> list[nn.Module | nn.Parameter]:
-        """Per branch, where its output scale carries p_l when folding: a layer-scale parameter or a module."""
+    def branch_ends(self) -> list[nn.Module | nn.Parameter | tuple[nn.Parameter, ...]]:
+        """Per branch, where its output scale carries p_l when folding: a layer-scale parameter, a module,
+        or the parameters of its last linear layer."""
         raise NotImplementedError
 
     def folded(self) -> nn.Module:
@@ -126,9 +127,17 @@ class NormedTwoBranchBlock(SwappedBlock):
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm2(self.mlp(x)) if self.post_norm else self.mlp(self.norm2(x))
 
-    def two_branches(self, x: torch.Tensor, **options: object) -> torch.Tensor:
-        """``x + attention(x)``, then ``+ mlp(...)``; ``options`` go to the attention (masks, rotary embeddings)."""
-        attention = functools.partial(self.attention_branch, **options) if options else self.attention_branch
+    def two_branches(
+        self, x: torch.Tensor, per_row: dict[str, object] | None = None, **options: object
+    ) -> torch.Tensor:
+        """``x + attention(x)``, then ``+ mlp(...)``; ``per_row`` and ``options`` go to the attention.
+
+        ``per_row`` holds the arguments with one entry per sample (an attention mask's rows, position
+        embeddings), gathered with the surviving rows in sample and subset mode; ``options`` are shared.
+        """
+        attention = self.attention_branch
+        if per_row or options:
+            attention = BranchWithRowArguments(self.attention_branch, per_row or {}, options)
         x = stochastic_residual(x, x, attention, self, 0)
         return stochastic_residual(x, x, self.mlp_branch, self, 1)
 
@@ -153,9 +162,15 @@ def parameters_outside(block: nn.Module, *excluded: nn.Module | None) -> Iterabl
     return [param for param in block.parameters() if id(param) not in left_out]
 
 
-def _scale_output(end: nn.Module | nn.Parameter, scale: float) -> None:
+def _scale_output(end: nn.Module | nn.Parameter | tuple[nn.Parameter, ...], scale: float) -> None:
     """Multiply a branch's output by ``scale`` through its weights: a layer-scale parameter, a
-    LayerScale module's gamma, or the last affine layer of ``end``."""
+    LayerScale module's gamma, the last affine layer of ``end``, or each of a tuple of parameters
+    (the weight and bias of a layer PyTorch does not know, like GPT-2's ``Conv1D``)."""
+    if isinstance(end, tuple):
+        with torch.no_grad():
+            for param in end:
+                param.mul_(scale)
+        return
     gamma = end if isinstance(end, nn.Parameter) else getattr(end, "gamma", None)
     if isinstance(gamma, nn.Parameter):
         with torch.no_grad():

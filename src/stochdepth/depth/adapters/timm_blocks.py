@@ -22,7 +22,6 @@ from torch import nn
 
 from stochdepth.depth.adapters import NormedTwoBranchBlock, SwappedBlock, parameters_outside
 from stochdepth.depth.residual import stochastic_residual
-from stochdepth.depth.schedule import ROW_MODES
 
 
 def _refuse_squeeze_excitation(block: nn.Module) -> None:
@@ -83,20 +82,23 @@ class TimmBottleneck(TimmResNetBlock, resnet.Bottleneck):
         return [self.bn3]
 
 
-def _refuse_masks_in_sample_mode(block: SwappedBlock, attn_mask: torch.Tensor | None, is_causal: bool) -> None:
-    if (attn_mask is not None or is_causal) and block.training and block.gates.drop_mode in ROW_MODES:
-        raise ValueError(f"{block.gates.drop_mode} mode cannot subset an attention mask; use drop_mode='batch'")
-
-
 class TimmTransformerBlock(NormedTwoBranchBlock):
     """timm's attention-and-MLP blocks: its own drop paths are ``drop_path1`` and ``drop_path2``."""
 
     drop_paths = ("drop_path1", "drop_path2")
 
 
-def _attention_options(attn_mask: torch.Tensor | None, is_causal: bool) -> dict[str, object]:
-    """The mask arguments, passed on only when given (attention modules of older timm take none)."""
-    return {"attn_mask": attn_mask, "is_causal": is_causal} if attn_mask is not None or is_causal else {}
+def _mask_arguments(attn_mask: torch.Tensor | None, is_causal: bool) -> tuple[dict[str, object], dict[str, object]]:
+    """The mask arguments as (per-row, shared), given only when set (attention modules of older timm take none).
+
+    A 4-D mask (``[B, heads, N, N]``) has a row per sample, gathered with the surviving rows in
+    sample and subset mode; a 2-D or 3-D one broadcasts over the batch.
+    """
+    if attn_mask is None and not is_causal:
+        return {}, {}
+    if attn_mask is not None and attn_mask.dim() == 4:
+        return {"attn_mask": attn_mask}, {"is_causal": is_causal}
+    return {}, {"attn_mask": attn_mask, "is_causal": is_causal}
 
 
 class TimmVisionTransformerBlock(TimmTransformerBlock, vision_transformer.Block):
@@ -106,8 +108,8 @@ class TimmVisionTransformerBlock(TimmTransformerBlock, vision_transformer.Block)
     branch_attributes = (("norm1", "attn", "ls1"), ("norm2", "mlp", "ls2"))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
-        _refuse_masks_in_sample_mode(self, attn_mask, is_causal)
-        return self.two_branches(x, **_attention_options(attn_mask, is_causal))
+        per_row, shared = _mask_arguments(attn_mask, is_causal)
+        return self.two_branches(x, per_row, **shared)
 
     def attention_branch(self, x: torch.Tensor, **options: object) -> torch.Tensor:
         return self.ls1(self.attn(self.norm1(x), **options))
@@ -135,8 +137,8 @@ class TimmEvaBlock(TimmTransformerBlock, eva.EvaBlock):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        _refuse_masks_in_sample_mode(self, attn_mask, is_causal)
-        return self.two_branches(x, rope=rope, attn_mask=attn_mask, is_causal=is_causal)
+        per_row, shared = _mask_arguments(attn_mask, is_causal)
+        return self.two_branches(x, per_row, rope=rope, **shared)
 
     def attention_branch(self, x: torch.Tensor, **options: object) -> torch.Tensor:
         x = self.attn(self.norm1(x), **options)
@@ -166,8 +168,8 @@ class TimmEvaBlockPostNorm(TimmTransformerBlock, eva.EvaBlockPostNorm):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        _refuse_masks_in_sample_mode(self, attn_mask, is_causal)
-        return self.two_branches(x, rope=rope, attn_mask=attn_mask, is_causal=is_causal)
+        per_row, shared = _mask_arguments(attn_mask, is_causal)
+        return self.two_branches(x, per_row, rope=rope, **shared)
 
 
 class TimmSwinBlock(TimmTransformerBlock):
