@@ -19,7 +19,13 @@ from torch.utils.checkpoint import checkpoint
 
 import stochdepth
 from stochdepth.depth import stochastic_blocks
-from tests.depth.user_loops import fsdp2_against_ddp_loop, plain_ddp_loop, small_resnet, train_mode_forward
+from tests.depth.user_loops import (
+    fsdp2_against_ddp_loop,
+    plain_ddp_loop,
+    small_resnet,
+    tiny_llama,
+    train_mode_forward,
+)
 from tests.train.distributed_ranks import run_ranks
 
 
@@ -240,7 +246,25 @@ def _compile_counter() -> tuple[list[int], object]:
     return compiled, backend
 
 
+class _Logits(nn.Module):
+    """A causal language model called as users call it, on token ids with a left-padding mask: its logits."""
+
+    def __init__(self, model: nn.Module, attention_mask: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.attention_mask = attention_mask
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=self.attention_mask).logits
+
+
 def _compiled_network(source: str, drop_mode: str) -> tuple[nn.Module, torch.Tensor]:
+    if source == "llama":
+        pytest.importorskip("transformers", minversion="5")
+        model = stochdepth.stochastic_depth(tiny_llama(), final_survival_prob=0.4, drop_mode=drop_mode, gate_seed=2)
+        mask = torch.ones(6, 10, dtype=torch.long)
+        mask[1, :3] = mask[4, :5] = 0
+        return _Logits(model, mask), torch.randint(1, 64, (6, 10), generator=torch.Generator().manual_seed(1))
     if source == "library":
         return stochdepth.create_model("resnet110", final_survival_prob=0.4, drop_mode=drop_mode, gate_seed=2), (
             torch.randn(6, 3, 8, 8)
@@ -262,9 +286,12 @@ def _compiled_network(source: str, drop_mode: str) -> tuple[nn.Module, torch.Ten
     [
         ("torchvision", "batch"),
         ("timm", "subset"),
+        ("llama", "batch"),
+        ("llama", "subset"),
         *(
             pytest.param(source, mode, marks=pytest.mark.slow)
             for source, mode in [
+                ("llama", "sample"),
                 ("torchvision", "sample"),
                 ("torchvision", "subset"),
                 ("library", "batch"),
@@ -277,7 +304,8 @@ def _compiled_network(source: str, drop_mode: str) -> tuple[nn.Module, torch.Ten
     ],
 )
 def test_a_compiled_converted_network_skips_like_the_eager_one_at_dynamos_default_limits(drop_mode, source):
-    """ResNet-110, torchvision's ResNet-50 and a timm ViT at PyTorch's default settings: no recompile limit hit.
+    """ResNet-110, torchvision's ResNet-50, a timm ViT and a Hugging Face Llama (a left-padded batch) at PyTorch's
+    default settings: no recompile limit hit.
 
     The bound: a branch compiles once with static shapes; in sample mode once more on a subset of
     rows and once with a dynamic batch size. The frames outside the branches compile a few more.

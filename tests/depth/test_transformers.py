@@ -178,3 +178,50 @@ def test_row_modes_refuse_a_cache_holding_earlier_tokens_in_one_line():
     model.train()
     with pytest.raises(ValueError, match="sample mode cannot gather the rows of a cache holding earlier tokens"):
         model(ids[:, :2], cache=cache)
+
+
+class _GateChecks(transformers.TrainerCallback):
+    """Before each optimizer step of the ``Trainer``: the branches dropped in that step have exact zero gradients."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.dropped, self.steps = model, 0, 0
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        survives = stochdepth.gate_generator(self.model).step.survives
+        self.steps += 1
+        for block in stochastic_blocks(self.model):
+            for which in range(2):
+                if not survives[block.first_index + which]:
+                    self.dropped += 1
+                    assert all(not param.grad.any() for param in block.branch_parameters(which))
+
+
+@pytest.mark.parametrize("gradient_checkpointing", [False, True])
+def test_the_hugging_face_trainer_trains_a_converted_model_with_real_skipping(gradient_checkpointing, tmp_path):
+    pytest.importorskip("accelerate")
+    model = stochdepth.stochastic_depth(
+        _tiny(), final_survival_prob=0.3, time_schedule="ramp", time_schedule_fraction=0.5, total_steps=8, gate_seed=4
+    )
+    before = {name: value.detach().clone() for name, value in model.named_parameters()}
+    texts = torch.randint(0, 64, (32, 12), generator=torch.Generator().manual_seed(5))
+    data = [{"input_ids": row, "labels": row} for row in texts]
+    arguments = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=8,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        gradient_checkpointing=gradient_checkpointing,
+        disable_tqdm=True,
+    )
+    checks = _GateChecks(model)
+    trainer = transformers.Trainer(model=model, args=arguments, train_dataset=data, callbacks=[checks])
+    trainer.train()
+    gates = stochdepth.gate_generator(model)
+    assert checks.steps == 8 and gates.steps_taken == 8, "one gate draw per training step, recomputation included"
+    assert checks.dropped > 0, "the ramp reached dropping rates and branches were skipped"
+    assert stochdepth.survival_probs_in_force(model) == pytest.approx(stochdepth.survival_probs(model))
+    assert all(not torch.equal(value, before[name]) for name, value in model.named_parameters() if "layers" in name)

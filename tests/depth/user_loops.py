@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.models import resnet as tv
 
 import stochdepth
+from stochdepth.depth import stochastic_blocks
 
 
 def small_resnet(num_classes: int = 4) -> nn.Module:
@@ -140,7 +141,7 @@ def _language_model_loss(network: nn.Module, batch: dict[str, torch.Tensor]) -> 
 
 
 SHARDED_CASES = {
-    "resnet": (_converted_resnet, stochdepth.depth.stochastic_blocks, _resnet_batch, _resnet_loss),
+    "resnet": (_converted_resnet, stochastic_blocks, _resnet_batch, _resnet_loss),
     "llama": (_converted_llama, lambda model: model.model.layers, _text_batch, _language_model_loss),
 }
 """Per network: the converted build, the modules ``fully_shard`` wraps, a batch and the loss."""
