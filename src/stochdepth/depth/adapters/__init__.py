@@ -1,4 +1,4 @@
-"""Stochastic depth that really skips on the networks users already have: torchvision and timm.
+"""Stochastic depth that really skips on the networks users already have: torchvision, timm and transformers.
 
 Each adapter teaches the mechanism's discovery rule one block class of another library
 (:func:`~stochdepth.register_residual_adapter`). A recognised block is made stochastic *in
@@ -17,7 +17,9 @@ own is not recognised (it computes something else). Recognised: torchvision's Re
 ConvNeXt, Swin (V1, V2), Vision Transformer and EfficientNet (V1, V2) blocks
 (``torchvision_blocks``), and timm's ResNet, ConvNeXt (V1, V2), Swin (V1, V2), Vision
 Transformer (ViT, DeiT), EVA, EfficientNet / MobileNetV3 and RegNet blocks (``timm_blocks``;
-registered once timm has been imported, which it has if the network came from it).
+registered once timm has been imported, which it has if the network came from it), and Hugging
+Face transformers' Llama-style decoder layers (Llama, Mistral, Qwen2, Qwen3) and GPT-2 blocks
+(``transformers_blocks``; registered once transformers has been imported).
 """
 
 from __future__ import annotations
