@@ -1,6 +1,6 @@
 """The short-budget experiment's numbers (docs/results.md): collected from its run folders, tabled, plotted.
 
-    python docs/scripts/time_schedule_analysis.py collect EXPERIMENT_FOLDER docs/data/time_schedule_runs.json
+    python docs/scripts/time_schedule_analysis.py collect EXPERIMENT docs/data/time_schedule_runs.json [--seeds 1 2]
     python docs/scripts/time_schedule_analysis.py table docs/data/time_schedule_runs.json [--plot FIGURE.png]
     python docs/scripts/time_schedule_analysis.py table docs/data/time_schedule_pilot_2700_steps.json \
         --go-no-go 540 810 1080 1350
@@ -37,10 +37,13 @@ def arm_and_seed(run_name: str) -> tuple[str, int]:
     return stem.split("-", 1)[1], int(seed)
 
 
-def collect(folder: Path) -> list[dict]:
+def collect(folder: Path, seeds: list[int] | None = None) -> list[dict]:
+    """The numbers of the experiment's runs (of ``seeds`` only, if given: leave out seeds still running)."""
     runs = []
     for run in sorted(path.parent for path in folder.glob("runs/*/metrics.jsonl")):
         arm, seed = arm_and_seed(run.name)
+        if seeds is not None and seed not in seeds:
+            continue
         finished = (run / "summary.json").is_file()
         summary = json.loads((run / "summary.json").read_text()) if finished else dict.fromkeys(SUMMARY_KEYS)
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -169,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     gather = commands.add_parser("collect")
     gather.add_argument("experiment", type=Path)
     gather.add_argument("out", type=Path)
+    gather.add_argument("--seeds", type=int, nargs="+", help="only these seeds (others may still be running)")
     show = commands.add_parser("table")
     show.add_argument("numbers", type=Path)
     show.add_argument("--plot", type=Path)
     show.add_argument("--go-no-go", type=int, nargs="+", metavar="STEP", help="training errors at these steps")
     args = parser.parse_args(argv)
     if args.command == "collect":
-        args.out.write_text(json.dumps(collect(args.experiment), indent=1) + "\n")
+        args.out.write_text(json.dumps(collect(args.experiment, args.seeds), indent=1) + "\n")
         return 0
     runs = json.loads(args.numbers.read_text())
     print("\n".join(go_no_go_table(runs, args.go_no_go) if args.go_no_go else table(runs)))
