@@ -59,12 +59,13 @@ def test_a_converted_decoder_keeps_its_keys_evaluation_and_generation_and_folds_
         assert torch.equal(folded(ids).logits, plain(ids).logits)
 
 
-def test_a_dropped_branch_does_not_run_and_its_parameters_get_exact_zero_gradients():
-    model = stochdepth.stochastic_depth(_tiny(), final_survival_prob=0.3, gate_seed=3).train()
+@pytest.mark.parametrize("family", ["Llama", "GPT2"])
+def test_a_dropped_branch_does_not_run_and_its_parameters_get_exact_zero_gradients(family):
+    model = stochdepth.stochastic_depth(_tiny(family), final_survival_prob=0.3, gate_seed=3).train()
     calls = []
-    for index, layer in enumerate(model.model.layers):
-        layer.self_attn.register_forward_hook(lambda *_, index=index: calls.append((index, 0)))
-        layer.mlp.register_forward_hook(lambda *_, index=index: calls.append((index, 1)))
+    for index, layer in enumerate(_layers(model)):
+        for which, branch in enumerate(_branches(layer)):
+            branch.register_forward_hook(lambda *_, index=index, which=which: calls.append((index, which)))
     ids = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(4))
     gates = stochdepth.gate_generator(model)
     dropped_seen = 0
@@ -82,15 +83,16 @@ def test_a_dropped_branch_does_not_run_and_its_parameters_get_exact_zero_gradien
     assert dropped_seen > 0
 
 
-def test_gradient_checkpointing_recomputes_with_the_gates_the_forward_used():
-    plain = stochdepth.stochastic_depth(_tiny(), final_survival_prob=0.4, gate_seed=5).train()
+@pytest.mark.parametrize("family", ["Llama", "GPT2"])
+def test_gradient_checkpointing_recomputes_with_the_gates_the_forward_used(family):
+    plain = stochdepth.stochastic_depth(_tiny(family), final_survival_prob=0.4, gate_seed=5).train()
     checkpointed = copy.deepcopy(plain)
     checkpointed.gradient_checkpointing_enable()
     checkpointed.train()
     ids = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(6))
     runs = {id(model): 0 for model in (plain, checkpointed)}
     for model in (plain, checkpointed):  # counted in forward itself: module hooks do not fire in a recomputation
-        for layer in model.model.layers:
+        for layer in _layers(model):
             layer.mlp.forward = _counting(layer.mlp.forward, runs, id(model))
     for _ in range(4):
         grads = []
