@@ -11,7 +11,7 @@ from torchvision.models import resnet as tv
 
 import stochdepth
 from stochdepth.depth import stochastic_blocks
-from tests.helpers import randomise_batchnorm
+from tests.helpers import assert_same_outputs_and_gradients, randomise_batchnorm, replayed_gates
 
 timm = pytest.importorskip("timm")
 from timm.models import resnet as timm_resnet  # noqa: E402
@@ -401,19 +401,7 @@ def test_gradients_equal_the_networks_own_mask_multiply_with_the_same_gates(name
     x = torch.randn(6, 3, size, size)
     output = network(x)
     output.square().sum().backward()
-    step, gates = network.gate_generator.step, network.gate_generator
-    replay = []
-    for index, prob in enumerate(stochdepth.survival_probs(network)):
-        if prob == 1.0:
-            continue  # rate 0: the original has no DropPath there
-        rows = step.rows[index]
-        mask = torch.zeros(6)
-        if step.survives[index]:
-            mask[slice(None) if rows is None else rows] = 1.0
-        ran = int(mask.sum()) or 1
-        replay.append((mask, stochdepth.depth.residual.training_scale(gates.scaling, drop_mode, prob, ran, 6)))
-    kept = sum(int(mask.sum()) for mask, _ in replay)
-    assert 0 < kept < 6 * len(replay), "some branches ran, some were dropped"
+    replay = replayed_gates(network, 6)
     for module in list(original.modules()):
         for child_name, child in list(module.named_children()):
             if type(child).__name__ == "DropPath":
@@ -421,10 +409,7 @@ def test_gradients_equal_the_networks_own_mask_multiply_with_the_same_gates(name
     expected = original(x)
     expected.square().sum().backward()
     assert not replay, "every branch's drop path was called once"
-    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
-    for (key, mine), theirs in zip(network.named_parameters(), original.parameters()):
-        scale = float(theirs.grad.abs().max())
-        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-5 * scale + 1e-6, msg=key)
+    assert_same_outputs_and_gradients(output, expected, network, original)
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -9,18 +9,11 @@ import torch
 
 import stochdepth
 from stochdepth.depth import stochastic_blocks
+from tests.depth.user_loops import TINY_DECODER
+from tests.helpers import assert_same_outputs_and_gradients, replayed_gates
 
 transformers = pytest.importorskip("transformers", minversion="5")
 
-TINY = {
-    "vocab_size": 64,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-}
 TINY_GPT2 = {"vocab_size": 64, "n_embd": 32, "n_layer": 3, "n_head": 2, "n_positions": 64, "resid_pdrop": 0.0}
 TINY_GPT2 |= {"embd_pdrop": 0.0, "attn_pdrop": 0.0}  # no dropout: training steps compare exactly
 FAMILIES = ["Llama", "Mistral", "Qwen2", "Qwen3", "GPT2"]
@@ -28,7 +21,7 @@ FAMILIES = ["Llama", "Mistral", "Qwen2", "Qwen3", "GPT2"]
 
 def _tiny(family: str = "Llama") -> torch.nn.Module:
     torch.manual_seed(0)
-    config = getattr(transformers, f"{family}Config")(**(TINY_GPT2 if family == "GPT2" else TINY))
+    config = getattr(transformers, f"{family}Config")(**(TINY_GPT2 if family == "GPT2" else TINY_DECODER))
     return getattr(transformers, f"{family}LMHeadModel" if family == "GPT2" else f"{family}ForCausalLM")(config).eval()
 
 
@@ -44,7 +37,7 @@ def _branches(layer: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]
 def test_a_converted_decoder_keeps_its_keys_evaluation_and_generation_and_folds_back(family):
     plain = _tiny(family)
     converted = stochdepth.stochastic_depth(copy.deepcopy(plain), final_survival_prob=0.5, gate_seed=1).eval()
-    assert len(stochdepth.survival_probs(converted)) == 2 * TINY["num_hidden_layers"], "attention and MLP each"
+    assert len(stochdepth.survival_probs(converted)) == 2 * TINY_DECODER["num_hidden_layers"], "attention and MLP each"
     assert converted.state_dict().keys() == plain.state_dict().keys()
     ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
@@ -147,18 +140,7 @@ def test_row_modes_gather_each_rows_mask_and_positions_with_the_row(family, drop
     inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
     output = model(**inputs).logits
     output.square().sum().backward()
-    gates = stochdepth.gate_generator(model)
-    step = gates.step
-    replay = []
-    for index, prob in enumerate(stochdepth.survival_probs(model)):
-        rows = step.rows[index]
-        row_mask = torch.zeros(batch)
-        if step.survives[index]:
-            row_mask[slice(None) if rows is None else rows] = 1.0
-        ran = int(row_mask.sum()) or 1
-        replay.append((row_mask, stochdepth.depth.residual.training_scale(gates.scaling, drop_mode, prob, ran, batch)))
-    kept = sum(int(row_mask.sum()) for row_mask, _ in replay)
-    assert 0 < kept < batch * len(replay), "some rows ran, some were dropped"
+    replay = replayed_gates(model, batch)
     for layer in _layers(plain):
         attention, mlp = _branches(layer)
         for name, branch in (("attn" if hasattr(layer, "attn") else "self_attn", attention), ("mlp", mlp)):
@@ -166,10 +148,7 @@ def test_row_modes_gather_each_rows_mask_and_positions_with_the_row(family, drop
     expected = plain(**inputs).logits
     expected.square().sum().backward()
     assert not replay, "every branch ran once"
-    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
-    for (key, mine), theirs in zip(model.named_parameters(), plain.parameters()):
-        scale = float(theirs.grad.abs().max())
-        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-5 * scale + 1e-6, msg=key)
+    assert_same_outputs_and_gradients(output, expected, model, plain)
 
 
 def test_row_modes_refuse_a_cache_holding_earlier_tokens_in_one_line():

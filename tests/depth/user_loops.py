@@ -106,21 +106,24 @@ def _resnet_loss(network: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return nn.functional.cross_entropy(network(batch["images"]), batch["labels"])
 
 
+TINY_DECODER = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+"""A Llama-style configuration of 3 decoder layers (Llama, Mistral, Qwen2, Qwen3 take it alike)."""
+
+
 def tiny_llama() -> nn.Module:
-    """A Llama of 3 decoder layers with random weights (no download), the same on every rank."""
+    """A tiny Llama with random weights (no download), the same on every rank."""
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return transformers.LlamaForCausalLM(config)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY_DECODER))
 
 
 def _converted_llama(drop_mode: str) -> nn.Module:
