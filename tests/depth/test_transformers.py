@@ -122,12 +122,13 @@ class _ReplayedGate(torch.nn.Module):
 
 
 @pytest.mark.parametrize("family", ["Llama", "GPT2"])
-@pytest.mark.parametrize("drop_mode", ["sample", "subset"])
-def test_row_modes_gather_each_rows_mask_and_positions_with_the_row(family, drop_mode):
-    """Left-padded rows of different lengths, per-row position ids: the converted model computes each
-    branch on the surviving rows only, and equals the plain model whose branches are multiplied by
-    the same row masks (outputs and gradients). A mask or position row given to the wrong sample
-    would change the padded rows' results."""
+@pytest.mark.parametrize("drop_mode", ["batch", "sample", "subset"])
+def test_each_mode_equals_the_plain_model_with_the_same_gates_multiplied_in(family, drop_mode):
+    """Left-padded rows of different lengths, per-row position ids: the converted model skips (sample and
+    subset mode: runs each branch on the surviving rows only, each row's mask and positions gathered
+    with it), and equals the plain model whose branches are multiplied by the same row masks and
+    scales (outputs and gradients). A mask or position row given to the wrong sample would change the
+    padded rows' results."""
     plain = _tiny(family).train()
     model = stochdepth.stochastic_depth(copy.deepcopy(plain), final_survival_prob=0.4, drop_mode=drop_mode, gate_seed=8)
     model.train()
