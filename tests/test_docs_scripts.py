@@ -9,6 +9,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _assert_printed_lines_are_in_results_md(script: str, numbers: str, *options: str) -> None:
+    printed = subprocess.run(
+        [sys.executable, str(ROOT / "docs/scripts" / script), "table", str(ROOT / "docs/data" / numbers), *options],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    results = (ROOT / "docs/results.md").read_text().splitlines()
+    assert len(printed) > 2
+    missing = [line for line in printed if line.strip() and line not in results]
+    assert not missing, f"lines of the script's table not in docs/results.md: {missing}"
+
+
 @pytest.mark.parametrize(
     ("numbers", "options"),
     [
@@ -18,14 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
     ],
 )
 def test_the_time_schedule_analysis_reproduces_the_tables_in_results_md(numbers, options):
-    script = ROOT / "docs/scripts/time_schedule_analysis.py"
-    printed = subprocess.run(
-        [sys.executable, str(script), "table", str(ROOT / "docs/data" / numbers), *options],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    results = (ROOT / "docs/results.md").read_text().splitlines()
-    assert len(printed) > 2
-    missing = [line for line in printed if line.strip() and line not in results]
-    assert not missing, f"lines of the script's table not in docs/results.md: {missing}"
+    _assert_printed_lines_are_in_results_md("time_schedule_analysis.py", numbers, *options)
+
+
+@pytest.mark.parametrize("numbers", ["language_model_runs_400_steps.json"])
+def test_the_language_model_experiment_reproduces_its_tables_in_results_md(numbers):
+    pytest.importorskip("transformers")
+    _assert_printed_lines_are_in_results_md("language_model_experiment.py", numbers)

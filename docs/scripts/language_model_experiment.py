@@ -10,7 +10,7 @@ every arm the same initial weights and the gates the seed's own draws. Validatio
 per byte, on fixed held-out windows, the full network) every tenth of the run.
 
     python docs/scripts/language_model_experiment.py run docs/data/language_model_runs.json --seeds 1 2 3
-    python docs/scripts/language_model_experiment.py table docs/data/language_model_runs.json
+    python docs/scripts/language_model_experiment.py table docs/data/language_model_runs.json [--plot FIGURE.png]
 
 ``run`` appends each finished seed to the file (seeds already there are skipped), so an
 interrupted run continues where it stopped. ``table`` prints each arm's final validation loss
@@ -35,13 +35,16 @@ import transformers
 
 import stochdepth
 from stochdepth.analysis.compare import compare
+from stochdepth.analysis.plots import curves_with_bands
 
 ARMS = {
     "constant": {"survival_rule": "none"},
     "linear": {"survival_rule": "linear", "final_survival_prob": 0.5},
+    "linear-ramp": {"survival_rule": "linear", "final_survival_prob": 0.5, "time_schedule": "ramp"},
     "exponential": {"survival_rule": "exponential", "final_survival_prob": 0.5},
 }
-"""Constant depth; layer drop with the rate rising linearly over the branches to 0.5, or exponentially (LayerSkip)."""
+"""Constant depth; layer drop with the rate rising linearly over the branches to 0.5 (from the first step, or
+ramped in over the first half of the run: composer's drop warm-up), or exponentially (LayerSkip)."""
 
 
 def stdlib_text() -> tuple[torch.Tensor, torch.Tensor, dict[str, object]]:
@@ -73,7 +76,8 @@ def build(arm: str, seed: int, args: argparse.Namespace) -> torch.nn.Module:
     model = transformers.LlamaForCausalLM(config)
     if ARMS[arm]["survival_rule"] == "none":
         return model
-    return stochdepth.stochastic_depth(model, **ARMS[arm], gate_seed=seed)
+    timing = {"time_schedule_fraction": 0.5, "total_steps": args.steps} if "time_schedule" in ARMS[arm] else {}
+    return stochdepth.stochastic_depth(model, **ARMS[arm], **timing, gate_seed=seed)
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -183,6 +187,10 @@ def table(args: argparse.Namespace) -> None:
                 f"{ratio:.3f}",
             ]
         print(f"| {arm} | " + " | ".join(cells) + " |")
+    if args.plot is not None:
+        curves = {arm: [run["curve"] for run in seeds.values()] for arm, seeds in by_arm.items()}
+        title = f"Llama-style, {settings['layers']} layers, {settings['steps']} steps (band: 1 standard error)"
+        curves_with_bands(curves, "training step", "validation loss (nats per byte)", title, args.plot)
 
 
 def main() -> None:
@@ -191,17 +199,18 @@ def main() -> None:
     running = commands.add_parser("run", help="train the arms of each seed in lockstep; append to OUT")
     running.add_argument("out", type=Path)
     running.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    running.add_argument("--arms", nargs="+", choices=list(ARMS), default=["constant", "linear"])
+    running.add_argument("--arms", nargs="+", choices=list(ARMS), default=["constant", "linear", "linear-ramp"])
     running.add_argument("--layers", type=int, default=6)
     running.add_argument("--hidden", type=int, default=128)
     running.add_argument("--sequence", type=int, default=128)
     running.add_argument("--batch", type=int, default=8)
-    running.add_argument("--steps", type=int, default=400)
+    running.add_argument("--steps", type=int, default=1500)
     running.add_argument("--lr", type=float, default=3e-3)
     running.add_argument("--validation-batches", type=int, default=8)
     tabling = commands.add_parser("table", help="print the table of docs/results.md from the kept numbers")
     tabling.add_argument("numbers", type=Path)
     tabling.add_argument("--margin", type=float, default=0.02, help="equivalence margin, nats per byte")
+    tabling.add_argument("--plot", type=Path, help="also draw validation loss against step, each arm")
     args = parser.parse_args()
     if args.command == "run":
         run(args)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
 
 from stochdepth.analysis.compare import compare
+from stochdepth.analysis.plots import curves_with_bands
 
 CONSTANT = "none"
 STEPS_PER_EPOCH = 9
@@ -139,31 +139,13 @@ def go_no_go_table(runs: list[dict], steps: list[int]) -> list[str]:
 
 
 def plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(8, 4.5))
     finished = [run for run in runs if run["finished"]]
-    for arm in sorted({run["arm"] for run in finished}, key=lambda arm: (arm != CONSTANT, arm)):
-        members = [run for run in finished if run["arm"] == arm]
-        steps = [record["iteration"] for record in members[0]["evaluations"]]
-        curves = [[PERCENT * record["val_error"] for record in run["evaluations"]] for run in members]
-        means = [statistics.fmean(column) for column in zip(*curves)]
-        errors = [
-            statistics.stdev(column) / math.sqrt(len(column)) if len(column) > 1 else 0.0 for column in zip(*curves)
-        ]
-        axis.plot(steps, means, marker="o", label=f"{arm} ({len(members)} seed{'s' if len(members) > 1 else ''})")
-        axis.fill_between(
-            steps, [m - e for m, e in zip(means, errors)], [m + e for m, e in zip(means, errors)], alpha=0.2
-        )
-    axis.set_xlabel("training step")
-    axis.set_ylabel("validation error (%)")
-    axis.set_title("ResNet-56, 300 Fashion-MNIST images (band: 1 standard error over seeds)")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    curves: dict[str, list[list[tuple[float, float]]]] = {}
+    for run in sorted(finished, key=lambda run: (run["arm"] != CONSTANT, run["arm"], run["seed"])):
+        curve = [(record["iteration"], PERCENT * record["val_error"]) for record in run["evaluations"]]
+        curves.setdefault(run["arm"], []).append(curve)
+    title = "ResNet-56, 300 Fashion-MNIST images (band: 1 standard error over seeds)"
+    curves_with_bands(curves, "training step", "validation error (%)", title, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -332,3 +332,16 @@ def test_a_time_scheduled_run_is_compared_with_constant_depth_in_one_group_and_n
     rows = [line for line in table.splitlines() if line.startswith("| fashion-mnist")]
     assert len({row.split("|")[1] for row in rows}) == 1, "one group: the schedule is what is compared"
     assert any("stochastic (linear, p_L=0.3, late 0.25)" in row for row in rows)
+
+
+def test_curves_with_bands_draw_each_arms_mean_and_one_standard_error(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, path: drawn.setdefault("figure", figure) and path)
+    curves = {"constant": [[(1, 2.0), (2, 1.0)], [(1, 4.0), (2, 3.0)]], "layer drop": [[(1, 5.0), (2, 4.5)]]}
+    plots.curves_with_bands(curves, "step", "loss", "title", tmp_path / "bands.png")
+    axis = drawn["figure"].axes[0]
+    lines = {line.get_label().split(" (")[0]: list(line.get_ydata()) for line in axis.get_lines()}
+    assert lines == {"constant": [3.0, 2.0], "layer drop": [5.0, 4.5]}
+    constant_band = axis.collections[0].get_paths()[0].vertices[:, 1]
+    assert min(constant_band) == pytest.approx(2.0 - 1.0) and max(constant_band) == pytest.approx(3.0 + 1.0)
+    assert [text.get_text() for text in axis.get_legend().get_texts()] == ["constant (2 seeds)", "layer drop (1 seed)"]

@@ -223,3 +223,28 @@ def survival_profiles(runs: list[Run], path: Path) -> Path:
     if seen:
         axis.legend(fontsize=7)
     return _save(figure, path)
+
+
+@_literal_text
+def curves_with_bands(
+    curves: dict[str, list[list[tuple[float, float]]]], xlabel: str, ylabel: str, title: str, path: Path
+) -> Path:
+    """One line per arm: the mean over its seeds' curves of (step, value), with a band of one standard error.
+
+    The seeds of an arm are evaluated at the same steps; an arm of one seed has no band.
+    """
+    figure, axis = plt.subplots(figsize=(8.0, 4.5))
+    for arm, seeds in curves.items():
+        steps = [step for step, _ in seeds[0]]
+        columns = list(zip(*([value for _, value in curve] for curve in seeds)))
+        means = [statistics.fmean(column) for column in columns]
+        errors = [statistics.stdev(column) / math.sqrt(len(column)) if len(column) > 1 else 0.0 for column in columns]
+        label = f"{arm} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+        axis.plot(steps, means, marker="o", markersize=3, label=label)
+        axis.fill_between(
+            steps, [m - e for m, e in zip(means, errors)], [m + e for m, e in zip(means, errors)], alpha=0.2
+        )
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return _save(figure, path)
