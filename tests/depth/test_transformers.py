@@ -207,3 +207,9 @@ def test_the_hugging_face_trainer_trains_a_converted_model_with_real_skipping(gr
     assert checks.dropped > 0, "the ramp reached dropping rates and branches were skipped"
     assert stochdepth.survival_probs_in_force(model) == pytest.approx(stochdepth.survival_probs(model))
     assert all(not torch.equal(value, before[name]) for name, value in model.named_parameters() if "layers" in name)
+
+
+def test_gpt2_blocks_with_cross_attention_are_left_plain_and_named():
+    config = transformers.GPT2Config(**TINY_GPT2, add_cross_attention=True)
+    with pytest.raises(ValueError, match=r"found GPT2Block \(not recognised\)"):
+        stochdepth.stochastic_depth(transformers.GPT2LMHeadModel(config))
