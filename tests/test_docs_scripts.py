@@ -34,7 +34,7 @@ def test_the_time_schedule_analysis_reproduces_the_tables_in_results_md(numbers,
     _assert_printed_lines_are_in_results_md("time_schedule_analysis.py", numbers, *options)
 
 
-@pytest.mark.parametrize("numbers", ["language_model_runs_400_steps.json"])
+@pytest.mark.parametrize("numbers", ["language_model_runs_400_steps.json", "language_model_runs.json"])
 def test_the_language_model_experiment_reproduces_its_tables_in_results_md(numbers):
     pytest.importorskip("transformers")
     _assert_printed_lines_are_in_results_md("language_model_experiment.py", numbers)
