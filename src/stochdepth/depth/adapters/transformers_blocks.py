@@ -8,7 +8,7 @@ hidden states.
 
 A layer's call is bound to the original ``forward``'s signature, so every argument reaches
 the attention as the original passes it, under whatever name the installed transformers
-gives it (the cache was ``past_key_values`` and is ``cache`` since 5.2x). In sample and
+gives it (the cache is ``cache`` in 5.25, ``past_key_values`` in earlier releases). In sample and
 subset mode the per-row arguments (attention mask, position ids, position embeddings) are
 gathered with the surviving rows; a cache is left out of the gathered call while it is empty
 (training's cache, which nothing reads), and one that holds earlier tokens, a flex-attention
