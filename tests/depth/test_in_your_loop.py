@@ -342,6 +342,38 @@ def test_a_compiled_converted_network_skips_like_the_eager_one_at_dynamos_defaul
         assert counts[-1] == counts[0], f"fixed subsets compile nothing after the first step: {counts}"
 
 
+@pytest.mark.skipif(torch._dynamo.config.specialize_float, reason="this PyTorch's dynamo makes every float a constant")
+def test_compiled_evaluation_under_a_time_schedule_does_not_recompile_for_each_new_survival_prob():
+    """A user's loop: a compiled network trains under a ramp (p_l changes every step) and is evaluated
+    every 3 steps under the paper's scaling. Evaluation compiles on its first two calls at most."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = stochdepth.create_model(
+        "resnet8", final_survival_prob=0.5, time_schedule="ramp", time_schedule_fraction=1.0, total_steps=24
+    )
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(net, backend=counter)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    compiles_in_evaluation, probs_seen = [], set()
+    for _ in range(8):
+        net.train()
+        for _ in range(3):
+            optimizer.zero_grad()
+            compiled(x).square().mean().backward()
+            optimizer.step()
+        net.eval()
+        probs_seen.add(stochdepth.survival_probs_in_force(net)[-1])
+        before = counter.frame_count
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), net(x))
+        compiles_in_evaluation.append(counter.frame_count - before)
+    assert len(probs_seen) == 8
+    assert compiles_in_evaluation[2:] == [0] * 6, compiles_in_evaluation
+
+
 @pytest.mark.parametrize("source", ["library", "torchvision", "timm"])
 def test_torch_export_of_a_converted_network_in_evaluation_equals_the_folded_network(source):
     eager, x = _compiled_network(source, "batch")

@@ -317,6 +317,13 @@ def stochastic_residual(
     (this library's blocks and the adapters of other libraries' blocks) computes its residual
     sums here. Evaluation is plain tensor code (``torch.compile`` traces it whole and
     ``torch.export`` exports it); training goes through :func:`gated_training_residual`.
+
+    Traced, p_l multiplies the branch rather than entering as ``add``'s ``alpha``: the compiler
+    needs an ``alpha`` as a constant, so every new p_l of a time schedule recompiled evaluation
+    until dynamo's recompile limit sent it back to eager. As a factor it is an input of the
+    graph, and evaluation compiles twice at most (once with p_l a constant, once with it an
+    input), where ``torch._dynamo.config.specialize_float`` is False (the default of recent
+    PyTorch releases). Eager evaluation keeps ``alpha``, a single rounding.
     """
     gates = block.gates
     post_activation = post_activation if post_activation is not None else _identity
@@ -325,8 +332,12 @@ def stochastic_residual(
             shortcut, branch_input, branch, block, which, post_activation, dropped_returns_shortcut
         )
     out = branch(branch_input)
+    if gates.scaling != "paper":
+        return post_activation(shortcut + out)
     survival_prob = gates.probs_in_force[block.first_index + which]
-    if gates.scaling == "paper" and survival_prob < 1.0:
+    if torch.compiler.is_compiling():
+        return post_activation(shortcut + out * survival_prob)
+    if survival_prob < 1.0:
         return post_activation(shortcut.add(out, alpha=survival_prob))
     return post_activation(shortcut + out)
 
