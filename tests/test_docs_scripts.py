@@ -38,3 +38,22 @@ def test_the_time_schedule_analysis_reproduces_the_tables_in_results_md(numbers,
 def test_the_language_model_experiment_reproduces_its_tables_in_results_md(numbers):
     pytest.importorskip("transformers")
     _assert_printed_lines_are_in_results_md("language_model_experiment.py", numbers)
+
+
+@pytest.mark.parametrize("setting", [["--steps", "0"], ["--batch", "-1"], ["--lr", "0"]])
+def test_the_language_model_experiment_refuses_a_size_below_one_in_one_line(setting, tmp_path):
+    pytest.importorskip("transformers")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "docs/scripts/language_model_experiment.py"),
+            "run",
+            str(tmp_path / "out.json"),
+            *setting,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert setting[0] in done.stderr.splitlines()[-1]
+    assert not (tmp_path / "out.json").exists()

@@ -213,6 +213,10 @@ def main() -> None:
     tabling.add_argument("--plot", type=Path, help="also draw validation loss against step, each arm")
     args = parser.parse_args()
     if args.command == "run":
+        sizes = ("layers", "hidden", "sequence", "batch", "steps", "validation_batches")
+        too_small = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in sizes if getattr(args, name) < 1]
+        if too_small or args.lr <= 0:
+            parser.error(f"sizes must be at least 1 and --lr positive, got {', '.join(too_small) or f'--lr {args.lr}'}")
         run(args)
     else:
         table(args)
