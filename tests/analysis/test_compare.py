@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats
 
-from stochdepth.analysis.compare import compare, pairs_needed
+from stochdepth.analysis.compare import compare, paired_t_power, pairs_needed
 
 
 def test_the_tests_agree_with_scipy_and_pair_by_seed():
@@ -40,6 +40,24 @@ def test_pairs_needed_matches_the_normal_approximation_and_grows_with_the_spread
     assert approximation <= needed <= approximation + 3
     assert pairs_needed(0.5, 1.0) < pairs_needed(1.0, 1.0) < needed
     assert pairs_needed(0.0, 1.0) is None
+
+
+@pytest.mark.parametrize(("count", "spread"), [(2, 0.185), (3, 0.5), (5, 1.28), (10, 1.0), (20, 1.9)])
+def test_the_power_equals_scipys_noncentral_t_where_that_is_finite(count, spread):
+    freedom = count - 1
+    critical = stats.t.ppf(0.975, freedom)
+    shift = math.sqrt(count) / spread
+    expected = stats.nct.sf(critical, freedom, shift) + stats.nct.cdf(-critical, freedom, shift)
+    assert paired_t_power(count, spread, 1.0) == pytest.approx(expected, abs=1e-6)
+
+
+def test_pairs_needed_never_falls_as_the_spread_grows_even_where_the_shift_is_large():
+    """SciPy's noncentral t is NaN at a large shift (3 pairs of spread 0.185: shift 9.4); counting NaN as too
+    little power had a spread of 0.185 need 6 pairs where 0.19 needed 3."""
+    spreads = [0.05 * step for step in range(1, 41)]
+    needed = [pairs_needed(spread, 1.0) for spread in spreads]
+    assert needed == sorted(needed), list(zip(spreads, needed))
+    assert pairs_needed(0.185, 1.0) == 3
 
 
 def test_fewer_than_two_pairs_is_a_value_error():

@@ -13,7 +13,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from scipy import stats
+from scipy import integrate, stats
 
 ALPHA = 0.05
 POWER = 0.8
@@ -33,20 +33,35 @@ class Comparison:
     pairs_for_power: int | None
 
 
+def paired_t_power(count: int, spread: float, effect: float, alpha: float = ALPHA) -> float:
+    """The power of a two-sided paired t-test at ``alpha`` over ``count`` pairs whose differences spread ``spread``.
+
+    The statistic is (Z + shift) / sqrt(V / f), with shift = effect / (spread / sqrt(count)),
+    f = count - 1 and V chi-square with f degrees of freedom; the rejection probability given V
+    is a normal one, integrated over V's density. (SciPy's noncentral t, which computes the
+    same, returns NaN for a large shift.)
+    """
+    freedom = count - 1
+    critical = stats.t.ppf(1 - alpha / 2, freedom)
+    shift = effect / (spread / math.sqrt(count))
+
+    def rejected_given(variance: float) -> float:
+        bound = critical * math.sqrt(variance / freedom)
+        return (stats.norm.sf(bound - shift) + stats.norm.cdf(-bound - shift)) * stats.chi2.pdf(variance, freedom)
+
+    return integrate.quad(rejected_given, 0.0, math.inf)[0]
+
+
 def pairs_needed(spread: float, effect: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
     """The number of pairs a paired t-test needs to detect ``effect`` with ``power``, given the SD of differences.
 
-    The smallest n with noncentral-t power >= ``power`` (two-sided at ``alpha``); ``None`` when
-    the spread is not known (fewer than two pairs) or is zero.
+    The smallest n with :func:`paired_t_power` >= ``power`` (two-sided at ``alpha``); ``None``
+    when the spread is not known (fewer than two pairs) or is zero.
     """
     if not math.isfinite(spread) or spread <= 0:
         return None
     for count in range(2, 10_000):
-        freedom = count - 1
-        critical = stats.t.ppf(1 - alpha / 2, freedom)
-        shift = effect / (spread / math.sqrt(count))
-        achieved = stats.nct.sf(critical, freedom, shift) + stats.nct.cdf(-critical, freedom, shift)
-        if achieved >= power:
+        if paired_t_power(count, spread, effect, alpha) >= power:
             return count
     return None
 
