@@ -57,3 +57,18 @@ def test_the_language_model_experiment_refuses_a_size_below_one_in_one_line(sett
     assert done.returncode == 2
     assert setting[0] in done.stderr.splitlines()[-1]
     assert not (tmp_path / "out.json").exists()
+
+
+def test_the_recalibration_script_refuses_a_folder_that_is_not_a_run_in_one_line(tmp_path):
+    (tmp_path / "not-a-run").mkdir()
+    for source in (tmp_path / "missing", tmp_path / "not-a-run"):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "docs/scripts/recalibrated_validation.py"), str(source)],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2, done.stderr
+        assert str(source) in done.stderr.splitlines()[-1]
+        assert "Traceback" not in done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["not-a-run"]
+    assert not any((tmp_path / "not-a-run").iterdir())

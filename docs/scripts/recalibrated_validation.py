@@ -42,9 +42,12 @@ def main() -> None:
     print("| run | step | mean p_l in force | val. error (%), statistics as trained | recalibrated, every block |")
     print("|---|---|---|---|---|")
     for run in args.runs:
-        model, config, _ = load_trained_model(run, args.checkpoint, "cpu")
-        data = dataclasses.replace(config.data, download=False)
-        loaders = build_loaders(data, config.optim.batch_size, torch.device("cpu"), config.run.seed)
+        try:
+            model, config, _ = load_trained_model(run, args.checkpoint, "cpu")
+            data = dataclasses.replace(config.data, download=False)
+            loaders = build_loaders(data, config.optim.batch_size, torch.device("cpu"), config.run.seed)
+        except ValueError as error:  # a missing or foreign run folder, a bad checkpoint, missing data: one line
+            parser.error(str(error))
         gates = stochdepth.gate_generator(model)
         as_trained = validation_error(model, loaders.val)
         with stochdepth.run_every_block(model):
