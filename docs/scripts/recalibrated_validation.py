@@ -24,14 +24,13 @@ from torch.optim.swa_utils import update_bn
 import stochdepth
 from stochdepth.data import build_loaders
 from stochdepth.train.api import load_trained_model
-from stochdepth.train.trainer import error_counts
+from stochdepth.train.trainer import error_rate
 
 PERCENT = 100.0
 
 
 def validation_error(model: torch.nn.Module, loader: object) -> float:
-    wrong, total = error_counts(model, loader, contextlib.nullcontext, False).tolist()
-    return PERCENT * wrong / total
+    return PERCENT * error_rate(model, loader, contextlib.nullcontext, False)
 
 
 def main() -> None:

@@ -60,6 +60,12 @@ def test_pairs_needed_never_falls_as_the_spread_grows_even_where_the_shift_is_la
     assert pairs_needed(0.185, 1.0) == 3
 
 
+@pytest.mark.parametrize(("count", "spread"), [(1, 1.0), (0, 1.0), (5, 0.0), (5, -1.0), (5, math.nan)])
+def test_power_without_two_pairs_or_a_positive_spread_is_a_value_error(count, spread):
+    with pytest.raises(ValueError, match="at least two pairs and a positive spread"):
+        paired_t_power(count, spread, 1.0)
+
+
 def test_fewer_than_two_pairs_is_a_value_error():
     with pytest.raises(ValueError, match="at least two seeds"):
         compare({1: 1.0, 2: 2.0}, {2: 1.0, 3: 1.0})

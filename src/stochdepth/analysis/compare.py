@@ -39,8 +39,11 @@ def paired_t_power(count: int, spread: float, effect: float, alpha: float = ALPH
     The statistic is (Z + shift) / sqrt(V / f), with shift = effect / (spread / sqrt(count)),
     f = count - 1 and V chi-square with f degrees of freedom; the rejection probability given V
     is a normal one, integrated over V's density. (SciPy's noncentral t, which computes the
-    same, returns NaN for a large shift.)
+    same, returns NaN for a large shift.) Fewer than two pairs or a spread that is not positive
+    is a ValueError: the test is undefined there.
     """
+    if count < 2 or not spread > 0:
+        raise ValueError(f"power needs at least two pairs and a positive spread (got {count} pairs, spread {spread})")
     freedom = count - 1
     critical = stats.t.ppf(1 - alpha / 2, freedom)
     shift = effect / (spread / math.sqrt(count))
