@@ -8,8 +8,8 @@
 ``collect`` keeps, per run (finished or not), what the tables and the figure need: its arm and seed, the summary
 (test error at the best validation evaluation, best validation error, training seconds) and each
 evaluation's iteration, validation error, training error, training loss and training seconds.
-``table`` prints the per-arm table, each arm against constant depth (Welch's and the paired
-t-test, the equivalence test with a margin of 1 point, the pairs a 1-point difference would need
+``table`` prints the per-arm table, each arm against constant depth (the difference's 95% interval,
+Welch's and the paired t-test, the equivalence test with a margin of 1 point, the pairs a 1-point difference would need
 at 80% power) and the training-time ratio of each seed's side-by-side runs: over the whole run,
 and over its first tenth, which every run of a seed trained under the same load (they start
 together; later the faster runs finish first and the rest get more of the cores).
@@ -102,9 +102,10 @@ def table(runs: list[dict]) -> list[str]:
         )
     comparisons = [
         "",
-        "| comparison | pairs | difference (points) | paired s.e. | paired p | Welch p | equivalence p (±1 point) "
-        "| pairs for 80% power at 1 point | time ratio, whole run | time ratio, first tenth |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| comparison | pairs | difference (points) | paired s.e. | 95% interval | paired p | Welch p "
+        "| equivalence p (±1 point) | pairs for 80% power at 1 point | time ratio, whole run "
+        "| time ratio, first tenth |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     header = len(comparisons)
     for arm in arms[1:]:
@@ -118,7 +119,8 @@ def table(runs: list[dict]) -> list[str]:
         needed = result.pairs_for_power if result.pairs_for_power is not None else "—"
         comparisons.append(
             f"| {arm} minus {CONSTANT} | {result.pairs} | {result.difference:+.2f} "
-            f"| {result.paired_standard_error:.2f} | {result.paired_p:.3g} | {result.welch_p:.3g} "
+            f"| {result.paired_standard_error:.2f} | {result.interval[0]:+.2f} to {result.interval[1]:+.2f} "
+            f"| {result.paired_p:.3g} | {result.welch_p:.3g} "
             f"| {result.equivalence_p:.3g} | {needed} | {ratios(whole)} | {ratios(first)} |"
         )
     return lines + comparisons if len(comparisons) > header else lines

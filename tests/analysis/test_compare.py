@@ -24,6 +24,21 @@ def test_the_tests_agree_with_scipy_and_pair_by_seed():
     )
     spread = math.sqrt(sum((d - result.difference) ** 2 for d in differences) / 3)
     assert result.paired_standard_error == pytest.approx(spread / 2)
+    # the 95% interval of the paired t-test: mean ± t_{0.975, 3} s.e. (t_{0.975, 3} = 3.182)
+    half_width = 3.182446305284263 * spread / 2
+    assert result.interval == pytest.approx((result.difference - half_width, result.difference + half_width))
+    paired = stats.ttest_rel([first[s] for s in seeds], [second[s] for s in seeds])
+    if hasattr(paired, "confidence_interval"):  # SciPy >= 1.10
+        assert result.interval == pytest.approx(tuple(paired.confidence_interval()))
+
+
+def test_the_interval_excludes_zero_exactly_when_the_paired_test_rejects():
+    for shift in (0.0, 0.3, 0.6, 0.9, 1.2):
+        result = compare(
+            {seed: 20.0 + shift + 0.5 * (seed % 2) for seed in range(6)}, {seed: 20.0 for seed in range(6)}
+        )
+        excludes_zero = result.interval[0] > 0 or result.interval[1] < 0
+        assert excludes_zero == (result.paired_p < 0.05), (shift, result)
 
 
 def test_equivalence_is_shown_for_close_arms_and_not_for_distant_ones():

@@ -1,7 +1,7 @@
 """Comparing two arms of an experiment over seeds: difference, Welch's and the paired t-test, equivalence, power.
 
 The arms are paired by seed (the same data order, initialisation and machine load for both
-runs of a seed). Reported side by side, whichever way they go: the mean difference, Welch's
+runs of a seed). Reported side by side, whichever way they go: the mean difference and its 95% interval, Welch's
 t-test (unpaired), the paired t-test, the two one-sided tests of equivalence within a margin
 (Schuirmann's TOST, on the paired differences), and how many pairs would detect a difference of
 one margin with 80% power (two-sided, alpha 0.05), from the spread of the paired differences.
@@ -27,6 +27,7 @@ class Comparison:
     difference: float
     welch_p: float
     paired_standard_error: float
+    interval: tuple[float, float]
     paired_p: float
     equivalence_p: float
     margin: float
@@ -88,13 +89,16 @@ def compare(first: dict[int, float], second: dict[int, float], margin: float = 1
         lower = stats.t.sf((mean + margin) / standard_error, freedom)
         upper = stats.t.cdf((mean - margin) / standard_error, freedom)
         equivalence = max(lower, upper)
+        half_width = float(stats.t.ppf(1 - ALPHA / 2, freedom)) * standard_error
     else:
         equivalence = 0.0 if abs(mean) < margin else 1.0
+        half_width = 0.0
     return Comparison(
         pairs=len(seeds),
         difference=mean,
         welch_p=float(welch.pvalue),
         paired_standard_error=standard_error,
+        interval=(mean - half_width, mean + half_width),
         paired_p=float(paired.pvalue),
         equivalence_p=float(equivalence),
         margin=margin,
