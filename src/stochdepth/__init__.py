@@ -22,6 +22,7 @@ _PUBLIC = {
     "fold_survival": "stochdepth.depth",
     "gate_generator": "stochdepth.depth",
     "keep_gate_state_in_state_dict": "stochdepth.depth",
+    "recalibrated_batchnorm": "stochdepth.depth",
     "register_residual_adapter": "stochdepth.depth",
     "run_every_block": "stochdepth.depth",
     "stochastic_depth": "stochdepth.depth",

@@ -8,7 +8,8 @@ the one place where the mechanism lives, and it knows no model family and no tra
 - ``residual``: the residual sum of a stochastic block (skip, scale, zero gradients for
   what was skipped) and the registry of adapters;
 - ``adapters``: torchvision's and timm's blocks, made stochastic in place;
-- ``apply``: :func:`stochastic_depth`, :func:`fold_survival` and friends.
+- ``apply``: :func:`stochastic_depth`, :func:`fold_survival` and friends;
+- ``batchnorm``: :func:`recalibrated_batchnorm`, BatchNorm statistics of the network evaluation runs.
 
 Model families only declare :class:`ResidualBlock` parts; :func:`stochastic_depth` finds the
 residual blocks of any network and turns each into a stochastic module.
@@ -26,6 +27,7 @@ from stochdepth.depth.apply import (
     survival_probs,
     survival_probs_in_force,
 )
+from stochdepth.depth.batchnorm import recalibrated_batchnorm
 from stochdepth.depth.gates import GateGenerator, StepGates, survivor_counts
 from stochdepth.depth.residual import (
     ResidualAdapter,
@@ -66,6 +68,7 @@ __all__ = [
     "gate_generator",
     "gate_generators",
     "keep_gate_state_in_state_dict",
+    "recalibrated_batchnorm",
     "register_residual_adapter",
     "resolve_depth_options",
     "run_every_block",
