@@ -337,6 +337,14 @@ def test_the_library_evaluates_a_run_on_the_whole_test_set_as_eval_prints(traine
     assert f"({wrong:,} of {total:,} test images, the whole test set)" in capsys.readouterr().out
 
 
+def test_recalibrate_batchnorm_reaches_config_json_and_the_loaded_configuration(tmp_path, synthetic_data_dir):
+    out = tmp_path / "run"
+    assert main([*_tiny_flags(synthetic_data_dir, out), "--recalibrate-batchnorm", "48"]) == 0
+    assert json.loads(RunFolder(out).config.read_text())["run"]["recalibrate_batchnorm"] == 48
+    _, config, _ = load_trained_model(out, "last")
+    assert config.run.recalibrate_batchnorm == 48
+
+
 def test_time_schedule_flags_reach_config_json_and_a_loaded_run_evaluates_at_its_last_step(
     tmp_path, synthetic_data_dir
 ):

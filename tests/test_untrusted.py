@@ -76,6 +76,8 @@ BAD_OPTIONS = [
     (["train", "--time-schedule", "late", "--time-schedule-fraction", "1.5"], "time_schedule_fraction"),
     (["train", "--time-schedule-fraction", "-0.1"], "time_schedule_fraction"),
     (["train", "--time-schedule-fraction", "nan"], "time_schedule_fraction"),
+    (["train", "--recalibrate-batchnorm", "0"], "recalibrate_batchnorm must be an integer in [1,"),
+    (["train", "--recalibrate-batchnorm", "all"], "invalid int value"),
     (["train", "--preset", "cifar11-resnet110"], "known presets"),
     (["eval", "nowhere", "--device", "meta"], "nowhere"),
     (["sweep", "--model", "resnet8"], "--out"),

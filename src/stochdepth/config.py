@@ -145,6 +145,12 @@ class RunConfig:
     test_every_eval: bool = _option(
         True, "evaluate the test set at every evaluation (off: once, at the end, with the best-validation weights)"
     )
+    recalibrate_batchnorm: int | None = _option(
+        None,
+        "before each evaluation, recompute BatchNorm statistics over the first N training images (no augmentation) "
+        "with every block running, as evaluation runs them; best.pt keeps those statistics, training is unchanged "
+        "(default: off, as in the paper)",
+    )
     checkpoint_every_minutes: float | None = _option(
         None, "also write checkpoints/last.pt every M minutes inside an epoch (long epochs: ImageNet)"
     )
@@ -201,6 +207,7 @@ class TrainConfig:
             ("eval_size", data.eval_size),
             ("eval_every_iters", run.eval_every_iters),
             ("record_gradients_every", run.record_gradients_every),
+            ("recalibrate_batchnorm", run.recalibrate_batchnorm),
         ):
             _integer(name, value, 1, 10**12, optional=True)
         _number("dropout_rate", model.dropout_rate, 0.0, 0.999, optional=True)

@@ -45,6 +45,26 @@ def test_no_augment_trains_on_the_plain_normalised_images(tmp_path):
     assert not torch.equal(shifted.sort(dim=0).values, first.sort(dim=0).values)
 
 
+def test_the_recalibration_batches_are_the_first_training_images_in_order_unaugmented_and_whole_on_each_shard(
+    tmp_path,
+):
+    write_cifar10(tmp_path, per_batch=1010, test=10)
+    config = DataConfig(dataset="cifar10", data_dir=str(tmp_path), train_size=100, augment=True)
+    assert build_loaders(config, 16, CPU, seed=0).recalibration is None, "only when asked for"
+    loaders = build_loaders(config, 16, CPU, seed=0, recalibration_size=40)
+    splits = load_cifar10(tmp_path, download=False, split_seed=0)
+    batches = list(loaders.recalibration)
+    assert [len(labels) for _, labels in batches] == [16, 16, 8], "the global batch, the last one kept"
+    images, labels = (torch.cat(parts) for parts in zip(*batches))
+    assert torch.equal(labels, splits.train_labels[:40])
+    expected = (splits.train_images[:40].float() - loaders.train.mean) / loaders.train.std
+    assert torch.equal(images, expected), "normalised with the training statistics, no translation or flip"
+    assert torch.equal(images, torch.cat([images for images, _ in loaders.recalibration])), "the same each time"
+    for index in range(2):
+        shard = build_loaders(config, 16, CPU, seed=0, shard=Shard(index, 2), recalibration_size=40)
+        assert torch.equal(torch.cat([images for images, _ in shard.recalibration]), images)
+
+
 def test_svhn_holds_out_400_per_class_of_train_and_200_of_extra_without_augmentation(tmp_path):
     rng = np.random.default_rng(0)
     folder = tmp_path / "svhn"
@@ -135,7 +155,7 @@ def test_imagenet_folder_layout_holds_out_ten_per_class(tmp_path):
             for index in range(count):
                 Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{index}.png")
     config = DataConfig(dataset="imagenet", data_dir=str(tmp_path), image_size=16, workers=0)
-    loaders = build_loaders(config, 4, CPU, seed=0)
+    loaders = build_loaders(config, 4, CPU, seed=0, recalibration_size=5)
     assert (len(loaders.train.dataset), len(loaders.val.dataset)) == (6, 30)
     assert len(loaders.test.dataset) == 6
     images, labels = next(iter(loaders.train))
@@ -147,6 +167,12 @@ def test_imagenet_folder_layout_holds_out_ten_per_class(tmp_path):
     assert torch.equal(val_set[0][0], val_set[0][0])  # resize and centre crop
     steps = [type(step).__name__ for step in train_set.dataset.transform.transforms]
     assert steps == ["RandomResizedCrop", "ColorJitter", "ToTensor", "Lighting", "Normalize", "RandomHorizontalFlip"]
+    recalibration = [batch for batch in loaders.recalibration]
+    assert [len(labels) for _, labels in recalibration] == [4, 1], "the first 5 training images, the last batch kept"
+    assert loaders.recalibration.dataset.indices == train_set.indices[:5], "in the training split's order"
+    first, again = torch.cat([images for images, _ in recalibration]), next(iter(loaders.recalibration))[0]
+    assert torch.equal(first[:4], again), "the evaluation transform: the same images each time"
+    assert torch.equal(first[0], val_set.dataset[train_set.indices[0]][0])
 
 
 def test_imagenet_shards_take_their_rows_of_every_training_batch_and_their_part_of_each_set(tmp_path):

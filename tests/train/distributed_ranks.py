@@ -223,6 +223,12 @@ def scenarios(rank: int, out: Path, data_dir: Path) -> dict[str, Any]:
         "batchnorm": _outcome(
             lambda: train(plain_config(data_dir, model="resnet8", train_size=64, epochs=1), out=out / "batchnorm")
         ),
+        "recalibrated": _outcome(
+            lambda: train(
+                plain_config(data_dir, model="resnet8", train_size=64, epochs=1, recalibrate_batchnorm=40),
+                out=out / "recalibrated",
+            )
+        ),
         "batch_not_dividing": _outcome(lambda: train(plain_config(data_dir, batch_size=15), out=out / "odd")),
         "signal_on_one_rank": _outcome(
             lambda: on_rank_one(

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from stochdepth.data import build_loaders
+from stochdepth.data.shard import WHOLE
 from stochdepth.train import load_trained_model, resume, train
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint
 from stochdepth.train.run_folder import RunFolder
@@ -131,6 +132,28 @@ def test_evaluation_on_two_ranks_equals_one_process_evaluating_the_saved_weights
     assert record["test_error"] == error_rate(model, loaders.test, contextlib.nullcontext, False)
     timeless = [{key: value for key, value in summary.items() if key != "train_seconds"} for summary in summaries]
     assert timeless[0] == timeless[1], "every rank returns the same summary"
+
+
+def test_two_ranks_recalibrate_batchnorm_as_one_process_does_over_the_same_images(two_ranks):
+    """Each rank recalibrates over the same first images (not its shard): statistics and errors as one process's."""
+    from torch.optim.swa_utils import update_bn
+
+    import stochdepth
+
+    summaries = _case(two_ranks, "recalibrated")
+    run = two_ranks[0] / "recalibrated"
+    record = RunFolder(run).read_metrics()[-1]
+    model, config, _ = load_trained_model(run, "last")
+    loaders = build_loaders(config.data, config.optim.batch_size, torch.device("cpu"), config.run.seed, WHOLE, 40)
+    with stochdepth.run_every_block(model):
+        update_bn(loaders.recalibration, model)
+    model.eval()
+    assert record["val_error"] == error_rate(model, loaders.val, contextlib.nullcontext, False)
+    assert record["test_error"] == error_rate(model, loaders.test, contextlib.nullcontext, False)
+    best = load_checkpoint(run / "checkpoints" / "best.pt")["model"]
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(best[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert summaries[0]["best_val_error"] == summaries[1]["best_val_error"] == record["val_error"]
 
 
 def test_a_checkpoint_written_by_two_ranks_resumes_on_one_process_as_its_own_would(

@@ -76,12 +76,31 @@ def _without_timings(records: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    ("drop_mode", "checkpoint_every_minutes", "resumed_from", "time_schedule"),
-    [("batch", None, 8, None), ("sample", None, 8, None), ("batch", 0, 10, None), ("batch", 0, 10, "ramp")],
-    ids=["batch-epoch-checkpoint", "sample-epoch-checkpoint", "batch-mid-epoch-checkpoint", "mid-ramp-checkpoint"],
+    ("drop_mode", "checkpoint_every_minutes", "resumed_from", "time_schedule", "recalibrate_batchnorm"),
+    [
+        ("batch", None, 8, None, None),
+        ("sample", None, 8, None, None),
+        ("batch", 0, 10, None, None),
+        ("batch", 0, 10, "ramp", None),
+        ("batch", 0, 10, None, 48),
+    ],
+    ids=[
+        "batch-epoch-checkpoint",
+        "sample-epoch-checkpoint",
+        "batch-mid-epoch-checkpoint",
+        "mid-ramp-checkpoint",
+        "recalibrated-mid-epoch-checkpoint",
+    ],
 )
 def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
-    tmp_path, tiny_config, monkeypatch, drop_mode, checkpoint_every_minutes, resumed_from, time_schedule
+    tmp_path,
+    tiny_config,
+    monkeypatch,
+    drop_mode,
+    checkpoint_every_minutes,
+    resumed_from,
+    time_schedule,
+    recalibrate_batchnorm,
 ):
     config = tiny_config.override(
         drop_mode=drop_mode,
@@ -89,6 +108,7 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
         checkpoint_every_minutes=checkpoint_every_minutes,
         time_schedule=time_schedule,
         time_schedule_fraction=0.8,
+        recalibrate_batchnorm=recalibrate_batchnorm,
     )
     train(config, out=tmp_path / "straight")
 
@@ -202,6 +222,43 @@ def test_testing_once_gives_the_best_validation_weights_test_error_of_an_every_e
 
     report, _ = write_report([tmp_path / "once"], tmp_path / "report")
     assert f"| {100 * every['test_error_at_best_val']:.2f} |" in report.read_text()
+
+
+def test_recalibrating_batchnorm_changes_what_evaluation_measures_and_nothing_in_training(tmp_path, tiny_config):
+    """--recalibrate-batchnorm N: errors and best.pt with update_bn's statistics over N images, every block running."""
+    from torch.optim.swa_utils import update_bn
+
+    import stochdepth
+    from stochdepth.data import build_loaders
+    from stochdepth.train.api import load_trained_model
+    from stochdepth.train.trainer import error_rate
+
+    config = tiny_config.override(final_survival_prob=0.2, epochs=1)
+    train(config, out=tmp_path / "as-trained")
+    train(config.override(recalibrate_batchnorm=80), out=tmp_path / "recalibrated")
+    (as_trained,), (recalibrated,) = (
+        RunFolder(tmp_path / run).read_metrics() for run in ("as-trained", "recalibrated")
+    )
+    training_keys = {"train_loss", "train_error", "mean_active_blocks", "iteration"}
+    assert {key: as_trained[key] for key in training_keys} == {key: recalibrated[key] for key in training_keys}
+    last = _final_weights(tmp_path / "recalibrated")
+    assert all(torch.equal(value, _final_weights(tmp_path / "as-trained")[name]) for name, value in last.items())
+
+    model, saved_config, _ = load_trained_model(tmp_path / "recalibrated", "last", "cpu")
+    assert saved_config.run.recalibrate_batchnorm == 80, "config.json records it"
+    loaders = build_loaders(saved_config.data, 32, torch.device("cpu"), config.run.seed, recalibration_size=80)
+    plain = contextlib.nullcontext
+    assert as_trained["val_error"] == error_rate(model, loaders.val, plain, False), "last.pt: statistics as trained"
+    with stochdepth.run_every_block(model):
+        update_bn(loaders.recalibration, model)
+    model.eval()
+    assert recalibrated["val_error"] == error_rate(model, loaders.val, plain, False)
+    assert recalibrated["test_error"] == error_rate(model, loaders.test, plain, False)
+    best = torch.load(RunFolder(tmp_path / "recalibrated").checkpoint("best"), weights_only=True)["model"]
+    statistics = [name for name in best if name.endswith(("running_mean", "running_var"))]
+    for name in statistics:
+        torch.testing.assert_close(best[name], model.state_dict()[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.allclose(best[name], last[name]) for name in statistics), "best.pt keeps other statistics"
 
 
 def test_testing_once_needs_a_run_folder(tiny_config):

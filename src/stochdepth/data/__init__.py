@@ -80,12 +80,18 @@ MAX_CLASSES = 32_768
 
 @dataclass
 class Loaders:
-    """Training, validation and test batches, and the spec of the data they hold."""
+    """Training, validation and test batches, the spec of the data they hold, and BatchNorm recalibration's batches.
+
+    ``recalibration`` (``None`` unless asked for) is the first training images without
+    augmentation, in order, in batches of the global batch size, whole on every process: what
+    :func:`~stochdepth.depth.recalibrated_batchnorm` computes statistics over.
+    """
 
     train: object
     val: object
     test: object
     spec: DataSpec
+    recalibration: object | None = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.train.state_dict()
@@ -105,20 +111,26 @@ def _first_found(config: DataConfig, roots: list[Path]) -> ImageSplits:
 
 
 def build_loaders(
-    config: DataConfig, batch_size: int, device: torch.device, seed: int, shard: Shard = WHOLE
+    config: DataConfig,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    shard: Shard = WHOLE,
+    recalibration_size: int | None = None,
 ) -> Loaders:
     """Loaders for ``config.dataset`` with the paper's split; raises :class:`DataError` if data is missing.
 
     ``batch_size`` is the global batch; with a ``shard`` (data-parallel training) the
     loaders yield this process's rows of every training batch and its part of the
-    validation and test sets (:class:`~stochdepth.data.shard.Shard`).
+    validation and test sets (:class:`~stochdepth.data.shard.Shard`). ``recalibration_size``
+    asks for :attr:`Loaders.recalibration` over that many training images.
     """
     if config.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
     roots = data_roots(config.data_dir)
     if config.dataset == "imagenet":
         root = roots[0]
-        train, val, test, num_classes = imagenet_loaders(
+        train, val, test, recalibration, num_classes = imagenet_loaders(
             root,
             batch_size,
             device,
@@ -130,9 +142,10 @@ def build_loaders(
             config.eval_size,
             config.augment,
             shard,
+            recalibration_size,
         )
         spec = DataSpec(num_classes, 3, config.image_size, IMAGENET_MEAN, IMAGENET_STD)
-        return Loaders(train, val, test, spec)
+        return Loaders(train, val, test, spec, recalibration)
     splits = _first_found(config, roots)
     train_images = splits.train_images[: config.train_size]
     train_labels = splits.train_labels[: config.train_size]
@@ -160,4 +173,7 @@ def build_loaders(
         val=evaluation(splits.val_images, splits.val_labels),
         test=evaluation(splits.test_images, splits.test_labels),
         spec=spec,
+        recalibration=None
+        if recalibration_size is None
+        else loader(train_images[:recalibration_size], train_labels[:recalibration_size]),
     )

@@ -178,11 +178,14 @@ def imagenet_loaders(
     eval_size: int | None,
     augment: bool = True,
     shard: Shard = WHOLE,
-) -> tuple[ImageFolderLoader, ImageFolderLoader, ImageFolderLoader, int]:
-    """Training, validation (held out from train) and test (official val) loaders, and the class count.
+    recalibration_size: int | None = None,
+) -> tuple[ImageFolderLoader, ImageFolderLoader, ImageFolderLoader, ImageFolderLoader | None, int]:
+    """Training, validation (held out from train) and test (official val) loaders, a recalibration loader, classes.
 
     With a ``shard``, training takes this process's rows of every batch and evaluation this
-    process's part of each set.
+    process's part of each set. The recalibration loader (``None`` without a
+    ``recalibration_size``) holds the first ``recalibration_size`` training images with the
+    evaluation transform, in order, whole on every process.
     """
     eval_transform = _eval_transform(image_size)
     validation = _folder(root, "train", eval_transform)
@@ -196,9 +199,16 @@ def imagenet_loaders(
     test_indices = list(range(len(test)))[:eval_size]
     val_indices = val_indices[shard.rows(len(val_indices))].tolist()
     test_indices = test_indices[shard.rows(len(test_indices))]
+    recalibration = None
+    if recalibration_size is not None:
+        recalibration_indices = train_indices[:recalibration_size].tolist()
+        recalibration = ImageFolderLoader(
+            Subset(validation, recalibration_indices), batch_size, device, False, workers, seed
+        )
     return (
         ImageFolderLoader(Subset(train, train_indices.tolist()), batch_size, device, True, workers, seed, shard),
         ImageFolderLoader(Subset(validation, val_indices), 2 * batch_size, device, False, workers, seed),
         ImageFolderLoader(Subset(test, test_indices), 2 * batch_size, device, False, workers, seed),
+        recalibration,
         len(train.classes),
     )

@@ -21,7 +21,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from torch import nn
 
 from stochdepth.config import TrainConfig
 from stochdepth.data import Loaders, build_loaders
-from stochdepth.depth import gate_generator
+from stochdepth.depth import gate_generator, recalibrated_batchnorm
 from stochdepth.models import check_weights
 from stochdepth.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stochdepth.train.distributed import Ranks, SingleProcess
@@ -147,7 +147,9 @@ class Trainer:
             if config.run.sync_batchnorm and self.device.type != "cuda":
                 raise ValueError("run.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm does not run on the CPU)")
             torch.manual_seed(seed)
-            self.loaders: Loaders = build_loaders(config.data, config.optim.batch_size, self.device, seed, ranks.shard)
+            self.loaders: Loaders = build_loaders(
+                config.data, config.optim.batch_size, self.device, seed, ranks.shard, config.run.recalibrate_batchnorm
+            )
             total_steps = config.optim.epochs * len(self.loaders.train)
             self.model = build_model(config, self.loaders.spec, seed, total_steps).to(self.device)
             check_runs_on(self.model, self.loaders.spec, config.model.model, self.device)
@@ -460,17 +462,43 @@ class Trainer:
         self.counters.train_seconds += seconds
 
     def evaluate(self) -> dict[str, Any]:
-        """Validation and test error now; log one metrics record; keep the best by validation."""
+        """Validation and test error now; log one metrics record; keep the best by validation.
+
+        With ``run.recalibrate_batchnorm``, the errors are measured, and ``best.pt`` written, with
+        recalibrated BatchNorm statistics; training goes on with its own.
+        """
         self.check_finite()
         self.ranks.broadcast_buffers(self.model)
-        window = self.window
         try:
-            val_error = self._error(self.loaders.val, "validation")
-            test_error = self._error(self.loaders.test, "test") if self.config.run.test_every_eval else math.nan
+            with self._evaluation_batchnorm():
+                return self._evaluate()
         except EvaluationStopped:
             self.counters.evaluation_owed = True
             self.save("last")
             raise self._stopped() from None
+
+    def _evaluation_batchnorm(self) -> contextlib.AbstractContextManager:
+        """The model's BatchNorm statistics as trained, or recalibrated (``run.recalibrate_batchnorm``)."""
+        loader = self.loaders.recalibration
+        if loader is None:
+            return contextlib.nullcontext()
+        return recalibrated_batchnorm(self.model, self._recalibration_images(loader), self.autocast)
+
+    def _recalibration_images(self, loader: Any) -> Iterator[torch.Tensor]:
+        """``loader``'s images, with a progress line and a stop between batches when a signal asks."""
+        progress = Progress(len(loader), 0, "recalibrating BatchNorm", bar=self.progress)
+        should_stop = self._stop_asker(len(loader))
+        for images, _ in loader:
+            yield images.contiguous(memory_format=torch.channels_last) if self.config.run.channels_last else images
+            progress.tick()
+            if should_stop():
+                raise EvaluationStopped
+        progress.close()
+
+    def _evaluate(self) -> dict[str, Any]:
+        window = self.window
+        val_error = self._error(self.loaders.val, "validation")
+        test_error = self._error(self.loaders.test, "test") if self.config.run.test_every_eval else math.nan
         self.counters.evaluation_owed = False
         loss_sum, wrong, images = window.totals(self.ranks)
         steps_taken = self.gates.steps_taken
