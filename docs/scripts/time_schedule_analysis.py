@@ -4,6 +4,8 @@
     python docs/scripts/time_schedule_analysis.py table docs/data/time_schedule_runs.json [--plot FIGURE.png]
     python docs/scripts/time_schedule_analysis.py table docs/data/time_schedule_pilot_2700_steps.json \
         --go-no-go 540 810 1080 1350
+    python docs/scripts/time_schedule_analysis.py table docs/data/time_schedule_runs.json \
+        --recalibrated docs/data/recalibrated_batchnorm_runs.json
 
 ``collect`` keeps, per run (finished or not), what the tables and the figure need: its arm and seed, the summary
 (test error at the best validation evaluation, best validation error, training seconds) and each
@@ -152,6 +154,39 @@ def go_no_go_table(runs: list[dict], steps: list[int]) -> list[str]:
     return lines
 
 
+def recalibration_table(as_trained: list[dict], recalibrated: list[dict]) -> list[str]:
+    """Validation error (%) at each evaluation with BatchNorm statistics as trained and recalibrated, per run.
+
+    ``recalibrated`` holds reruns of runs in ``as_trained`` (same arm and seed) with
+    ``--recalibrate-batchnorm``; the last column says whether their training records (loss and
+    training error at each evaluation) are identical, as the option promises.
+    """
+    originals = {(run["arm"], run["seed"]): run for run in as_trained}
+    steps = sorted({record["iteration"] for run in recalibrated for record in run["evaluations"]})
+    header = " | ".join(f"{step:,}" for step in steps)
+    lines = [
+        f"| run | BatchNorm statistics | val. error (%) at step {header} | best val. at step | "
+        "test error at best val. (%) | same training |",
+        "|---|---|" + "---|" * (len(steps) + 3),
+    ]
+    for rerun in sorted(recalibrated, key=lambda run: (run["arm"], run["seed"])):
+        original = originals[(rerun["arm"], rerun["seed"])]
+        trained = [(record["train_loss"], record["train_error"]) for record in original["evaluations"]]
+        same = trained == [(record["train_loss"], record["train_error"]) for record in rerun["evaluations"]]
+        for run, statistics_kind, last in (
+            (original, "as trained", ""),
+            (rerun, "recalibrated", "yes" if same else "no"),
+        ):
+            errors = {record["iteration"]: PERCENT * record["val_error"] for record in run["evaluations"]}
+            cells = " | ".join(f"{errors[step]:.2f}" if step in errors else "—" for step in steps)
+            best = "— | —"
+            if run["finished"]:
+                best = f"{round(run['best_epoch'] * STEPS_PER_EPOCH):,} | {PERCENT * run['test_error_at_best_val']:.2f}"
+            name = f"{ARM_NAMES.get(run['arm'], run['arm'])}, seed {run['seed']}"
+            lines.append(f"| {name} | {statistics_kind} | {cells} | {best} | {last} |")
+    return lines
+
+
 def plot(runs: list[dict], path: Path) -> None:
     finished = [run for run in runs if run["finished"]]
     curves: dict[str, list[list[tuple[float, float]]]] = {}
@@ -173,12 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("numbers", type=Path)
     show.add_argument("--plot", type=Path)
     show.add_argument("--go-no-go", type=int, nargs="+", metavar="STEP", help="training errors at these steps")
+    show.add_argument(
+        "--recalibrated", type=Path, help="reruns with --recalibrate-batchnorm (collected), beside theirs"
+    )
     args = parser.parse_args(argv)
     if args.command == "collect":
         args.out.write_text(json.dumps(collect(args.experiment, args.seeds), indent=1) + "\n")
         return 0
     runs = json.loads(args.numbers.read_text())
-    print("\n".join(go_no_go_table(runs, args.go_no_go) if args.go_no_go else table(runs)))
+    if args.recalibrated is not None:
+        lines = recalibration_table(runs, json.loads(args.recalibrated.read_text()))
+    else:
+        lines = go_no_go_table(runs, args.go_no_go) if args.go_no_go else table(runs)
+    print("\n".join(lines))
     if args.plot is not None:
         plot(runs, args.plot)
     return 0

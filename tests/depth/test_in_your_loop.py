@@ -22,6 +22,7 @@ from stochdepth.depth import stochastic_blocks
 from tests.depth.user_loops import (
     fsdp2_against_ddp_loop,
     plain_ddp_loop,
+    recalibrating_ddp_loop,
     small_resnet,
     tiny_llama,
     train_mode_forward,
@@ -217,6 +218,20 @@ def test_update_bn_under_run_every_block_recalibrates_every_batchnorm():
     with stochdepth.run_every_block(swa):
         torch.optim.swa_utils.update_bn(loader, swa)
     assert at_reset(swa) == 0, "an AveragedModel runs every block of the copy it holds"
+
+
+def test_recalibrated_batchnorm_on_a_ddp_wrapper_in_a_users_loop_leaves_training_as_it_was(tmp_path):
+    """An evaluation inside ``recalibrated_batchnorm(ddp, same batches on every rank)`` in the middle of a DDP loop."""
+    ranks = run_ranks(recalibrating_ddp_loop, tmp_path)
+    assert all("error" not in rank for rank in ranks), [rank.get("traceback") for rank in ranks]
+    for rank in ranks:
+        during = rank["during_evaluation"]
+        for name, value in during["mine"].items():
+            torch.testing.assert_close(value, during["update_bn"][name], rtol=1e-5, atol=1e-6, msg=name)
+        for name, value in rank["with_evaluation"].items():
+            assert torch.equal(value, rank["without"][name]), f"{name}: the evaluation changed training"
+    for name, value in ranks[0]["during_evaluation"]["mine"].items():
+        assert torch.equal(value, ranks[1]["during_evaluation"]["mine"][name]), f"{name} differs across ranks"
 
 
 def test_run_every_block_contexts_nest_and_close_in_any_order_and_wrappers_find_their_network():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,42 @@ def plain_ddp_loop(
                 }
             )
         return {"steps": steps, "seed": stochdepth.gate_generator(model).seed}
+    finally:
+        dist.destroy_process_group()
+
+
+def recalibrating_ddp_loop(rank: int, out: Path) -> dict[str, Any]:
+    """A default-DDP loop evaluating after step 2 inside ``recalibrated_batchnorm(ddp, ...)``, and one that does not.
+
+    Ranks are seeded differently and train on their own batches; the recalibration batches are the
+    same on both. Returns the statistics in force during the evaluation, what ``update_bn`` under
+    ``run_every_block`` computes on a copy of the network, and both loops' final parameters and buffers.
+    """
+    dist.init_process_group("gloo")
+    try:
+        recalibration = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(50 + i)) for i in range(2)]
+        finals, seen = [], {}
+        for evaluate in (True, False):
+            torch.manual_seed(100 + rank)
+            model = stochdepth.stochastic_depth(small_resnet(), final_survival_prob=0.3)
+            ddp = nn.parallel.DistributedDataParallel(model)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            data = torch.Generator().manual_seed(rank)
+            for step in range(4):
+                images, labels = torch.randn(4, 3, 32, 32, generator=data), torch.randint(0, 4, (4,), generator=data)
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(ddp(images), labels).backward()
+                optimizer.step()
+                if evaluate and step == 1:
+                    expected = copy.deepcopy(model)
+                    with stochdepth.run_every_block(expected):
+                        torch.optim.swa_utils.update_bn(recalibration, expected)
+                    with stochdepth.recalibrated_batchnorm(ddp, recalibration):
+                        ddp(recalibration[0])
+                        seen = {"mine": dict(model.named_buffers()), "update_bn": dict(expected.named_buffers())}
+                        seen = {key: {k: v.clone() for k, v in value.items()} for key, value in seen.items()}
+            finals.append({name: value.detach().clone() for name, value in model.state_dict().items()})
+        return {"during_evaluation": seen, "with_evaluation": finals[0], "without": finals[1]}
     finally:
         dist.destroy_process_group()
 

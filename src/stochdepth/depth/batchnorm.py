@@ -43,7 +43,9 @@ def recalibrated_batchnorm(
     from ``batches``) the buffers are copied back in place, and the momenta and every module's
     training flag are as they were: a run that recalibrates before each evaluation trains
     exactly as one that does not. ``autocast`` is entered around each forward pass (the
-    numerics of evaluation). A ``model`` without BatchNorm layers runs no batch.
+    numerics of evaluation). A ``model`` without BatchNorm layers runs no batch. Under data
+    parallelism, give every process the same batches: every replica then holds the same
+    statistics, those one process would compute.
     """
     norms = _tracking_norms(model)
     flags = [(module, module.training) for module in model.modules()]
