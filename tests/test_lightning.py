@@ -75,3 +75,61 @@ def test_a_checkpoint_without_gate_state_is_refused_by_name(tmp_path):
     first.save_checkpoint(tmp_path / "plain.ckpt")
     with pytest.raises(ValueError, match="no stochdepth gate state"):
         _fit(2, tmp_path / "resumed", [StochasticDepthCallback()], resume_from=tmp_path / "plain.ckpt")
+
+
+class ValidatedClassifier(Classifier):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> None:
+        images, labels = batch
+        self.log("val_loss", nn.functional.cross_entropy(self.net(images), labels))
+
+
+def _validated_fit(root: Path, recalibration_batches: object) -> tuple[lightning.Trainer, ValidatedClassifier]:
+    generator = torch.Generator().manual_seed(1)
+    train = TensorDataset(torch.randn(16, 1, 8, 8, generator=generator), torch.arange(16) % 10)
+    val = TensorDataset(torch.randn(8, 1, 8, 8, generator=generator) + 0.5, torch.arange(8) % 10)
+    module = ValidatedClassifier()
+    checkpoints = lightning.pytorch.callbacks.ModelCheckpoint(dirpath=root, filename="latest")
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        callbacks=[StochasticDepthCallback(recalibration_batches=recalibration_batches), checkpoints],
+    )
+    trainer.fit(module, DataLoader(train, batch_size=4), DataLoader(val, batch_size=8))
+    return trainer, module
+
+
+def test_the_callback_validates_with_recalibrated_batchnorm_and_leaves_training_and_checkpoints_as_without(tmp_path):
+    import copy
+
+    from torch.optim.swa_utils import update_bn
+
+    recalibration = DataLoader(
+        TensorDataset(torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 10),
+        batch_size=8,
+    )
+    plain_trainer, plain = _validated_fit(tmp_path / "plain", None)
+    trainer, module = _validated_fit(tmp_path / "recalibrated", recalibration)
+    assert all(torch.equal(value, plain.state_dict()[name]) for name, value in module.state_dict().items())
+    saved = [torch.load(tmp_path / run / "latest.ckpt", weights_only=True) for run in ("plain", "recalibrated")]
+    assert [checkpoint["epoch"] for checkpoint in saved] == [1, 1], "the last epoch's"
+    weights = [checkpoint["state_dict"] for checkpoint in saved]
+    assert all(torch.equal(value, weights[1][name]) for name, value in weights[0].items()), "checkpoints as without"
+
+    expected = copy.deepcopy(module.net)
+    with stochdepth.run_every_block(expected):
+        update_bn(recalibration, expected)
+    val_images, val_labels = trainer.val_dataloaders.dataset.tensors
+    with torch.no_grad():
+        recalibrated_loss = nn.functional.cross_entropy(expected.eval()(val_images), val_labels)
+        as_trained_loss = nn.functional.cross_entropy(plain.net.eval()(val_images), val_labels)
+    logged = float(trainer.callback_metrics["val_loss"])
+    assert logged == pytest.approx(float(recalibrated_loss), rel=1e-5)
+    assert float(plain_trainer.callback_metrics["val_loss"]) == pytest.approx(float(as_trained_loss), rel=1e-5)
+    assert logged != pytest.approx(float(as_trained_loss), rel=1e-3), "the statistics made a difference"

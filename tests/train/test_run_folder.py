@@ -97,6 +97,46 @@ def test_sigterm_during_the_last_evaluation_exits_143_and_resumes(tmp_path, tiny
     assert resume(folder.path)["epochs"] == 2 and folder.summary.is_file()
 
 
+def test_sigterm_while_recalibrating_batchnorm_keeps_the_training_statistics_and_resumes_exactly(
+    tmp_path, tiny_config, monkeypatch
+):
+    from stochdepth.train import trainer
+
+    config = tiny_config.override(final_survival_prob=0.2, recalibrate_batchnorm=96, eval_every_iters=5)
+    train(config, out=tmp_path / "straight")
+    real = trainer.Trainer._recalibration_images
+    calls = {"count": 0}
+
+    def signalled_in_the_second(self, loader):
+        calls["count"] += 1
+        for index, images in enumerate(real(self, loader)):
+            if calls["count"] == 2 and index == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield images
+
+    monkeypatch.setattr(trainer.Trainer, "_recalibration_images", signalled_in_the_second)
+    with pytest.raises(trainer.TrainingStopped):
+        train(config, out=tmp_path / "stopped")
+    monkeypatch.setattr(trainer.Trainer, "_recalibration_images", real)
+    state = torch.load(RunFolder(tmp_path / "stopped").checkpoint("last"), weights_only=True)
+    assert (state["iteration"], state["evaluation_owed"]) == (10, True)
+    resume(tmp_path / "stopped")
+    straight, stopped = (
+        torch.load(RunFolder(tmp_path / run).checkpoint("last"), weights_only=True)["model"]
+        for run in ("straight", "stopped")
+    )
+    assert all(torch.equal(value, stopped[name]) for name, value in straight.items()), "statistics as trained"
+    timing = {"epoch_seconds", "images_per_second"}
+    records = [
+        [
+            {key: value for key, value in record.items() if key not in timing}
+            for record in RunFolder(path).read_metrics()
+        ]
+        for path in (tmp_path / "straight", tmp_path / "stopped")
+    ]
+    assert records[0] == records[1] and len(records[0]) == 5
+
+
 @pytest.mark.parametrize(
     ("test_every_eval", "signalled_call"),
     [(False, 3), (False, 2), (True, 1)],
