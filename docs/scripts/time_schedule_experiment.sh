@@ -9,12 +9,14 @@
 # linear-<schedule><fraction> (p_L = 0.5 under a time schedule, e.g. linear-late0.5).
 # Every arm of one seed runs side by side (one thread each, nice), so each seed's time ratios are
 # measured on one machine under one load; seeds run one after another.
+# EXTRA adds flags to every run (e.g. EXTRA="--recalibrate-batchnorm 300").
 # Usage: ARMS="none linear" docs/scripts/time_schedule_experiment.sh OUT SEED [SEED ...]
 # Run again to continue: finished runs are skipped, interrupted ones resume (--auto-resume).
 set -euo pipefail
 out=${1:?usage: ARMS="none linear" time_schedule_experiment.sh OUT SEED [SEED ...]}
 shift
 arms=${ARMS:-none linear}
+read -r -a extra <<<"${EXTRA:-}"
 epochs=${EPOCHS:-600}
 eval_every=$((epochs * 9 / 10))
 mkdir -p "$out/runs" "$out/logs"
@@ -31,7 +33,7 @@ run() {  # run ARM SEED
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice python -m stochdepth train --model resnet56 "${flags[@]}" \
     --seed "$seed" --dataset fashion-mnist --train-size 300 --no-augment --epochs "$epochs" --batch-size 32 \
     --lr 0.025 --eval-every-iters "$eval_every" --no-test-every-eval --device cpu --no-progress \
-    --auto-resume --out "$out/runs/$name" >>"$out/logs/$name.log" 2>&1 || echo "$name failed" >&2
+    "${extra[@]}" --auto-resume --out "$out/runs/$name" >>"$out/logs/$name.log" 2>&1 || echo "$name failed" >&2
 }
 for seed in "$@"; do
   for arm in $arms; do run "$arm" "$seed" & done
