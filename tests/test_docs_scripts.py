@@ -28,6 +28,7 @@ def _assert_printed_lines_are_in_results_md(script: str, numbers: str, *options:
         ("time_schedule_pilot_2700_steps.json", ["--go-no-go", "540", "810", "1080", "1350"]),
         ("time_schedule_runs.json", ["--go-no-go", "540", "1080", "1620", "2160", "2700"]),
         ("time_schedule_runs.json", []),
+        ("time_schedule_runs.json", ["--recalibrated", str(ROOT / "docs/data/recalibrated_batchnorm_runs.json")]),
     ],
 )
 def test_the_time_schedule_analysis_reproduces_the_tables_in_results_md(numbers, options):
