@@ -94,3 +94,18 @@ def test_a_plain_network_is_recalibrated_and_one_without_batchnorm_runs_no_batch
 
     with stochdepth.recalibrated_batchnorm(nn.Linear(2, 2), never()) as linear:
         assert not linear.training
+
+
+def test_a_compiled_network_recalibrates_without_a_graph_break_to_the_eager_statistics():
+    from torch._dynamo.utils import counters
+
+    eager = _trained_a_little()
+    compiled = copy.deepcopy(eager)
+    compiled.compile(backend="eager")
+    batches = [torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    torch._dynamo.reset()
+    counters.clear()
+    with stochdepth.recalibrated_batchnorm(eager, batches), stochdepth.recalibrated_batchnorm(compiled, batches):
+        for (name, mine), theirs in zip(compiled.named_buffers(), eager.buffers()):
+            torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6, msg=name)
+    assert not counters["graph_break"], dict(counters["graph_break"])

@@ -56,20 +56,7 @@ def recalibrated_batchnorm(
     try:
         model.eval()
         if norms:
-            for norm in norms:
-                norm.reset_running_stats()
-                norm.momentum = None
-                norm.train()
-            seen = 0
-            with torch.no_grad(), every_block:
-                for images in batches:
-                    with autocast():
-                        model(images)
-                    seen += 1
-            if seen == 0:
-                raise ValueError("recalibrating BatchNorm needs at least one batch of images")
-            for norm in norms:
-                norm.eval()
+            _recompute(model, norms, batches, every_block, autocast)
         yield model
     finally:
         with torch.no_grad():
@@ -79,3 +66,43 @@ def recalibrated_batchnorm(
                     buffer.copy_(value)
         for module, training in flags:
             module.training = training
+
+
+def _recompute(
+    model: nn.Module,
+    norms: list[_BatchNorm],
+    batches: Iterable[torch.Tensor],
+    every_block: contextlib.AbstractContextManager,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> None:
+    """Set each of ``norms`` to the mean of its batch statistics over ``batches`` (what momentum ``None`` gives).
+
+    The layers run with momentum 1 (each forward pass leaves one batch's statistics) and the
+    average is taken here, on the device, over the batches each layer saw: with momentum
+    ``None``, BatchNorm reads its batch count as a Python number, which breaks a compiled
+    network's graph at every layer.
+    """
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = 1.0
+        norm.train()
+    totals = [(torch.zeros_like(norm.running_mean), torch.zeros_like(norm.running_var)) for norm in norms]
+    seen = 0
+    with torch.no_grad(), every_block:
+        for images in batches:
+            before = [norm.num_batches_tracked.clone() for norm in norms]
+            with autocast():
+                model(images)
+            for norm, (mean, variance), count in zip(norms, totals, before):
+                ran = (norm.num_batches_tracked - count).to(mean.dtype)
+                mean.add_(ran * norm.running_mean)
+                variance.add_(ran * norm.running_var)
+            seen += 1
+    if seen == 0:
+        raise ValueError("recalibrating BatchNorm needs at least one batch of images")
+    with torch.no_grad():
+        for norm, (mean, variance) in zip(norms, totals):
+            batches_seen = norm.num_batches_tracked.to(mean.dtype)
+            norm.running_mean.copy_(torch.where(batches_seen > 0, mean / batches_seen.clamp(min=1), 0.0))
+            norm.running_var.copy_(torch.where(batches_seen > 0, variance / batches_seen.clamp(min=1), 1.0))
+            norm.eval()
