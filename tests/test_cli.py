@@ -1,6 +1,7 @@
 """The command line: list, train, eval, export, and one clear line for each bad input."""
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import math
@@ -335,6 +336,42 @@ def test_the_library_evaluates_a_run_on_the_whole_test_set_as_eval_prints(traine
     assert (total, dataset) == (200, "fashion-mnist") and 0 <= wrong <= total
     assert main(["eval", str(trained_run), "--data-dir", str(synthetic_data_dir)]) == 0
     assert f"({wrong:,} of {total:,} test images, the whole test set)" in capsys.readouterr().out
+
+
+def test_eval_with_recalibrated_batchnorm_evaluates_with_update_bn_s_statistics_and_writes_nothing(
+    trained_run, synthetic_data_dir, capsys, monkeypatch
+):
+    from torch.optim.swa_utils import update_bn
+
+    from stochdepth.data import build_loaders
+    from stochdepth.train import trainer
+
+    evaluated = {}
+    real_error_counts = trainer.error_counts
+
+    def recording(model, *args, **kwargs):
+        evaluated.update({name: value.clone() for name, value in model.named_buffers()})
+        return real_error_counts(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "error_counts", recording)
+    before = {path: path.read_bytes() for path in trained_run.rglob("*") if path.is_file()}
+    flags = ["--data-dir", str(synthetic_data_dir), "--recalibrate-batchnorm", "64"]
+    assert main(["eval", str(trained_run), *flags]) == 0
+    printed = capsys.readouterr().out
+    model, config, _ = load_trained_model(trained_run, "best")
+    stored = {name: value.clone() for name, value in model.named_buffers()}
+    data = dataclasses.replace(config.data, data_dir=str(synthetic_data_dir), eval_size=None)
+    loaders = build_loaders(data, config.optim.batch_size, torch.device("cpu"), config.run.seed, recalibration_size=64)
+    with stochdepth.run_every_block(model):
+        update_bn(loaders.recalibration, model)
+    statistics = [name for name in stored if name.endswith(("running_mean", "running_var"))]
+    for name in statistics:
+        torch.testing.assert_close(evaluated[name], dict(model.named_buffers())[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.allclose(evaluated[name], stored[name]) for name in statistics), "not the stored statistics"
+    wrong = int(real_error_counts(model.eval(), loaders.test, contextlib.nullcontext, False)[0])
+    expected = f"({wrong:,} of 200 test images, the whole test set, BatchNorm recalibrated over 64 training images)"
+    assert expected in printed
+    assert {path: path.read_bytes() for path in trained_run.rglob("*") if path.is_file()} == before
 
 
 def test_recalibrate_batchnorm_reaches_config_json_and_the_loaded_configuration(tmp_path, synthetic_data_dir):

@@ -80,6 +80,7 @@ BAD_OPTIONS = [
     (["train", "--recalibrate-batchnorm", "all"], "invalid int value"),
     (["train", "--preset", "cifar11-resnet110"], "known presets"),
     (["eval", "nowhere", "--device", "meta"], "nowhere"),
+    (["eval", "nowhere", "--recalibrate-batchnorm", "0"], "recalibrate_batchnorm must be an integer in [1,"),
     (["sweep", "--model", "resnet8"], "--out"),
     (["report"], "the following arguments are required"),
 ]

@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best", help="for a run folder")
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--data-dir", default=None, help="where the data lives (default: $STOCHDEPTH_DATA, ./data)")
+    evaluate.add_argument(
+        "--recalibrate-batchnorm",
+        type=int,
+        metavar="N",
+        help="recompute BatchNorm statistics over the run's first N training images first (every block running)",
+    )
 
     sweep = commands.add_parser("sweep", help="train a grid of runs under one folder (restartable)")
     sweep.add_argument("--preset", help="start every run from this preset")
@@ -208,12 +214,14 @@ def _depth_line(run: str | Path) -> str | None:
 def _evaluate(args: argparse.Namespace) -> None:
     from stochdepth.train import evaluate_test_set
 
+    recalibration = args.recalibrate_batchnorm
     wrong, total, dataset = evaluate_test_set(
-        args.source, args.checkpoint, args.device, args.data_dir, progress=sys.stderr.isatty()
+        args.source, args.checkpoint, args.device, args.data_dir, sys.stderr.isatty(), recalibration
     )
+    statistics = "" if recalibration is None else f", BatchNorm recalibrated over {recalibration:,} training images"
     print(
         f"{args.source}: test error {percent(wrong / total)} ({wrong:,} of {total:,} test images, the whole "
-        f"test set) on {dataset}"
+        f"test set{statistics}) on {dataset}"
     )
 
 

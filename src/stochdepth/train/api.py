@@ -298,27 +298,41 @@ def evaluate_test_set(
     device: str | None = None,
     data_dir: str | None = None,
     progress: bool = False,
+    recalibrate_batchnorm: int | None = None,
 ) -> tuple[int, int, str]:
     """(misclassified, images, data set) on the whole test set, for a trained run folder or checkpoint.
 
     The data comes from ``data_dir`` (else ``$STOCHDEPTH_DATA``, else ``./data``), never from
     the run's own settings (a run folder from elsewhere names folders of its machine), and is
     never downloaded. A data set that does not fit the network is a ``ValueError``.
+    ``recalibrate_batchnorm``: evaluate with BatchNorm statistics recomputed over the first that
+    many training images of the run's split (as ``--recalibrate-batchnorm`` does in training);
+    nothing is written back.
     """
     import contextlib
 
+    from stochdepth.config import TrainConfig
     from stochdepth.data import build_loaders
+    from stochdepth.depth import recalibrated_batchnorm
     from stochdepth.train.progress import Progress
     from stochdepth.train.trainer import error_counts
 
+    TrainConfig().override(recalibrate_batchnorm=recalibrate_batchnorm).check()
     model, config, spec = load_trained_model(source, checkpoint, device)
     data = dataclasses.replace(config.data, data_dir=data_dir, download=False, eval_size=None)
-    loaders = build_loaders(data, config.optim.batch_size, next(model.parameters()).device, config.run.seed)
+    device = next(model.parameters()).device
+    loaders = build_loaders(
+        data, config.optim.batch_size, device, config.run.seed, recalibration_size=recalibrate_batchnorm
+    )
     if (loaders.spec.num_classes, loaders.spec.in_channels) != (spec.num_classes, spec.in_channels):
         raise ValueError(
             f"the data found ({loaders.spec.num_classes} classes, {loaders.spec.in_channels} channels) does not "
             f"fit the network ({spec.num_classes} classes, {spec.in_channels} channels)"
         )
+    statistics = contextlib.nullcontext()
+    if loaders.recalibration is not None:
+        statistics = recalibrated_batchnorm(model, (images for images, _ in loaders.recalibration))
     bar = Progress(len(loaders.test), 0, "evaluating (test set)", bar=progress)
-    wrong, total = error_counts(model, loaders.test, contextlib.nullcontext, False, bar).tolist()
+    with statistics:
+        wrong, total = error_counts(model, loaders.test, contextlib.nullcontext, False, bar).tolist()
     return wrong, total, config.data.dataset
