@@ -320,9 +320,9 @@ def evaluate_test_set(
     TrainConfig().override(recalibrate_batchnorm=recalibrate_batchnorm).check()
     model, config, spec = load_trained_model(source, checkpoint, device)
     data = dataclasses.replace(config.data, data_dir=data_dir, download=False, eval_size=None)
-    device = next(model.parameters()).device
+    model_device = next(model.parameters()).device
     loaders = build_loaders(
-        data, config.optim.batch_size, device, config.run.seed, recalibration_size=recalibrate_batchnorm
+        data, config.optim.batch_size, model_device, config.run.seed, recalibration_size=recalibrate_batchnorm
     )
     if (loaders.spec.num_classes, loaders.spec.in_channels) != (spec.num_classes, spec.in_channels):
         raise ValueError(
