@@ -2,7 +2,8 @@
 
 Run as a script (Lightning's DDP launcher starts the other rank by running it again):
 ``python tests/depth/lightning_ddp.py OUT DROP_MODE``; each rank saves what it saw after every
-step to ``OUT/rank<N>.pt``.
+step, and the BatchNorm statistics its validations ran with (``StochasticDepthCallback`` with
+recalibration batches, the same on both ranks), to ``OUT/rank<N>.pt``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import resnet as tv
 
 import stochdepth
+from stochdepth.lightning import StochasticDepthCallback
 
 
 class Classifier(lightning.LightningModule):
@@ -27,6 +29,17 @@ class Classifier(lightning.LightningModule):
             network, survival_rule="uniform", final_survival_prob=0.5, drop_mode=drop_mode
         )
         self.steps: list[dict[str, object]] = []
+        self.validation_statistics: list[dict[str, torch.Tensor]] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> None:
+        if index == 0:
+            statistics = {name: value.clone() for name, value in self.net.named_buffers() if "running" in name}
+            self.validation_statistics.append(statistics)
+        images, labels = batch
+        self.log("val_loss", nn.functional.cross_entropy(self.net(images), labels), sync_dist=True)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> torch.Tensor:
         images, labels = batch
@@ -50,6 +63,8 @@ class Classifier(lightning.LightningModule):
 def main(out: Path, drop_mode: str) -> None:
     lightning.seed_everything(0)
     data = TensorDataset(torch.randn(48, 3, 48, 48), torch.randint(0, 4, (48,)))
+    validation = TensorDataset(torch.randn(8, 3, 48, 48), torch.randint(0, 4, (8,)))
+    recalibration = [torch.randn(8, 3, 48, 48, generator=torch.Generator().manual_seed(index)) for index in range(2)]
     module = Classifier(drop_mode)
     before = [block.conv1.weight.detach().clone() for block in stochdepth.depth.stochastic_blocks(module.net)]
     trainer = lightning.Trainer(
@@ -61,9 +76,17 @@ def main(out: Path, drop_mode: str) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[StochasticDepthCallback(log_depth=False, recalibration_batches=recalibration)],
     )
-    trainer.fit(module, DataLoader(data, batch_size=4))
-    torch.save({"before": before, "steps": module.steps}, out / f"rank{trainer.global_rank}.pt")
+    trainer.fit(module, DataLoader(data, batch_size=4), DataLoader(validation, batch_size=4))
+    trained = {name: value.clone() for name, value in module.net.named_buffers() if "running" in name}
+    results = {
+        "before": before,
+        "steps": module.steps,
+        "validation_statistics": module.validation_statistics,
+        "trained_statistics": trained,
+    }
+    torch.save(results, out / f"rank{trainer.global_rank}.pt")
 
 
 if __name__ == "__main__":

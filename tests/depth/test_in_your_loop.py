@@ -428,6 +428,12 @@ def test_lightning_ddp_strategy_trains_a_converted_network_with_no_change_to_the
         if dropped:
             moved += not torch.equal(first["steps"][0]["conv1"][block], first["before"][block])
     assert moved == sum(dropped_first), "weight decay moves the blocks dropped in the first step"
+    statistics = [rank["validation_statistics"] for rank in (first, second)]
+    assert len(statistics[0]) == len(statistics[1]) == 2, "the sanity check and the epoch's validation"
+    for mine, theirs in zip(*statistics):
+        assert all(torch.equal(value, theirs[name]) for name, value in mine.items()), "recalibrated alike"
+    trained = dict(first["trained_statistics"])
+    assert any(not torch.equal(value, trained[name]) for name, value in statistics[0][1].items())
 
 
 def test_a_loop_that_checkpoints_only_the_state_dict_resumes_the_gates_with_one_call():
