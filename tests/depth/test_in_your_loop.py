@@ -487,6 +487,8 @@ def test_fsdp2_per_block_trains_like_ddp_with_the_same_gates(network, drop_mode,
     """Default DDP keeps the ranks' parameters identical after every step, and FSDP2 equals it bit for bit.
 
     ``llama``: a tiny Hugging Face Llama, ``fully_shard`` per decoder layer, left-padded batches.
+    ``resnet``: ``recalibrated_batchnorm`` around an evaluation of each gives FSDP2 DDP's statistics
+    and logits, and both their trained statistics back.
     """
     if network == "llama":
         pytest.importorskip("transformers", minversion="5")
@@ -503,3 +505,9 @@ def test_fsdp2_per_block_trains_like_ddp_with_the_same_gates(network, drop_mode,
             for name, value in step["ddp"].items():
                 torch.testing.assert_close(step["fsdp"][name], value, rtol=0, atol=0, msg=name)
     assert dropped > 0, "no branch was dropped (or ran on a subset of rows) in 4 steps"
+    for rank in ranks if network == "resnet" else ():
+        ddp, fsdp = rank["evaluations"]["ddp"], rank["evaluations"]["fsdp"]
+        assert ddp["put_back"] and fsdp["put_back"] and ddp["changed"] and fsdp["changed"]
+        torch.testing.assert_close(fsdp["logits"], ddp["logits"], rtol=1e-5, atol=1e-5)
+        for name, value in ddp["statistics"].items():
+            torch.testing.assert_close(fsdp["statistics"][name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -112,8 +112,10 @@ def recalibrating_ddp_loop(rank: int, out: Path) -> dict[str, Any]:
                         torch.optim.swa_utils.update_bn(recalibration, expected)
                     with stochdepth.recalibrated_batchnorm(ddp, recalibration):
                         ddp(recalibration[0])
-                        seen = {"mine": dict(model.named_buffers()), "update_bn": dict(expected.named_buffers())}
-                        seen = {key: {k: v.clone() for k, v in value.items()} for key, value in seen.items()}
+                        seen = {
+                            key: {name: value.clone() for name, value in network.named_buffers()}
+                            for key, network in (("mine", model), ("update_bn", expected))
+                        }
             finals.append({name: value.detach().clone() for name, value in model.state_dict().items()})
         return {"during_evaluation": seen, "with_evaluation": finals[0], "without": finals[1]}
     finally:
@@ -192,7 +194,9 @@ def fsdp2_against_ddp_loop(rank: int, out: Path, drop_mode: str, network: str = 
 
     ``network``: this library's ResNet-style torchvision network, or a tiny Llama (sharded per decoder
     layer). Both copies start from the same weights with the same gate seed and see the same batches;
-    returns each copy's full parameters after every step.
+    returns each copy's full parameters after every step. For the ResNet, each copy then evaluates
+    inside ``recalibrated_batchnorm`` over the same two batches on both ranks: returned are the
+    logits and statistics in force there, and whether the statistics were put back afterwards.
     """
     try:
         from torch.distributed.fsdp import fully_shard
@@ -226,6 +230,22 @@ def fsdp2_against_ddp_loop(rank: int, out: Path, drop_mode: str, network: str = 
                     },
                 }
             )
-        return {"steps": steps}
+        evaluations = {}
+        if network == "resnet":
+            images = [_resnet_batch(torch.Generator().manual_seed(50 + index))["images"] for index in range(2)]
+            for name, wrapped, model in (("ddp", ddp, ddp_model), ("fsdp", fsdp_model, fsdp_model)):
+                trained = {key: value.clone() for key, value in model.named_buffers()}
+                with stochdepth.recalibrated_batchnorm(wrapped, images), torch.no_grad():
+                    logits = wrapped(images[0])
+                    statistics = {key: value.clone() for key, value in model.named_buffers()}
+                put_back = all(torch.equal(value, trained[key]) for key, value in model.named_buffers())
+                changed = any(not torch.equal(value, trained[key]) for key, value in statistics.items())
+                evaluations[name] = {
+                    "logits": logits,
+                    "statistics": statistics,
+                    "put_back": put_back,
+                    "changed": changed,
+                }
+        return {"steps": steps, "evaluations": evaluations}
     finally:
         dist.destroy_process_group()
