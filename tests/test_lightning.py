@@ -133,3 +133,9 @@ def test_the_callback_validates_with_recalibrated_batchnorm_and_leaves_training_
     assert logged == pytest.approx(float(recalibrated_loss), rel=1e-5)
     assert float(plain_trainer.callback_metrics["val_loss"]) == pytest.approx(float(as_trained_loss), rel=1e-5)
     assert logged != pytest.approx(float(as_trained_loss), rel=1e-3), "the statistics made a difference"
+
+
+def test_recalibration_batches_of_another_kind_stop_validation_with_an_error_naming_what_came(tmp_path):
+    dictionaries = [{"images": torch.randn(8, 1, 8, 8)}]
+    with pytest.raises(TypeError, match="recalibration_batches must yield image tensors.*got dict"):
+        _validated_fit(tmp_path, dictionaries)

@@ -87,5 +87,10 @@ class StochasticDepthCallback(lightning.Callback):
 
 def _images_on(batches: Iterable[Any], device: torch.device) -> Iterator[torch.Tensor]:
     for batch in batches:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        images = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(
+                "recalibration_batches must yield image tensors, or tuples or lists whose first element is one; "
+                f"got {type(batch).__name__}"
+            )
         yield images.to(device)

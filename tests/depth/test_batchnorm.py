@@ -109,3 +109,26 @@ def test_a_compiled_network_recalibrates_without_a_graph_break_to_the_eager_stat
         for (name, mine), theirs in zip(compiled.named_buffers(), eager.buffers()):
             torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6, msg=name)
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+class _SkipsOnSmallBatches(nn.Module):
+    """BatchNorm ``always``, ``large_only`` on batches of more than 4 rows, ``never`` not at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.always, self.large_only, self.never = (nn.BatchNorm1d(3) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.always(x)
+        return self.large_only(x) if len(x) > 4 else x
+
+
+def test_each_layer_averages_over_the_batches_it_saw_as_update_bn_does():
+    model = _SkipsOnSmallBatches()
+    batches = [torch.randn(rows, 3, generator=torch.Generator().manual_seed(rows)) * rows for rows in (8, 2, 6, 3)]
+    expected = copy.deepcopy(model)
+    torch.optim.swa_utils.update_bn(batches, expected)
+    with stochdepth.recalibrated_batchnorm(model, batches):
+        for (name, mine), theirs in zip(model.named_buffers(), expected.buffers()):
+            torch.testing.assert_close(mine, theirs.to(mine.dtype), rtol=1e-6, atol=1e-6, msg=name)
+        assert model.large_only.num_batches_tracked == 2 and model.never.num_batches_tracked == 0

@@ -125,6 +125,19 @@ def test_activation_checkpointing_recomputes_with_the_gates_the_forward_used(use
             torch.testing.assert_close(grad, one[name.replace("blocks.inner.", "blocks.")], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_recalibrated_batchnorm_through_checkpointed_blocks_gives_the_plain_networks_statistics(use_reentrant):
+    torch.manual_seed(0)
+    plain = stochdepth.create_model("resnet20", final_survival_prob=0.3, gate_seed=2)
+    checkpointed = _checkpointed_stages(copy.deepcopy(plain), use_reentrant)
+    batches = [torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(index)) for index in range(2)]
+    with stochdepth.recalibrated_batchnorm(plain, batches), stochdepth.recalibrated_batchnorm(checkpointed, batches):
+        recalibrated = dict(plain.named_buffers())
+        for name, value in checkpointed.named_buffers():
+            torch.testing.assert_close(value, recalibrated[name.replace("blocks.inner.", "blocks.")], msg=name)
+        torch.testing.assert_close(checkpointed(batches[0]), plain(batches[0]))
+
+
 @pytest.mark.parametrize("drop_mode", ["batch", "sample"])
 def test_timm_gradient_checkpointing_gives_the_gradients_of_the_plain_run(drop_mode):
     vit = pytest.importorskip("timm.models.vision_transformer")
