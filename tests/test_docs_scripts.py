@@ -1,5 +1,6 @@
 """The experiment scripts in docs/scripts reproduce the tables in docs from the per-run numbers kept in docs/data."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,17 @@ def test_the_recalibration_script_refuses_a_folder_that_is_not_a_run_in_one_line
         assert "Traceback" not in done.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["not-a-run"]
     assert not any((tmp_path / "not-a-run").iterdir())
+
+
+def test_the_time_schedule_analysis_refuses_a_missing_file_or_a_rerun_without_its_stored_run_in_one_line(tmp_path):
+    script = str(ROOT / "docs/scripts/time_schedule_analysis.py")
+    stored = str(ROOT / "docs/data/time_schedule_runs.json")
+    reruns = json.loads((ROOT / "docs/data/recalibrated_batchnorm_runs.json").read_text())
+    (tmp_path / "foreign.json").write_text(json.dumps([{**reruns[0], "seed": 99}]))
+    for argv, named in (
+        (["table", str(tmp_path / "none.json")], "none.json"),
+        (["table", stored, "--recalibrated", str(tmp_path / "foreign.json")], "no stored run"),
+    ):
+        done = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
+        assert done.returncode == 2 and named in done.stderr.splitlines()[-1], done.stderr
+        assert "Traceback" not in done.stderr

@@ -162,6 +162,9 @@ def recalibration_table(as_trained: list[dict], recalibrated: list[dict]) -> lis
     training error at each evaluation) are identical, as the option promises.
     """
     originals = {(run["arm"], run["seed"]): run for run in as_trained}
+    missing = sorted({(run["arm"], run["seed"]) for run in recalibrated} - set(originals))
+    if missing:
+        raise ValueError(f"no stored run to set beside the rerun(s) {missing}")
     steps = sorted({record["iteration"] for run in recalibrated for record in run["evaluations"]})
     header = " | ".join(f"{step:,}" for step in steps)
     lines = [
@@ -215,11 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "collect":
         args.out.write_text(json.dumps(collect(args.experiment, args.seeds), indent=1) + "\n")
         return 0
-    runs = json.loads(args.numbers.read_text())
-    if args.recalibrated is not None:
-        lines = recalibration_table(runs, json.loads(args.recalibrated.read_text()))
-    else:
-        lines = go_no_go_table(runs, args.go_no_go) if args.go_no_go else table(runs)
+    try:
+        runs = json.loads(args.numbers.read_text())
+        if args.recalibrated is not None:
+            lines = recalibration_table(runs, json.loads(args.recalibrated.read_text()))
+        else:
+            lines = go_no_go_table(runs, args.go_no_go) if args.go_no_go else table(runs)
+    except (OSError, ValueError, KeyError, TypeError) as error:  # a missing or foreign numbers file: one line
+        parser.error(f"{type(error).__name__}: {error}")
     print("\n".join(lines))
     if args.plot is not None:
         plot(runs, args.plot)
