@@ -50,6 +50,29 @@ class EvaluationStopped(Exception):
     """A signal arrived during an evaluation, which stopped after its current batch."""
 
 
+def in_memory_format(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``images`` in channels-last memory format when the run asks for it (``run.channels_last``), else as they are."""
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def watched(
+    loader: Any, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None
+) -> Iterator[Any]:
+    """``loader``'s batches; after each, ``progress`` ticks and ``should_stop`` is asked.
+
+    When ``should_stop`` says so, :class:`EvaluationStopped` is raised (a signal is answered
+    within one batch, not after the whole pass). ``progress`` is closed at the end.
+    """
+    for batch in loader:
+        yield batch
+        if progress is not None:
+            progress.tick()
+        if should_stop is not None and should_stop():
+            raise EvaluationStopped
+    if progress is not None:
+        progress.close()
+
+
 def error_counts(
     model: nn.Module,
     loader: Any,
@@ -61,30 +84,21 @@ def error_counts(
     """(misclassified, images) in ``loader``, in evaluation mode (every block, scaled by p_l), on the device.
 
     The count of misclassified images stays on the device until the end (no synchronisation per batch).
-    ``progress`` ticks once per batch and is closed at the end. ``should_stop`` is asked after
-    each batch; when it says so, :class:`EvaluationStopped` is raised (a signal is answered
-    within one batch, not after the whole set).
+    ``progress`` and ``should_stop`` as in :func:`watched`; the model's training flag is restored either way.
     """
     was_training = model.training
     model.eval()
     wrong = torch.zeros((), dtype=torch.long)
     total = 0
-    with torch.no_grad():
-        for images, labels in loader:
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = model(images)
-            wrong = wrong.to(labels.device) + (logits.argmax(dim=1) != labels).sum()
-            total += len(labels)
-            if progress is not None:
-                progress.tick()
-            if should_stop is not None and should_stop():
-                model.train(was_training)
-                raise EvaluationStopped
-    if progress is not None:
-        progress.close()
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for images, labels in watched(loader, progress, should_stop):
+                with autocast():
+                    logits = model(in_memory_format(images, channels_last))
+                wrong = wrong.to(labels.device) + (logits.argmax(dim=1) != labels).sum()
+                total += len(labels)
+    finally:
+        model.train(was_training)
     return torch.stack([wrong, wrong.new_tensor(total)])
 
 
@@ -336,8 +350,7 @@ class Trainer:
         dropped block's parameters get a zero gradient from the mechanism, hence weight decay
         and momentum, as in the paper's code.
         """
-        if self.config.run.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = in_memory_format(images, self.config.run.channels_last)
         set_learning_rate(
             self.optimizer, learning_rate(self.counters.iteration, self.config.optim, len(self.loaders.train))
         )
@@ -487,13 +500,8 @@ class Trainer:
     def _recalibration_images(self, loader: Any) -> Iterator[torch.Tensor]:
         """``loader``'s images, with a progress line and a stop between batches when a signal asks."""
         progress = Progress(len(loader), 0, "recalibrating BatchNorm", bar=self.progress)
-        should_stop = self._stop_asker(len(loader))
-        for images, _ in loader:
-            yield images.contiguous(memory_format=torch.channels_last) if self.config.run.channels_last else images
-            progress.tick()
-            if should_stop():
-                raise EvaluationStopped
-        progress.close()
+        for images, _ in watched(loader, progress, self._stop_asker(len(loader))):
+            yield in_memory_format(images, self.config.run.channels_last)
 
     def _evaluate(self) -> dict[str, Any]:
         window = self.window
