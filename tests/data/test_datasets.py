@@ -59,10 +59,10 @@ def test_the_recalibration_batches_are_the_first_training_images_in_order_unaugm
     assert torch.equal(labels, splits.train_labels[:40])
     expected = (splits.train_images[:40].float() - loaders.train.mean) / loaders.train.std
     assert torch.equal(images, expected), "normalised with the training statistics, no translation or flip"
-    assert torch.equal(images, torch.cat([images for images, _ in loaders.recalibration])), "the same each time"
+    assert torch.equal(images, torch.cat([again for again, _ in loaders.recalibration])), "the same each time"
     for index in range(2):
         shard = build_loaders(config, 16, CPU, seed=0, shard=Shard(index, 2), recalibration_size=40)
-        assert torch.equal(torch.cat([images for images, _ in shard.recalibration]), images)
+        assert torch.equal(torch.cat([rows for rows, _ in shard.recalibration]), images)
 
 
 def test_svhn_holds_out_400_per_class_of_train_and_200_of_extra_without_augmentation(tmp_path):
