@@ -39,8 +39,8 @@ class StochasticDepthCallback(lightning.Callback):
     ran on), next to ``stochdepth/branches_expected`` from the schedule.
     ``recalibration_batches``: validate with BatchNorm statistics recomputed over these batches
     (each a tensor of images, or a tuple or list whose first element is; moved to the module's
-    device), run through the LightningModule's ``forward``; under DDP give every process the
-    same batches.
+    device), run through the LightningModule's ``forward``; read at every validation, so a
+    DataLoader or a list, not a one-pass generator. Under DDP give every process the same batches.
     """
 
     def __init__(self, log_depth: bool = True, recalibration_batches: Iterable[Any] | None = None) -> None:
